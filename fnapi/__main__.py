@@ -1,0 +1,5 @@
+import sys
+
+from fnapi.cli import main
+
+sys.exit(main())

@@ -1,0 +1,93 @@
+"""The ``fnapi`` command line.
+
+Each command group lives in its own module with a ``register(app)`` function. Heavy libraries
+(torch, transformers) are imported inside commands so that ``fnapi --help`` answers at once.
+Errors meant for the user (:class:`fnapi.errors.FnapiError`) print one paragraph and exit 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+app = typer.Typer(
+    name="fnapi",
+    help="Fine-tune LLMs with functional-network masks: build templates, train with masks, measure forgetting.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"fnapi {version('fntui')}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version and exit"),
+) -> None:
+    """Fine-tune LLMs with functional-network masks: build templates, train with masks, measure forgetting."""
+
+
+# Command modules, in the order their commands appear in --help.
+COMMAND_MODULES = ("run", "recipe", "hardware", "auth", "model", "data", "template", "study", "cluster")
+
+for _name in COMMAND_MODULES:
+    try:
+        _module = importlib.import_module(f"fnapi.cli.{_name}")
+    except ModuleNotFoundError as _exc:
+        if _exc.name != f"fnapi.cli.{_name}":
+            raise
+        continue
+    _module.register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``fnapi`` script: run the app, turn user errors into exit code 2."""
+    from fnapi.errors import FnapiError
+    from fnapi.redaction import redact
+
+    try:
+        result = app(args=argv, standalone_mode=False)
+    except FnapiError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(exc.hint, file=sys.stderr)
+        return exc.exit_code
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return 2
+        if isinstance(exc, click.exceptions.Exit):
+            return exc.exit_code
+        print(redact(f"internal error: {type(exc).__name__}: {exc}"), file=sys.stderr)
+        print("This is a bug in fnapi; rerun with FNAPI_DEBUG=1 for the traceback.", file=sys.stderr)
+        import os
+
+        if os.environ.get("FNAPI_DEBUG"):
+            raise
+        return 1
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,380 @@
+"""Recipes: one YAML file that describes a whole run and replays it headless.
+
+A recipe is a tree of frozen, strict pydantic models. Unknown keys and wrong types are errors that
+name the YAML path (``train.learning_rate: ...``) and suggest the closest known key. Saved recipes
+hold no secrets and are written atomically.
+
+>>> r = Recipe.from_yaml_text("version: 1\\nname: demo\\ntrain: {learning_rate: 1e-4}")
+>>> r.train.learning_rate
+0.0001
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fnapi.errors import RecipeError
+from fnapi.paths import atomic_write_text
+from fnapi.redaction import redact
+
+RECIPE_VERSION = 1
+
+MaskPreset = Literal["none", "lesion", "preserve", "protect", "target"]
+Ablate = Literal["none", "selected", "unselected"]
+TrainWhich = Literal["all", "selected", "unselected"]
+Site = Literal["mlp.out", "mlp.hidden"]
+
+#: Named presets and the two switches they set. ``none`` leaves the model unmasked.
+MASK_PRESETS: dict[str, tuple[str, str]] = {
+    "none": ("none", "all"),
+    "lesion": ("selected", "all"),  # switch the networks off in the forward pass; everything trains
+    "preserve": ("unselected", "selected"),  # keep only the networks in the forward pass; only they train
+    "protect": ("none", "unselected"),  # the networks' weights stay frozen; everything else trains
+    "target": ("none", "selected"),  # only the networks' weights train
+}
+
+
+class Section(BaseModel):
+    """Base of every recipe section: strict types, no unknown keys, immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, validate_default=True)
+
+
+class ModelSection(Section):
+    """Which model to load and how."""
+
+    name: str = Field("smollm2-135m-instruct", description="embedded name, hub id, local folder or .gguf file")
+    revision: str | None = None
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    quantization: Literal["none", "4bit", "8bit"] = "none"
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    trust_remote_code: bool = False
+
+
+class DataSection(Section):
+    """The training data and how to read it."""
+
+    path: str = Field("builtin:skill", description="file, folder, hub id, or builtin:NAME")
+    format: str = Field("auto", description="auto or a format name (alpaca, messages, sharegpt, ...)")
+    fields: dict[str, str] = Field(default_factory=dict, description="source field -> role override")
+    system_prompt: str | None = None
+    chat_template: Literal["auto", "model", "chatml", "alpaca", "plain"] = "auto"
+    max_length: int = Field(256, gt=0)
+    max_samples: int | None = Field(None, gt=0)
+    validation_split: float = Field(0.1, ge=0.0, lt=1.0)
+    validation_path: str | None = None
+
+
+class SelectionSection(Section):
+    """How neurons are chosen from a component's weights."""
+
+    rule: Literal["percentile", "zscore", "topk"] = "percentile"
+    value: float = Field(98.0, description="percentile (0-100), z threshold, or k per layer")
+    sign: Literal["abs", "positive", "negative"] = "abs"
+
+
+class TemplateSection(Section):
+    """Load a template, or build one from data."""
+
+    path: str | None = Field(None, description="load this template instead of building one")
+    method: Literal["ica", "attribution"] = "ica"
+    mode: Literal["global", "per_layer"] = "global"
+    site: Site = "mlp.out"
+    layers: str | None = Field(None, description='layer filter such as "0:4,9:" (default: all)')
+    data: list[str] = Field(default_factory=list, description="datasets to capture from (default: data.path)")
+    samples: int = Field(64, gt=0, description="sequences per dataset")
+    max_length: int = Field(128, gt=0)
+    components: int = Field(10, gt=0)
+    runs: int = Field(5, gt=0, description="ICA runs for the stability consensus")
+    selection: SelectionSection = Field(default_factory=SelectionSection)
+    out: str | None = None
+
+
+class MaskSection(Section):
+    """Which networks to use and what to do with them (see MASK_PRESETS)."""
+
+    preset: MaskPreset = "none"
+    components: list[int] | Literal["stable"] = Field(default_factory=list)
+    top_stable: int = Field(3, gt=0, description='how many components "stable" means')
+    layers: str | None = None
+    ablate: Ablate | None = None
+    train: TrainWhich | None = None
+
+    @model_validator(mode="after")
+    def _needs_components(self) -> "MaskSection":
+        ablate, train = self.switches()
+        if (ablate != "none" or train != "all") and self.components == []:
+            raise ValueError(f"preset {self.preset!r} needs components (a list of ids or 'stable')")
+        return self
+
+    def switches(self) -> tuple[str, str]:
+        """The (ablate, train) pair after applying the preset and explicit overrides."""
+        ablate, train = MASK_PRESETS[self.preset]
+        return (self.ablate or ablate, self.train or train)
+
+
+class LoraSection(Section):
+    r: int = Field(8, gt=0)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["auto"] = "auto"
+
+
+class TrainSection(Section):
+    """Fine-tuning hyperparameters."""
+
+    method: Literal["lora", "full", "qlora"] = "lora"
+    steps: int | None = Field(100, gt=0, description="optimizer steps (takes precedence over epochs)")
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(4, gt=0)
+    gradient_accumulation: int = Field(1, gt=0)
+    learning_rate: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    max_grad_norm: float = Field(1.0, ge=0)
+    logging_steps: int = Field(5, gt=0)
+    save_steps: int = Field(50, gt=0)
+    gradient_checkpointing: bool = False
+    lora: LoraSection = Field(default_factory=LoraSection)
+
+
+class EvalSection(Section):
+    """What the forgetting report measures."""
+
+    enabled: bool = True
+    task_samples: int = Field(50, gt=0)
+    probes: str | None = Field("builtin:probes", description="general-knowledge probe set")
+    probe_samples: int = Field(200, gt=0)
+    kl_prompts: int = Field(32, ge=0)
+    max_new_tokens: int = Field(24, gt=0)
+
+
+class OutputSection(Section):
+    dir: str = Field("runs/{name}", description="run directory; {name} is the recipe name")
+    merge_lora: bool = False
+    bake_lesion: bool = False
+    save_model: bool = True
+
+
+class Recipe(Section):
+    """A whole run. Sections default to a small quickstart on the embedded model."""
+
+    version: int = RECIPE_VERSION
+    name: str = "run"
+    seed: int = 0
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection = Field(default_factory=DataSection)
+    template: TemplateSection | None = None
+    mask: MaskSection = Field(default_factory=MaskSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+    output: OutputSection = Field(default_factory=OutputSection)
+
+    @field_validator("version")
+    @classmethod
+    def _known_version(cls, value: int) -> int:
+        if value != RECIPE_VERSION:
+            raise ValueError(f"unsupported recipe version {value}; this fnapi reads version {RECIPE_VERSION}")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+            raise ValueError("use letters, digits, '.', '_' and '-' only (it names the run folder)")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _migrate(cls, data: Any) -> Any:
+        # Old spellings keep loading: map renamed keys onto the current ones.
+        if isinstance(data, dict) and isinstance(data.get("train"), dict):
+            train = dict(data["train"])
+            if "lr" in train and "learning_rate" not in train:
+                train["learning_rate"] = train.pop("lr")
+            if "max_steps" in train and "steps" not in train:
+                train["steps"] = train.pop("max_steps")
+            data = {**data, "train": train}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Recipe":
+        if self.mask.switches() != ("none", "all") and self.template is None:
+            raise ValueError("mask uses components, so the recipe needs a template section (path or build settings)")
+        return self
+
+    # ---- IO -------------------------------------------------------------------------------
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "Recipe":
+        """Read and validate a recipe file. Errors name the file and the YAML path."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise RecipeError(f"recipe file not found: {path}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RecipeError(f"cannot read recipe {path}: {exc}") from None
+        return cls.from_yaml_text(text, source=str(path))
+
+    @classmethod
+    def from_yaml_text(cls, text: str, source: str = "<recipe>") -> "Recipe":
+        try:
+            data = yaml.load(text, Loader=_RecipeLoader)
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"{source}: not valid YAML: {_yaml_problem(exc)}") from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise RecipeError(f"{source}: a recipe is a mapping of sections, got {type(data).__name__}")
+        return cls.from_dict(data, source=source)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "<recipe>") -> "Recipe":
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise RecipeError(format_validation_error(exc, source, cls)) from None
+
+    def to_dict(self, exclude_defaults: bool = False) -> dict[str, Any]:
+        data = self.model_dump(mode="json", exclude_defaults=exclude_defaults)
+        data["version"] = self.version
+        return data
+
+    def to_yaml_text(self) -> str:
+        """YAML text with secrets redacted; reloading it gives an equal recipe."""
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+        return redact(text)
+
+    def to_yaml(self, path: str | Path) -> Path:
+        """Write the recipe atomically."""
+        return atomic_write_text(path, self.to_yaml_text())
+
+    def fingerprint(self) -> str:
+        """Short hash of the recipe's meaning (stable across formatting)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def replace(self, **changes: Any) -> "Recipe":
+        """A copy with dotted-path changes, validated: ``recipe.replace(**{"train.steps": 10})``."""
+        data = self.to_dict()
+        for dotted, value in changes.items():
+            node = data
+            *parents, leaf = dotted.split(".")
+            for key in parents:
+                if node.get(key) is None:
+                    node[key] = {}
+                node = node[key]
+            node[leaf] = value
+        return Recipe.from_dict(data)
+
+
+# ---- YAML details -----------------------------------------------------------------------------
+
+class _RecipeLoader(yaml.SafeLoader):
+    """SafeLoader that reads ``1e-4`` as a float (YAML 1.1 would read it as a string)."""
+
+
+_FLOAT_PATTERN = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+_RecipeLoader.yaml_implicit_resolvers = {
+    key: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:float"]
+    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_PATTERN, list("-+0123456789."))
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    if mark is not None:
+        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return problem
+
+
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model class that holds the field at ``loc`` (to suggest keys)."""
+    current: Any = model
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return None
+        annotation = field.annotation
+        candidates = getattr(annotation, "__args__", (annotation,))
+        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    return current
+
+
+def format_validation_error(exc: ValidationError, source: str, model: type[BaseModel]) -> str:
+    """One line per problem: ``file: yaml.path: message (got value)``, with did-you-mean."""
+    lines = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal["))))
+        # pydantic appends the union member's type name to the loc; drop it for readability
+        loc = tuple(p for p in loc if p not in ("list[int]", "str", "int", "float", "bool", "dict[str,str]"))
+        path = ".".join(str(p) for p in loc) or "(top level)"
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            parent = _model_at(model, loc[:-1])
+            known = list(parent.model_fields) if parent else []
+            guess = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            hint = f"; did you mean '{guess[0]}'?" if guess else (f"; known keys: {', '.join(known)}" if known else "")
+            lines.append(f"{path}: unknown key{hint}")
+            continue
+        message = err["msg"]
+        if message.startswith("Value error, "):
+            message = message[len("Value error, "):]
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"{path}: {message}{shown}")
+    unique = list(dict.fromkeys(lines))
+    return f"{source}: invalid recipe\n  " + "\n  ".join(unique)
+
+
+def parse_layers(spec: str | None, num_layers: int) -> list[int]:
+    """Expand a layer filter such as ``"0:4,9:"`` or ``"1,3,-1"`` into sorted layer indices.
+
+    >>> parse_layers("0:2,5:", 7)
+    [0, 1, 5, 6]
+    """
+    if spec is None or str(spec).strip() in ("", "all", ":"):
+        return list(range(num_layers))
+    chosen: set[int] = set()
+    for part in str(spec).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if ":" in part:
+                start_s, stop_s = part.split(":", 1)
+                start = int(start_s) if start_s.strip() else 0
+                stop = int(stop_s) if stop_s.strip() else num_layers
+                start, stop = (start + num_layers if start < 0 else start), (stop + num_layers if stop < 0 else stop)
+                chosen.update(range(max(start, 0), min(stop, num_layers)))
+            else:
+                index = int(part)
+                index = index + num_layers if index < 0 else index
+                if not 0 <= index < num_layers:
+                    raise RecipeError(f"layer {part} is out of range: the model has {num_layers} layers (0-{num_layers - 1})")
+                chosen.add(index)
+        except ValueError:
+            raise RecipeError(f"layer filter {spec!r}: cannot read {part!r}; use forms like '0:4,9:' or '1,3,-1'") from None
+    if not chosen:
+        raise RecipeError(f"layer filter {spec!r} selects no layer of a {num_layers}-layer model")
+    return sorted(chosen)
