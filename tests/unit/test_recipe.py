@@ -1,0 +1,161 @@
+"""Recipes: strict validation with YAML-path errors, round-trips, atomic writes, no secrets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from fnapi.errors import RecipeError
+from fnapi.recipe import MASK_PRESETS, Recipe, parse_layers
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_round_trip_through_yaml(tmp_path):
+    recipe = Recipe(name="demo", seed=3)
+    path = recipe.to_yaml(tmp_path / "r.yaml")
+    again = Recipe.from_yaml(path)
+    assert again == recipe
+    assert again.fingerprint() == recipe.fingerprint()
+
+
+def test_full_recipe_round_trip_preserves_meaning(tmp_path):
+    text = """
+version: 1
+name: masked-run
+seed: 7
+model: {name: ./my-model, dtype: float32}
+data: {path: data/train.jsonl, format: alpaca, fields: {instruction: user}, max_length: 64}
+template: {method: ica, site: mlp.hidden, layers: "0:4,9:", components: 6, selection: {rule: topk, value: 5}}
+mask: {preset: protect, components: [0, 2]}
+train: {method: full, steps: 10, learning_rate: 1e-4, weight_decay: 0.01}
+"""
+    recipe = Recipe.from_yaml_text(text)
+    assert recipe.train.learning_rate == pytest.approx(1e-4)
+    assert isinstance(recipe.train.learning_rate, float)
+    assert recipe.template.selection.rule == "topk"
+    assert recipe.mask.switches() == ("none", "unselected")
+    again = Recipe.from_yaml(recipe.to_yaml(tmp_path / "again.yaml"))
+    assert again == recipe
+
+
+@pytest.mark.parametrize("literal", ["1e-4", "1E-4", "+1e-4", "1.0e-4", ".0001"])
+def test_scientific_notation_reads_as_float(literal):
+    recipe = Recipe.from_yaml_text(f"train: {{learning_rate: {literal}}}")
+    assert recipe.train.learning_rate == pytest.approx(1e-4)
+
+
+def test_unknown_key_names_path_and_suggests():
+    with pytest.raises(RecipeError) as info:
+        Recipe.from_yaml_text("train:\n  learnig_rate: 0.1\n", source="r.yaml")
+    message = str(info.value)
+    assert "r.yaml" in message
+    assert "train.learnig_rate" in message
+    assert "did you mean 'learning_rate'" in message
+
+
+def test_wrong_type_names_path_and_value():
+    with pytest.raises(RecipeError) as info:
+        Recipe.from_yaml_text("train: {learning_rate: fast}")
+    assert "train.learning_rate" in str(info.value)
+    assert "'fast'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("train: {steps: 1.5}", "train.steps"),
+        ("train: {batch_size: 0}", "train.batch_size"),
+        ("train: {batch_size: '4'}", "train.batch_size"),
+        ("mask: {preset: shield}", "mask.preset"),
+        ("version: 2", "version"),
+        ("name: 'has space'", "name"),
+        ("mask: {preset: protect}", "needs components"),
+        ("mask: {preset: protect, components: [1]}", "template section"),
+        ("- just\n- a list", "mapping of sections"),
+        ("train: [1", "not valid YAML"),
+    ],
+)
+def test_bad_recipes_explain_themselves(text, fragment):
+    with pytest.raises(RecipeError) as info:
+        Recipe.from_yaml_text(text)
+    assert fragment in str(info.value)
+
+
+def test_missing_file_is_a_recipe_error(tmp_path):
+    with pytest.raises(RecipeError, match="not found"):
+        Recipe.from_yaml(tmp_path / "nope.yaml")
+
+
+def test_renamed_keys_still_load():
+    recipe = Recipe.from_yaml_text("train: {lr: 0.001, max_steps: 12}")
+    assert recipe.train.learning_rate == pytest.approx(0.001)
+    assert recipe.train.steps == 12
+
+
+def test_recipes_are_frozen():
+    recipe = Recipe()
+    with pytest.raises(Exception):
+        recipe.seed = 5  # type: ignore[misc]
+
+
+def test_replace_validates_dotted_changes():
+    recipe = Recipe().replace(**{"train.steps": 3, "seed": 9})
+    assert recipe.train.steps == 3 and recipe.seed == 9
+    with pytest.raises(RecipeError, match="train.steps"):
+        Recipe().replace(**{"train.steps": -1})
+
+
+def test_saved_recipe_holds_no_token(tmp_path):
+    token = "hf_" + "Q" * 34
+    recipe = Recipe(model={"name": f"org/model-{token}"})
+    text = recipe.to_yaml(tmp_path / "secret.yaml").read_text()
+    assert token not in text
+
+
+def test_write_is_atomic_and_leaves_no_temp_files(tmp_path, monkeypatch):
+    target = tmp_path / "r.yaml"
+    Recipe(name="first").to_yaml(target)
+    before = target.read_text()
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError):
+        Recipe(name="second").to_yaml(target)
+    assert target.read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]
+
+
+def test_presets_map_onto_switches():
+    assert MASK_PRESETS["lesion"] == ("selected", "all")
+    assert MASK_PRESETS["preserve"] == ("unselected", "selected")
+    assert MASK_PRESETS["protect"] == ("none", "unselected")
+    assert MASK_PRESETS["target"] == ("none", "selected")
+    explicit = Recipe.from_yaml_text(
+        "template: {}\nmask: {preset: protect, components: [0], ablate: selected}"
+    )
+    assert explicit.mask.switches() == ("selected", "unselected")
+
+
+def test_parse_layers():
+    assert parse_layers(None, 4) == [0, 1, 2, 3]
+    assert parse_layers("0:2,5:", 7) == [0, 1, 5, 6]
+    assert parse_layers("-1", 5) == [4]
+    assert parse_layers(":2", 5) == [0, 1]
+    with pytest.raises(RecipeError, match="out of range"):
+        parse_layers("9", 4)
+    with pytest.raises(RecipeError, match="cannot read"):
+        parse_layers("a:b", 4)
+    with pytest.raises(RecipeError, match="selects no layer"):
+        parse_layers("3:3", 4)
+
+
+def test_every_shipped_recipe_validates():
+    recipes = sorted((REPO / "recipes").glob("*.yaml"))
+    assert recipes, "recipes/ ships example recipes"
+    for path in recipes:
+        Recipe.from_yaml(path)
