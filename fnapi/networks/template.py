@@ -1,0 +1,677 @@
+"""Templates: named sets of MLP neurons per layer, saved as versioned, human-readable JSON.
+
+A :class:`Template` records where its neurons live (``site`` and ``width``), which model and data
+it came from, how it was made, and one :class:`Component` per functional network: channel indices
+per layer plus stats. Readers also import the predecessor's two JSON layouts and LoKI position
+lists (see ``LEGACY_FORMATS``), marking them as imported and warning that the model is unknown.
+
+>>> t = Template(site="mlp.out", width=8, num_layers=2,
+...              components=[Component(0, {0: [3, 1], 1: [2]}), Component(1, {1: [2, 5]})])
+>>> t.neuron_sets([0, 1])
+{0: [1, 3], 1: [2, 5]}
+>>> round(iou(t.component(0).neurons, t.component(1).neurons), 3)
+0.25
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import re
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from fnapi.errors import TemplateError
+from fnapi.paths import atomic_write_text
+
+TEMPLATE_FORMAT = "fnapi.template/1"
+SITES = ("mlp.out", "mlp.hidden")
+METHODS = ("ica", "attribution", "imported")
+
+#: Layer -> sorted channel indices at the template's site.
+NeuronSets = dict[int, list[int]]
+
+_TOP_KEYS = ("format", "site", "width", "num_layers", "layers", "model", "method", "data", "created",
+             "warnings", "components")
+_COMPONENT_KEYS = ("id", "stability", "stats", "neurons")
+# Stats recomputed from the neurons on every save; a hand-edited file cannot make them disagree.
+_DERIVED_STATS = ("size", "per_layer")
+UNKNOWN_MODEL_WARNING = (
+    "model identity unknown: the file does not record which model it was built for; "
+    "make sure it matches the model you apply it to"
+)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class Component:
+    """One functional network: channel indices per layer, its stability and descriptive stats.
+
+    ``neurons`` is normalised on creation: integer layer keys in order, sorted unique channel
+    lists, empty layers dropped. ``stats`` holds what the builder measured (``top_tokens``: a list
+    of ``{token, context, activation}``, ...); ``size`` and ``per_layer`` are derived.
+    """
+
+    id: int
+    neurons: dict[int, list[int]]
+    stability: float | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.id = int(self.id)
+        self.neurons = _normalise_sets(self.neurons)
+        if self.stability is not None:
+            self.stability = float(self.stability)
+        self.stats = {k: v for k, v in dict(self.stats).items() if k not in _DERIVED_STATS}
+
+    @property
+    def size(self) -> int:
+        """Number of (layer, channel) neurons in the component."""
+        return sum(len(channels) for channels in self.neurons.values())
+
+    @property
+    def per_layer(self) -> dict[int, int]:
+        """Neuron count per layer (only layers that hold neurons)."""
+        return {layer: len(channels) for layer, channels in self.neurons.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        stats = {"size": self.size, "per_layer": {str(k): v for k, v in self.per_layer.items()}}
+        stats.update(copy.deepcopy(self.stats))
+        return {
+            "id": self.id,
+            "stability": self.stability,
+            "stats": stats,
+            "neurons": {str(layer): list(channels) for layer, channels in self.neurons.items()},
+        }
+
+
+@dataclass
+class Template:
+    """A set of components at one site of one model shape, with provenance.
+
+    ``model`` holds ``name, architecture, num_layers, hidden_size, intermediate_size, fingerprint``
+    (see :func:`model_identity`); ``method`` holds ``name`` (``ica | attribution | imported``) and
+    its parameters; ``data`` holds ``sources, rows, tokens, fingerprint``. ``layers`` defaults to
+    every layer. Construction validates shapes and indices (:class:`TemplateError`).
+    """
+
+    site: str
+    width: int
+    num_layers: int
+    layers: list[int] = field(default_factory=list)
+    components: list[Component] = field(default_factory=list)
+    model: dict[str, Any] = field(default_factory=dict)
+    method: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    created: str = field(default_factory=_now)
+    warnings: list[str] = field(default_factory=list)
+    format: str = TEMPLATE_FORMAT
+
+    def __post_init__(self) -> None:
+        self.layers = sorted({int(layer) for layer in self.layers}) or list(range(int(self.num_layers)))
+        self.validate()
+
+    # ---- checks ---------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise :class:`TemplateError` (naming the field) if shapes or indices are inconsistent."""
+        if self.format != TEMPLATE_FORMAT:
+            raise TemplateError(f"format: unsupported template format {self.format!r}; this fnapi reads {TEMPLATE_FORMAT!r}")
+        if self.site not in SITES:
+            raise TemplateError(f"site: {self.site!r} is not a site; use one of {', '.join(SITES)}")
+        if not _is_int(self.width) or self.width <= 0:
+            raise TemplateError(f"width: must be a positive integer (got {self.width!r})")
+        if not _is_int(self.num_layers) or self.num_layers <= 0:
+            raise TemplateError(f"num_layers: must be a positive integer (got {self.num_layers!r})")
+        outside = [layer for layer in self.layers if not 0 <= layer < self.num_layers]
+        if outside:
+            raise TemplateError(f"layers: {outside} outside 0-{self.num_layers - 1} (num_layers {self.num_layers})")
+        model_layers = self.model.get("num_layers")
+        if model_layers is not None and model_layers != self.num_layers:
+            raise TemplateError(f"model.num_layers: {model_layers} disagrees with num_layers {self.num_layers}")
+        size_key = "hidden_size" if self.site == "mlp.out" else "intermediate_size"
+        model_width = self.model.get(size_key)
+        if model_width is not None and model_width != self.width:
+            raise TemplateError(f"model.{size_key}: {model_width} disagrees with width {self.width} at {self.site}")
+        seen: set[int] = set()
+        allowed = set(self.layers)
+        for position, component in enumerate(self.components):
+            where = f"components[{position}]"
+            if component.id in seen:
+                raise TemplateError(f"{where}.id: component id {component.id} appears twice")
+            seen.add(component.id)
+            for layer, channels in component.neurons.items():
+                if layer not in allowed:
+                    raise TemplateError(f"{where}.neurons.{layer}: layer {layer} is not among the template's layers {self.layers}")
+                if channels and not (0 <= channels[0] and channels[-1] < self.width):
+                    bad = next(c for c in channels if not 0 <= c < self.width)
+                    raise TemplateError(
+                        f"{where}.neurons.{layer}: channel {bad} is outside 0-{self.width - 1} (width {self.width} at {self.site})"
+                    )
+
+    def check_compatible(self, info: Any) -> list[str]:
+        """Check that this template fits a model; return warnings, raise :class:`TemplateError` if not.
+
+        ``info`` is a ``ModelInfo`` (or a dict) with ``num_layers``, ``hidden_size``,
+        ``intermediate_size``, ``name`` and ``fingerprint``. The layer count and the width at the
+        template's site must match; a different weight fingerprint on the same shape is only a
+        warning (for example a fine-tuned copy of the same base model).
+        """
+        num_layers = _info(info, "num_layers")
+        width = _site_width(info, self.site)
+        inferred = set(self.method.get("inferred", ()))
+        # An imported file only tells us lower bounds for what it did not record.
+        layers_ok = self.num_layers <= num_layers if "num_layers" in inferred else self.num_layers == num_layers
+        width_ok = self.width <= width if "width" in inferred else self.width == width
+        if not (layers_ok and width_ok):
+            raise TemplateError(
+                f"template was built for {self.num_layers} layers x {self.width} ({self.site}) "
+                f"but the model has {num_layers} layers x {width}",
+                "build a template for this model, or load the model the template was made from"
+                + (f" ({self.model['name']})" if self.model.get("name") else ""),
+            )
+        warnings = []
+        mine, theirs = self.model.get("fingerprint"), _info(info, "fingerprint", None)
+        if mine and theirs and mine != theirs:
+            warnings.append(
+                f"template was built from {self.model.get('name') or 'another model'} (weights {mine}) but the model is "
+                f"{_info(info, 'name', None) or 'a different one'} (weights {theirs}); the shapes match, "
+                "but the neurons may not play the same roles"
+            )
+        if not mine and not self.model.get("name"):
+            warnings.append(UNKNOWN_MODEL_WARNING)
+        return warnings
+
+    # ---- components -------------------------------------------------------------------------
+    @property
+    def component_ids(self) -> list[int]:
+        return [c.id for c in self.components]
+
+    def component(self, component_id: int) -> Component:
+        """The component with this id; :class:`TemplateError` listing the ids that exist."""
+        for component in self.components:
+            if component.id == component_id:
+                return component
+        raise TemplateError(f"template has no component {component_id}; it has {_id_list(self.component_ids)}")
+
+    def components_by_stability(self) -> list[Component]:
+        """Components from most to least stable; those without a stability score come last."""
+        return sorted(self.components, key=lambda c: (c.stability is None, -(c.stability or 0.0), c.id))
+
+    def neuron_sets(self, component_ids: list[int] | Literal["stable"], top_stable: int = 3,
+                    layers: list[int] | None = None) -> NeuronSets:
+        """Union of the chosen components' neurons, per layer.
+
+        ``component_ids`` is a list of ids or ``"stable"`` (the ``top_stable`` most stable ones).
+        The result has one entry per template layer (kept by ``layers`` if given), possibly empty.
+        """
+        if component_ids == "stable":
+            scored = [c for c in self.components_by_stability() if c.stability is not None]
+            if not scored:
+                raise TemplateError(
+                    f"template made by {self.method.get('name', 'an unknown method')} has no stability scores, "
+                    "so 'stable' cannot choose components",
+                    f"name component ids instead: {_id_list(self.component_ids)}",
+                )
+            chosen = scored[:top_stable]
+        elif isinstance(component_ids, str):
+            raise TemplateError(f"components: {component_ids!r} is neither a list of ids nor 'stable'")
+        else:
+            chosen = [self.component(int(cid)) for cid in component_ids]
+        keep = self.layers if layers is None else [layer for layer in self.layers if layer in set(layers)]
+        union: dict[int, set[int]] = {layer: set() for layer in keep}
+        for component in chosen:
+            for layer, channels in component.neurons.items():
+                if layer in union:
+                    union[layer].update(channels)
+        return {layer: sorted(channels) for layer, channels in union.items()}
+
+    def summary_rows(self) -> list[dict[str, Any]]:
+        """One row per component for a table: id, stability, size, percent of the site's neurons,
+        per-layer counts and top tokens (strings)."""
+        total = self.width * len(self.layers)
+        rows = []
+        for component in self.components:
+            tokens = [str(t.get("token", "")) if isinstance(t, dict) else str(t)
+                      for t in component.stats.get("top_tokens", [])]
+            rows.append({
+                "id": component.id,
+                "stability": component.stability,
+                "size": component.size,
+                "percent": 100.0 * component.size / total if total else 0.0,
+                "per_layer": component.per_layer,
+                "top_tokens": tokens,
+            })
+        return rows
+
+    # ---- IO ---------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict in the ``fnapi.template/1`` layout."""
+        return {
+            "format": self.format,
+            "site": self.site,
+            "width": self.width,
+            "num_layers": self.num_layers,
+            "layers": list(self.layers),
+            "model": copy.deepcopy(self.model),
+            "method": copy.deepcopy(self.method),
+            "data": copy.deepcopy(self.data),
+            "created": self.created,
+            "warnings": list(self.warnings),
+            "components": [c.to_dict() for c in self.components],
+        }
+
+    def to_json(self) -> str:
+        """Indented JSON, with every list of numbers kept on one line so neuron lists stay readable."""
+        return _dumps_compact_lists(self.to_dict()) + "\n"
+
+    def save(self, path: str | Path) -> Path:
+        """Write the template atomically (temp file + rename) and return the path."""
+        self.validate()
+        return atomic_write_text(path, self.to_json())
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "<template>") -> "Template":
+        """Build from a ``fnapi.template/1`` dict; errors name ``source`` and the JSON field."""
+        return _parse_native(data, source)
+
+    @classmethod
+    def load(cls, path: str | Path, model_info: Any = None) -> "Template":
+        """Read a template file: the native format, the predecessor's layouts, or a LoKI list.
+
+        ``model_info`` (a ``ModelInfo`` or dict) fills in the model identity and width that
+        imported files do not record; without it they are inferred and a warning is added.
+        """
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise TemplateError(f"template file not found: {path}") from None
+        except IsADirectoryError:
+            raise TemplateError(f"{path} is a folder, not a template file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TemplateError(f"cannot read template {path}: {exc}") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise TemplateError(f"{path}: not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+        if isinstance(data, dict) and "format" in data:
+            return _parse_native(data, str(path))
+        return _import_legacy(data, path, model_info)
+
+
+# ---- model identity ---------------------------------------------------------------------------
+
+def model_identity(info: Any) -> dict[str, Any]:
+    """The ``model`` block of a template from a ``ModelInfo`` (or dict with the same keys)."""
+    return {key: _info(info, key, None)
+            for key in ("name", "architecture", "num_layers", "hidden_size", "intermediate_size", "fingerprint")}
+
+
+def _site_width(info: Any, site: str) -> int:
+    return _info(info, "hidden_size" if site == "mlp.out" else "intermediate_size")
+
+
+_MISSING = object()
+
+
+def _info(info: Any, key: str, default: Any = _MISSING) -> Any:
+    value = info.get(key, default) if isinstance(info, Mapping) else getattr(info, key, default)
+    if value is _MISSING:
+        raise TemplateError(f"model description has no {key!r}; pass a ModelInfo")
+    return value
+
+
+# ---- comparison ---------------------------------------------------------------------------------
+
+def iou(a: Mapping[int, list[int]], b: Mapping[int, list[int]]) -> float:
+    """Intersection over union of two neuron sets, where a neuron is a (layer, channel) pair.
+
+    Two empty sets give 0.0 (nothing in common to speak of).
+
+    >>> iou({0: [1, 2]}, {0: [2, 3], 1: [1]})
+    0.25
+    """
+    set_a = {(int(layer), int(c)) for layer, channels in a.items() for c in channels}
+    set_b = {(int(layer), int(c)) for layer, channels in b.items() for c in channels}
+    union = len(set_a | set_b)
+    return len(set_a & set_b) / union if union else 0.0
+
+
+@dataclass
+class Comparison:
+    """How the components of template ``a`` overlap those of template ``b``.
+
+    ``iou[i][j]`` is the IoU of ``a``'s i-th and ``b``'s j-th component; ``best_matches`` gives,
+    per component of ``a``, the component of ``b`` that overlaps it most.
+    """
+
+    ids_a: list[int]
+    ids_b: list[int]
+    iou: list[list[float]]
+    best_matches: list[dict[str, Any]]
+    mean_best_iou: float
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ids_a": self.ids_a,
+            "ids_b": self.ids_b,
+            "iou": self.iou,
+            "best_matches": self.best_matches,
+            "mean_best_iou": self.mean_best_iou,
+            "warnings": self.warnings,
+        }
+
+
+def compare(a: Template, b: Template) -> Comparison:
+    """Pairwise IoU of two templates' components; they must share site and width."""
+    if (a.site, a.width) != (b.site, b.width):
+        raise TemplateError(
+            f"cannot compare templates at different sites or widths: the first has {a.site} x {a.width}, "
+            f"the second {b.site} x {b.width}"
+        )
+    warnings = []
+    if a.num_layers != b.num_layers:
+        warnings.append(f"the templates describe models with {a.num_layers} and {b.num_layers} layers")
+    matrix = [[iou(ca.neurons, cb.neurons) for cb in b.components] for ca in a.components]
+    best = []
+    for ca, row in zip(a.components, matrix):
+        if row:
+            j = max(range(len(row)), key=lambda k: (row[k], -k))
+            best.append({"component": ca.id, "match": b.components[j].id, "iou": row[j]})
+        else:
+            best.append({"component": ca.id, "match": None, "iou": 0.0})
+    mean = sum(m["iou"] for m in best) / len(best) if best else 0.0
+    return Comparison(a.component_ids, b.component_ids, matrix, best, mean, warnings)
+
+
+# ---- native parsing -------------------------------------------------------------------------------
+
+def _parse_native(data: Any, source: str) -> Template:
+    def fail(where: str, message: str, hint: str | None = None) -> TemplateError:
+        return TemplateError(f"{source}: {where}: {message}", hint)
+
+    if not isinstance(data, dict):
+        raise TemplateError(f"{source}: a template is a JSON object, got {_kind(data)}")
+    fmt = data.get("format")
+    if fmt != TEMPLATE_FORMAT:
+        newer = isinstance(fmt, str) and fmt.startswith("fnapi.template/")
+        raise fail("format", f"unsupported template format {fmt!r}; this fnapi reads {TEMPLATE_FORMAT!r}",
+                   "upgrade fnapi to read it" if newer else None)
+    for key in data:
+        if key not in _TOP_KEYS:
+            raise fail(key, "unknown field" + _did_you_mean(key, _TOP_KEYS))
+    for key in ("site", "width", "num_layers", "components"):
+        if key not in data:
+            raise fail(key, "required field is missing")
+    if data["site"] not in SITES:
+        raise fail("site", f"{data['site']!r} is not a site; use one of {', '.join(SITES)}")
+    for key in ("width", "num_layers"):
+        if not _is_int(data[key]) or data[key] <= 0:
+            raise fail(key, f"must be a positive integer (got {data[key]!r})")
+    layers = data.get("layers", [])
+    if not isinstance(layers, list) or not all(_is_int(x) for x in layers):
+        raise fail("layers", f"must be a list of layer indices (got {_kind(layers)})")
+    for key in ("model", "method", "data"):
+        if not isinstance(data.get(key, {}), dict):
+            raise fail(key, f"must be an object (got {_kind(data[key])})")
+    _check_optional_types(data.get("model", {}), "model", fail,
+                          str_keys=("name", "architecture", "fingerprint"),
+                          int_keys=("num_layers", "hidden_size", "intermediate_size"))
+    method = data.get("method", {})
+    if "name" in method and method["name"] not in METHODS:
+        raise fail("method.name", f"{method['name']!r} is not a method; use one of {', '.join(METHODS)}")
+    created = data.get("created", "")
+    if not isinstance(created, str):
+        raise fail("created", f"must be an ISO time string (got {_kind(created)})")
+    warnings = data.get("warnings", [])
+    if not isinstance(warnings, list) or not all(isinstance(w, str) for w in warnings):
+        raise fail("warnings", "must be a list of strings")
+    if not isinstance(data["components"], list):
+        raise fail("components", f"must be a list of components (got {_kind(data['components'])})")
+    components = [_parse_component(raw, f"components[{i}]", fail) for i, raw in enumerate(data["components"])]
+    try:
+        return Template(
+            site=data["site"], width=data["width"], num_layers=data["num_layers"], layers=layers,
+            components=components, model=data.get("model", {}), method=method, data=data.get("data", {}),
+            created=created, warnings=warnings,
+        )
+    except TemplateError as exc:
+        raise TemplateError(f"{source}: {exc.message}", exc.hint) from None
+
+
+def _parse_component(raw: Any, where: str, fail) -> Component:
+    if not isinstance(raw, dict):
+        raise fail(where, f"a component is an object, got {_kind(raw)}")
+    for key in raw:
+        if key not in _COMPONENT_KEYS:
+            raise fail(f"{where}.{key}", "unknown field" + _did_you_mean(key, _COMPONENT_KEYS))
+    for key in ("id", "neurons"):
+        if key not in raw:
+            raise fail(f"{where}.{key}", "required field is missing")
+    if not _is_int(raw["id"]):
+        raise fail(f"{where}.id", f"must be an integer (got {raw['id']!r})")
+    stability = raw.get("stability")
+    if stability is not None and not _is_number(stability):
+        raise fail(f"{where}.stability", f"must be a number or null (got {stability!r})")
+    stats = raw.get("stats", {})
+    if not isinstance(stats, dict):
+        raise fail(f"{where}.stats", f"must be an object (got {_kind(stats)})")
+    top = stats.get("top_tokens", [])
+    if not isinstance(top, list) or not all(isinstance(t, dict) for t in top):
+        raise fail(f"{where}.stats.top_tokens", "must be a list of {token, context, activation} objects")
+    return Component(raw["id"], _parse_sets(raw["neurons"], f"{where}.neurons", fail), stability, stats)
+
+
+def _parse_sets(raw: Any, where: str, fail, key_prefix: str = "") -> NeuronSets:
+    """Layer-keyed channel lists (keys ``"3"`` or ``"<prefix>3"``) with strict types."""
+    if not isinstance(raw, dict):
+        raise fail(where, f"must map layer -> channel list (got {_kind(raw)})")
+    sets: NeuronSets = {}
+    for key, channels in raw.items():
+        digits = key[len(key_prefix):] if key.startswith(key_prefix) else ""
+        if not digits.isdigit():
+            raise fail(f"{where}.{key}", f"layer key must look like '{key_prefix}3'")
+        _check_channels(channels, f"{where}.{key}", fail)
+        sets[int(digits)] = channels
+    return sets
+
+
+def _check_channels(channels: Any, where: str, fail) -> None:
+    if not isinstance(channels, list):
+        raise fail(where, f"must be a list of channel indices (got {_kind(channels)})")
+    for position, channel in enumerate(channels):
+        if not _is_int(channel) or channel < 0:
+            raise fail(f"{where}[{position}]", f"channel index must be a non-negative integer (got {channel!r})")
+
+
+def _check_optional_types(block: dict, name: str, fail, str_keys=(), int_keys=()) -> None:
+    for key in str_keys:
+        if block.get(key) is not None and not isinstance(block[key], str):
+            raise fail(f"{name}.{key}", f"must be a string (got {block[key]!r})")
+    for key in int_keys:
+        if block.get(key) is not None and not _is_int(block[key]):
+            raise fail(f"{name}.{key}", f"must be an integer (got {block[key]!r})")
+
+
+# ---- legacy import ------------------------------------------------------------------------------
+
+def _import_legacy(data: Any, path: Path, model_info: Any) -> Template:
+    source = str(path)
+
+    def fail(where: str, message: str, hint: str | None = None) -> TemplateError:
+        return TemplateError(f"{source}: {where}: {message}", hint)
+
+    if isinstance(data, list):
+        for layer, channels in enumerate(data):
+            _check_channels(channels, f"[{layer}]", fail)
+        sets = {layer: channels for layer, channels in enumerate(data)}
+        method: dict[str, Any] = {"name": "imported", "from": "loki"}
+        quota = _quota_from_name(path)
+        if quota is not None:
+            method["quota"] = quota
+        return _imported(path, {0: sets}, method, file_layers=len(data), file_width=None,
+                         file_model=None, model_info=model_info)
+    if isinstance(data, dict) and "templates" in data:
+        layout = data.get("layout", {})
+        if not isinstance(layout, dict):
+            raise fail("layout", f"must be an object (got {_kind(layout)})")
+        captured = layout.get("captured_layers_sorted")
+        if captured is not None and (not isinstance(captured, list) or not all(_is_int(x) and x >= 0 for x in captured)):
+            raise fail("layout.captured_layers_sorted", "must be a list of layer indices")
+        hidden = layout.get("hidden_size")
+        if hidden is not None and (not _is_int(hidden) or hidden <= 0):
+            raise fail("layout.hidden_size", f"must be a positive integer (got {hidden!r})")
+        comps = _legacy_components(data["templates"], "templates", fail, key_prefix="")
+        method = {"name": "imported", "from": "templates+layout"}
+        if isinstance(data.get("name"), str):
+            method["name_in_file"] = data["name"]
+        return _imported(path, comps, method, file_layers=None, file_width=hidden, file_model=None,
+                         model_info=model_info, captured=captured)
+    if isinstance(data, dict) and "components" in data and "metadata" in data:
+        meta = data["metadata"]
+        if not isinstance(meta, dict):
+            raise fail("metadata", f"must be an object (got {_kind(meta)})")
+        comps = _legacy_components(data["components"], "components", fail, key_prefix="layer_")
+        method = {"name": "imported", "from": "components+metadata"}
+        for key in ("num_components", "percentile"):
+            if _is_number(meta.get(key)):
+                method[key] = meta[key]
+        file_model = meta.get("model") if isinstance(meta.get("model"), str) else None
+        return _imported(path, comps, method, file_layers=None, file_width=None, file_model=file_model,
+                         model_info=model_info)
+    if isinstance(data, dict):
+        raise TemplateError(
+            f"{source}: format: field missing, and the file is not a known legacy layout",
+            f"a template has \"format\": \"{TEMPLATE_FORMAT}\"; legacy files have 'templates'+'layout', "
+            "'components'+'metadata', or are a list of per-layer lists (LoKI)",
+        )
+    raise TemplateError(f"{source}: a template is a JSON object or a LoKI list of lists, got {_kind(data)}")
+
+
+def _legacy_components(raw: Any, where: str, fail, key_prefix: str) -> dict[int, NeuronSets]:
+    if not isinstance(raw, dict):
+        raise fail(where, f"must map component id -> layers (got {_kind(raw)})")
+    comps = {}
+    for cid, sets in raw.items():
+        if not cid.isdigit():
+            raise fail(f"{where}.{cid}", "component id must be an integer string such as '0'")
+        comps[int(cid)] = _parse_sets(sets, f"{where}.{cid}", fail, key_prefix=key_prefix)
+    return comps
+
+
+def _imported(path: Path, comps: dict[int, NeuronSets], method: dict[str, Any], *, file_layers: int | None,
+              file_width: int | None, file_model: str | None, model_info: Any,
+              captured: list[int] | None = None) -> Template:
+    """A Template from imported neuron sets, with the model shape from ``model_info`` or inferred."""
+    used_layers = {layer for sets in comps.values() for layer, ch in sets.items() if ch}
+    max_channel = max((c for sets in comps.values() for ch in sets.values() for c in ch), default=-1)
+    file_layer_set = set(captured or ()) | {layer for sets in comps.values() for layer in sets}
+    warnings = []
+    inferred = []
+    if model_info is not None:
+        model = model_identity(model_info)
+        num_layers, width = model["num_layers"], model["hidden_size"]
+        if file_layers is not None and file_layers != num_layers:
+            raise TemplateError(f"{path}: the file has {file_layers} per-layer lists but the model has {num_layers} layers")
+        if file_width is not None and file_width != width:
+            raise TemplateError(f"{path}: layout.hidden_size: the file says {file_width} but the model has hidden size {width}")
+        warnings.append(f"imported from {path.name}, which does not record its model; assumed {model.get('name') or 'the given model'}")
+    else:
+        model = {"name": file_model}
+        num_layers = file_layers or (max(file_layer_set) + 1 if file_layer_set else 1)
+        width = file_width or max_channel + 1 or 1
+        if file_layers is None:
+            inferred.append("num_layers")
+        if file_width is None:
+            inferred.append("width")
+            warnings.append(f"width {width} inferred from the largest channel index in {path.name}")
+        warnings.append(UNKNOWN_MODEL_WARNING if not file_model else
+                        f"{path.name} names the model {file_model!r} but records no shape or weights fingerprint")
+    if inferred:
+        method["inferred"] = inferred
+    layers = sorted(set(captured)) if captured else list(range(num_layers))
+    if file_layers is None and not captured:
+        layers = sorted(used_layers) or [0]
+    components = [Component(cid, {layer: ch for layer, ch in sets.items() if ch}) for cid, sets in sorted(comps.items())]
+    try:
+        return Template(site="mlp.out", width=width, num_layers=num_layers, layers=layers, components=components,
+                        model=model, method=method, data={}, warnings=warnings)
+    except TemplateError as exc:
+        raise TemplateError(f"{path}: {exc.message}", exc.hint) from None
+
+
+def _quota_from_name(path: Path) -> float | None:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)", path.stem)
+    return float(match.group(1)) if match else None
+
+
+# ---- small helpers --------------------------------------------------------------------------------
+
+def _normalise_sets(sets: Mapping[Any, Any]) -> NeuronSets:
+    out = {}
+    for layer in sorted(sets, key=int):
+        channels = sorted({int(c) for c in sets[layer]})
+        if channels:
+            out[int(layer)] = channels
+    return out
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), type(value).__name__)
+
+
+def _did_you_mean(key: str, known: tuple[str, ...]) -> str:
+    guess = difflib.get_close_matches(key, known, n=1)
+    return f"; did you mean '{guess[0]}'?" if guess else f"; known fields: {', '.join(known)}"
+
+
+def _id_list(ids: list[int]) -> str:
+    return "components " + ", ".join(str(i) for i in ids) if ids else "no components"
+
+
+def _dumps_compact_lists(obj: Any) -> str:
+    """``json.dumps(indent=2)`` with small flat things on one line: lists of numbers (neuron
+    lists), number-valued objects (per-layer counts) and scalar objects inside lists (top tokens).
+
+    Each such value is swapped for a unique placeholder string before dumping, so string values
+    that merely look like JSON are never touched.
+    """
+    nonce = secrets.token_hex(6)
+    flat: list[str] = []
+
+    def inline(node: Any) -> str:
+        flat.append(json.dumps(node, ensure_ascii=False))
+        return f"@{nonce}:{len(flat) - 1}@"
+
+    def swap(node: Any, in_list: bool = False) -> Any:
+        if isinstance(node, dict):
+            if node and all(_is_number(v) for v in node.values()):
+                return inline(node)
+            if in_list and node and all(v is None or isinstance(v, (str, int, float)) for v in node.values()):
+                return inline(node)
+            return {k: swap(v) for k, v in node.items()}
+        if isinstance(node, list):
+            if node and all(_is_number(x) for x in node):
+                return inline(node)
+            return [swap(v, in_list=True) for v in node]
+        return node
+
+    text = json.dumps(swap(obj), indent=2, ensure_ascii=False)
+    return re.sub(rf'"@{nonce}:(\d+)@"', lambda m: flat[int(m.group(1))], text)
