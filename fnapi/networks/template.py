@@ -372,12 +372,14 @@ class Comparison:
 
 def compare(a: Template, b: Template) -> Comparison:
     """Pairwise IoU of two templates' components; they must share site and width."""
-    if (a.site, a.width) != (b.site, b.width):
+    if a.site != b.site or not _widths_agree(a, b):
         raise TemplateError(
             f"cannot compare templates at different sites or widths: the first has {a.site} x {a.width}, "
             f"the second {b.site} x {b.width}"
         )
     warnings = []
+    if a.width != b.width:
+        warnings.append(f"widths {a.width} and {b.width} differ, but the narrower one was inferred from an imported file")
     if a.num_layers != b.num_layers:
         warnings.append(f"the templates describe models with {a.num_layers} and {b.num_layers} layers")
     matrix = [[iou(ca.neurons, cb.neurons) for cb in b.components] for ca in a.components]
@@ -390,6 +392,12 @@ def compare(a: Template, b: Template) -> Comparison:
             best.append({"component": ca.id, "match": None, "iou": 0.0})
     mean = sum(m["iou"] for m in best) / len(best) if best else 0.0
     return Comparison(a.component_ids, b.component_ids, matrix, best, mean, warnings)
+
+
+def _widths_agree(a: Template, b: Template) -> bool:
+    """Equal widths, or an imported file's inferred width (a lower bound) that fits the other."""
+    narrow, wide = (a, b) if a.width <= b.width else (b, a)
+    return narrow.width == wide.width or "width" in narrow.method.get("inferred", ())
 
 
 # ---- native parsing -------------------------------------------------------------------------------
