@@ -1,0 +1,1 @@
+"""Models: architecture adapters (:mod:`.registry`), loading (:mod:`.loading`), tiny test models (:mod:`.tiny`)."""
