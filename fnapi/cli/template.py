@@ -1,7 +1,9 @@
 """``fnapi template``: look at templates and compare them.
 
-``show`` and ``compare`` live here. ``template build`` lives in ``fnapi/cli/template_build.py``,
-which exposes ``register(template_app)`` and is attached to the same sub-command group when present.
+``show`` and ``compare`` live here. ``template build`` lives in its own module,
+``fnapi/cli/template_build.py``, which defines ``register(template_app: typer.Typer)`` and adds its
+command there (``template_app.command("build")(build)``); :func:`register` below attaches it to
+this group when the module exists.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ def show(
     file: Path = typer.Argument(..., help="template JSON (also reads legacy layouts and LoKI lists)"),
     as_json: bool = typer.Option(False, "--json", help="print a JSON summary instead of tables"),
 ) -> None:
-    """Summarise a template: model, site, method, data, and one row per component."""
+    """Summarise a template: provenance header, then one row per component."""
     from fnapi.networks.template import Template
 
     template = Template.load(file)
@@ -74,7 +76,7 @@ def compare_cmd(
     b: Path = typer.Argument(..., help="second template"),
     as_json: bool = typer.Option(False, "--json", help="print the IoU matrix and best matches as JSON"),
 ) -> None:
-    """Overlap (IoU of layer-aware neuron sets) between every component of A and every one of B."""
+    """Overlap of two templates: IoU of every component pair (a neuron is a layer and a channel)."""
     from fnapi.networks.template import Template, compare
 
     result = compare(Template.load(a), Template.load(b))
