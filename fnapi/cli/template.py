@@ -30,7 +30,7 @@ def show(
     file: Path = typer.Argument(..., help="template JSON (also reads legacy layouts and LoKI lists)"),
     as_json: bool = typer.Option(False, "--json", help="print a JSON summary instead of tables"),
 ) -> None:
-    """Summarise a template: provenance header, then one row per component."""
+    """Summarise a template, one row per component (after model, site, method and data)."""
     from fnapi.networks.template import Template
 
     template = Template.load(file)
@@ -76,7 +76,7 @@ def compare_cmd(
     b: Path = typer.Argument(..., help="second template"),
     as_json: bool = typer.Option(False, "--json", help="print the IoU matrix and best matches as JSON"),
 ) -> None:
-    """Overlap of two templates: IoU of every component pair (a neuron is a layer and a channel)."""
+    """IoU overlap of two templates' components (a neuron is a layer and a channel)."""
     from fnapi.networks.template import Template, compare
 
     result = compare(Template.load(a), Template.load(b))
