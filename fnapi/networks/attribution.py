@@ -46,16 +46,13 @@ def attribution_scores(model: torch.nn.Module, examples: Any, *, steps: int = 8,
                        sink: EventSink | None = None, cancel: threading.Event | None = None) -> torch.Tensor:
     """Integrated-gradients attribution of every ``mlp.out`` channel, per sample.
 
-    ``examples`` is tokenised data with ``input_ids`` and ``labels`` (a ``TokenizedData`` or a
-    list of dicts); samples without answer tokens are skipped. Returns a float32 tensor
+    ``examples`` is tokenised data with ``input_ids`` and ``labels`` (a ``TokenizedData``, a list
+    of dicts, or ``(input_ids, labels)`` pairs); samples without answer tokens are skipped. Returns a float32 tensor
     ``[samples, len(layers), hidden]`` (signed; larger magnitude = more important).
     """
     if steps < 2:
         raise TemplateError(f"attribution steps must be at least 2 (got {steps}): the trapezoid rule needs both ends")
-    pairs = [(ids, labels) for ids, labels in _pairs(examples) if any(t != -100 for t in labels[1:])]
-    if not pairs:
-        raise DataError("no example has answer tokens (labels other than -100 after the first position); "
-                        "attribution needs target tokens to explain")
+    pairs = _answerable(examples)
     adapter = get_adapter(model)
     layers = _layers(layers, adapter.num_layers(model))
     hidden = adapter.hidden_size(model)
@@ -124,12 +121,18 @@ def attribution_template(loaded: Any, examples: Any, *, quota_percent: float = 1
 
     ``loaded`` is a ``LoadedModel``, or a tuple ``(model, tokenizer)`` / ``(model, tokenizer,
     info)`` where ``info`` is a ``ModelInfo`` or a dict with its keys. ``examples`` are tokenised
-    (``input_ids`` and ``labels``). ``sources`` names the datasets for the template's provenance.
+    (``input_ids`` and ``labels``); those without answer tokens are skipped. ``sources`` names the
+    datasets for the template's provenance.
     """
     model, tokenizer, info = _unpack(loaded)
     adapter = get_adapter(model)
     layers = _layers(layers, adapter.num_layers(model))
-    pairs = list(_pairs(examples))
+    # check the cheap arguments before the expensive pass
+    unknown = [how for how in select if how not in SELECTIONS]
+    if unknown or not select:
+        raise TemplateError(f"select {list(select)!r}: give one or more of {', '.join(SELECTIONS)}")
+    quota_size(quota_percent, adapter.hidden_size(model))
+    pairs = _answerable(examples)
     scores = attribution_scores(model, pairs, steps=steps, layers=layers, sink=sink, cancel=cancel)
     hidden = scores.shape[-1]
     importance = scores.abs().mean(dim=0)
@@ -150,7 +153,7 @@ def attribution_template(loaded: Any, examples: Any, *, quota_percent: float = 1
         method={"name": "attribution", "steps": steps, "quota": quota_percent,
                 "per_layer": quota_size(quota_percent, hidden), "integration": "riemann_trapezoid",
                 "objective": OBJECTIVE, "importance": "abs", "selections": list(select)},
-        data={"sources": list(sources or []), "rows": int(scores.shape[0]),
+        data={"sources": list(sources or []), "rows": len(pairs),
               "tokens": sum(len(ids) for ids, _ in pairs), "answer_tokens": answer_tokens,
               "fingerprint": _data_fingerprint(pairs)},
     )
@@ -264,6 +267,15 @@ def _pairs(examples: Any) -> Iterable[tuple[list[int], list[int]]]:
         if len(ids) != len(labels):
             raise DataError(f"example {row}: {len(ids)} input ids but {len(labels)} labels")
         yield ids, labels
+
+
+def _answerable(examples: Any) -> list[tuple[list[int], list[int]]]:
+    """The examples that have answer tokens to explain (a DataError if none has)."""
+    pairs = [(ids, labels) for ids, labels in _pairs(examples) if any(t != -100 for t in labels[1:])]
+    if not pairs:
+        raise DataError("no example has answer tokens (labels other than -100 after the first position); "
+                        "attribution needs target tokens to explain")
+    return pairs
 
 
 def _layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:

@@ -153,6 +153,10 @@ def test_bad_inputs_are_user_errors(examples):
         attribution_scores(model, [{"input_ids": [1, 2, 3]}], steps=2)
     with pytest.raises(TemplateError, match="within 0-1"):
         attribution_scores(model, examples, steps=2, layers=[2])
+    with pytest.raises(TemplateError, match="select"):
+        attribution_template((model, None, info(model)), examples, select=["most", "middle"])
+    with pytest.raises(TemplateError, match="quota"):
+        attribution_template((model, None, info(model)), examples, quota_percent=150)
 
 
 def test_cancellation_stops_and_removes_hooks(tokenizer, examples):
