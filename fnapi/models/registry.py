@@ -16,10 +16,12 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from operator import attrgetter
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from fnapi.errors import UnsupportedArchitectureError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,11 @@ class ArchitectureAdapter:
 
     def in_out_features(self, module: nn.Module) -> tuple[int, int]:
         """``(in_features, out_features)`` of a Linear or Conv1D module (or a LoRA layer on one)."""
-        weight = _base_layer(module).weight
+        base = _base_layer(module)
+        if hasattr(base, "in_features") and hasattr(base, "out_features"):
+            # Linear-like layers say it themselves; quantized ones pack their weight into another shape
+            return int(base.in_features), int(base.out_features)
+        weight = base.weight
         out_dim = self.out_dim(module)
         return int(weight.shape[1 - out_dim]), int(weight.shape[out_dim])
 
