@@ -11,7 +11,14 @@ import time
 import pytest
 
 from fnapi.models.generation import answer
-from fnapi.models.loading import CACHE_MARKER, EMBEDDED_MODEL, embedded_cache_dir, load_model, weight_fingerprint
+from fnapi.models.loading import (
+    CACHE_MARKER,
+    EMBEDDED_MODEL,
+    embedded_cache_dir,
+    embedded_gguf_path,
+    load_model,
+    weight_fingerprint,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -46,3 +53,11 @@ def test_cached_load_is_fast_and_fingerprint_stable(loaded, record_property):
     print(f"cached load of {EMBEDDED_MODEL}: {seconds:.2f} s")
     assert seconds < 5
     assert again.info.fingerprint == loaded.info.fingerprint == weight_fingerprint(loaded.model)
+
+
+def test_gguf_file_loads_to_the_same_weights_as_the_cache(loaded):
+    gguf = embedded_gguf_path()
+    direct = load_model(str(gguf))
+    assert direct.source == f"gguf:{gguf.resolve()}"
+    assert not getattr(direct.model, "hf_quantizer", None)  # de-quantized: trainable and saveable
+    assert direct.info.fingerprint == loaded.info.fingerprint
