@@ -1,0 +1,504 @@
+"""Fine-tuning with the Hugging Face Trainer: LoRA, QLoRA or full, under a neuron mask, resumable.
+
+:func:`train` wraps the model for the method, installs the mask (:mod:`fnapi.masking`), runs the
+Trainer with a callback that turns its logs into fnapi events, and saves the result:
+
+* checkpoints in ``output_dir/checkpoints/checkpoint-<step>``: plain weights (the mask's
+  trainable slices written back, so they load without the mask), optimizer, scheduler and RNG
+  state (the Trainer's), and ``fnapi_state.json`` with the run identity (method, hyperparameters,
+  seed, mask, data and model fingerprints) and the loss history. That file is written last, so a
+  checkpoint without it (a run killed while saving) is skipped when resuming;
+* the LoRA adapter in ``output_dir/adapter`` (peft ``save_pretrained``) and/or the full model in
+  ``output_dir/model`` (transformers ``save_pretrained``), each with the tokenizer, written to a
+  temporary folder and renamed into place.
+
+Calling :func:`train` again with the same arguments after a crash, ``kill -9`` or cancellation
+resumes from the last complete checkpoint and ends where an uninterrupted run would: the data
+order is fixed by the seed (no loader workers) and the RNG state is restored. A checkpoint made
+under another mask or recipe is refused rather than silently mixed.
+
+``train`` changes the model it is given (LoRA layers are injected into it, full fine-tuning
+updates its weights); load the model again to start an unrelated run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+
+from fnapi import hardware
+from fnapi.data.templating import collate
+from fnapi.errors import CancelledError, DataError, HardwareError, ModelError, RecipeError
+from fnapi.events import EventSink, Log, Metric, NullSink, Progress, stage
+from fnapi.masking import NeuronMask, frozen_checksums, plain_state_dict
+from fnapi.masking import bake_lesion as bake_lesion_into
+from fnapi.masking import mask as apply_mask
+from fnapi.models.registry import get_adapter, unwrap_model
+from fnapi.paths import atomic_write_text
+from fnapi.recipe import TrainSection
+
+CHECKPOINTS_DIR = "checkpoints"
+STATE_FILE = "fnapi_state.json"
+STATE_FORMAT = "fnapi.train-state/1"
+# Hyperparameters that do not change the trajectory, so a resumed run may differ in them.
+_RESUME_NEUTRAL = {"logging_steps", "save_steps"}
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` did. ``losses`` holds ``(step, loss)`` for every optimizer step.
+
+    ``frozen_unchanged`` is None when the mask freezes nothing, else whether every frozen block
+    of neuron weights hashed the same before and after training.
+    """
+
+    final_loss: float | None
+    eval_loss: float | None
+    steps: int
+    seconds: float
+    trainable_parameters: int
+    total_parameters: int
+    losses: list[tuple[int, float]]
+    checkpoint_dir: Path | None
+    resumed_from: int | None
+    adapter_dir: Path | None
+    model_dir: Path | None
+    frozen_unchanged: bool | None
+    frozen_checksums: dict[str, str] = field(default_factory=dict)
+    model: Any = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (the model is left out)."""
+        return {
+            "final_loss": self.final_loss, "eval_loss": self.eval_loss, "steps": self.steps,
+            "seconds": round(self.seconds, 3), "trainable_parameters": self.trainable_parameters,
+            "total_parameters": self.total_parameters, "losses": [list(p) for p in self.losses],
+            "checkpoint_dir": _str(self.checkpoint_dir), "resumed_from": self.resumed_from,
+            "adapter_dir": _str(self.adapter_dir), "model_dir": _str(self.model_dir),
+            "frozen_unchanged": self.frozen_unchanged, "frozen_checksums": self.frozen_checksums,
+        }
+
+
+def _str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def check_method_supported(method: str, report: Any = None) -> None:
+    """Raise :class:`HardwareError` if ``method`` cannot run here (QLoRA needs CUDA and bitsandbytes)."""
+    if method != "qlora":
+        return
+    report = report if report is not None else hardware.detect_hardware()
+    fix = "Use `train.method: lora` (or `full`) in the recipe, or run on a machine with an NVIDIA GPU."
+    if not report.has_cuda:
+        raise HardwareError(
+            f"train.method qlora needs a CUDA GPU and bitsandbytes; this machine has no CUDA device "
+            f"({report.cuda_reason or 'none found'}).", hint=fix)
+    if not report.bitsandbytes.usable:
+        raise HardwareError(f"train.method qlora needs bitsandbytes: {report.bitsandbytes.reason}.",
+                            hint="Install it with `pip install 'fntui[quant]'`, or " + fix[0].lower() + fix[1:])
+
+
+def train(loaded_or_model: Any, tokenizer: Any, train_data: Any, eval_data: Any, train_section: TrainSection, *,
+          mask: NeuronMask | None = None, output_dir: str | os.PathLike, seed: int = 0,
+          sink: EventSink | None = None, cancel: threading.Event | None = None, resume: bool = True,
+          save_model: bool = True, merge_lora: bool = False, bake_lesion: bool = False) -> TrainResult:
+    """Fine-tune a model on tokenized data under an optional neuron mask; resume if interrupted.
+
+    ``loaded_or_model`` is a ``LoadedModel`` or a transformers model; ``tokenizer`` may be None
+    for a ``LoadedModel``. ``train_data``/``eval_data`` are ``TokenizedData``. With ``resume``
+    the last complete checkpoint under ``output_dir/checkpoints`` is continued (after checking it
+    was made by the same mask and recipe); without it old checkpoints are deleted first.
+    ``merge_lora`` also writes the merged full model; ``bake_lesion`` writes the full model with
+    the ablated channels zeroed in its weights (for LoRA this implies merging). Cancelling via
+    ``cancel`` saves a checkpoint and raises :class:`CancelledError`.
+    """
+    check_method_supported(train_section.method)
+    model, tokenizer, model_id = _unpack(loaded_or_model, tokenizer)
+    if train_data is None or len(train_data) == 0:
+        raise DataError("the training data has no examples (after tokenizing and truncation)")
+    sink = sink if sink is not None else NullSink()
+    output_dir = Path(output_dir)
+    root = output_dir / CHECKPOINTS_DIR
+    spec = mask if mask is not None and not mask.is_noop else None
+    identity = _run_identity(train_section, seed, spec, train_data, model_id)
+    checkpoint = _find_resume_point(root, identity, resume, sink)
+    started = time.monotonic()
+
+    with _no_progress_bars(), stage(sink, "train", total=_planned_steps(train_section, len(train_data)), unit="step",
+                                    cancel=cancel, description=f"{train_section.method} fine-tuning") as progress:
+        torch.manual_seed(seed)  # the LoRA initialisation depends on it
+        model = _prepare_model(model, train_section)
+        saved = _read_state(checkpoint) if checkpoint else {"step": None, "losses": []}
+        callback = _EventCallback(sink, cancel, train_section.logging_steps, identity, saved["losses"])
+        trainer = _MaskedTrainer(
+            model=model,
+            args=_training_arguments(train_section, root, seed, model),
+            train_dataset=train_data,
+            eval_dataset=eval_data,
+            data_collator=functools.partial(collate, pad_token_id=_pad_id(tokenizer)),
+            callbacks=[callback],
+        )
+        trainer.remove_callback(PrinterCallback)  # events replace its prints
+        if checkpoint is not None:
+            # Plain weights load before the mask is installed; the Trainer restores the rest.
+            trainer.load_plain_weights(str(checkpoint))
+            progress.log(f"resuming from {checkpoint.name}")
+        total = sum(p.numel() for p in model.parameters())
+        with _masked(model, spec) as applied:
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            if trainable == 0:
+                raise RecipeError("the mask leaves no parameter to train",
+                                  hint="choose components with neurons in the masked layers or another preset; with "
+                                       "LoRA the down-projection must be among train.lora.target_modules")
+            progress.log(f"training {trainable:,} of {total:,} parameters"
+                         + (f"; mask {spec.describe()}" if spec else ""))
+            before = applied.frozen_checksums() if applied else {}
+            if train_section.gradient_checkpointing:
+                model.enable_input_require_grads()
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+            eval_loss = None
+            if eval_data is not None and not callback.cancelled:
+                eval_loss = float(trainer.evaluate()["eval_loss"])
+        steps = trainer.state.global_step
+        if callback.cancelled:
+            raise CancelledError(
+                f"training was cancelled at step {steps}; a checkpoint was saved in {callback.last_checkpoint}",
+                hint="Run the same command again to resume from it.")
+        after = frozen_checksums(model, spec) if spec else {}
+        unchanged = None if not before else after == before
+        if unchanged is False:
+            progress.log("frozen weights changed during training", level="error")
+        adapter_dir, model_dir, model = _save_outputs(model, tokenizer, spec, output_dir, train_section.method,
+                                                      save_model=save_model, merge_lora=merge_lora,
+                                                      bake_lesion=bake_lesion)
+        model.eval()
+        losses = callback.losses
+        progress.summary.update(final_loss=losses[-1][1] if losses else None, eval_loss=eval_loss, steps=steps,
+                                trainable_parameters=trainable, frozen_unchanged=unchanged)
+
+    return TrainResult(
+        final_loss=losses[-1][1] if losses else None, eval_loss=eval_loss, steps=steps,
+        seconds=time.monotonic() - started, trainable_parameters=trainable, total_parameters=total,
+        losses=losses, checkpoint_dir=callback.last_checkpoint or checkpoint,
+        resumed_from=saved["step"],
+        adapter_dir=adapter_dir, model_dir=model_dir, frozen_unchanged=unchanged, frozen_checksums=after,
+        model=model,
+    )
+
+
+# ---- inputs --------------------------------------------------------------------------------------
+
+def _unpack(loaded_or_model: Any, tokenizer: Any) -> tuple[Any, Any, str]:
+    """(model, tokenizer, model identity) from a LoadedModel or a bare model."""
+    from fnapi.models.loading import weight_fingerprint
+
+    if hasattr(loaded_or_model, "info") and hasattr(loaded_or_model, "model"):
+        info = loaded_or_model.info
+        return loaded_or_model.model, tokenizer or loaded_or_model.tokenizer, f"{info.name}:{info.fingerprint}"
+    if tokenizer is None:
+        raise ModelError("train() needs a tokenizer when it is given a bare model")
+    return loaded_or_model, tokenizer, weight_fingerprint(loaded_or_model)
+
+
+def _pad_id(tokenizer: Any) -> int:
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ModelError("the tokenizer has neither a pad nor an eos token, so batches cannot be padded")
+    return pad
+
+
+def _planned_steps(section: TrainSection, examples: int) -> int:
+    if section.steps is not None:
+        return section.steps
+    # as the Trainer counts: whole accumulation groups of batches per epoch
+    per_epoch = max(math.ceil(examples / section.batch_size) // section.gradient_accumulation, 1)
+    return math.ceil(per_epoch * section.epochs)
+
+
+def _data_fingerprint(data: Any) -> str:
+    key = getattr(data, "cache_key", None)
+    if key:
+        return str(key)
+    digest = hashlib.sha256()
+    for ids, labels in zip(data.input_ids, data.labels):
+        digest.update(json.dumps([ids, labels]).encode())
+    return digest.hexdigest()[:16]
+
+
+def _run_identity(section: TrainSection, seed: int, spec: NeuronMask | None, data: Any, model_id: str) -> dict:
+    """What must be equal for a checkpoint to be continued."""
+    recipe = section.model_dump(mode="json", exclude=_RESUME_NEUTRAL)
+    return {
+        "format": STATE_FORMAT,
+        "train": recipe,
+        "seed": seed,
+        "mask": None if spec is None else {**spec.to_dict(), "source": None},
+        "data": _data_fingerprint(data),
+        "model": model_id,
+    }
+
+
+# ---- checkpoints and resuming ------------------------------------------------------------------------
+
+def _checkpoints(root: Path) -> list[Path]:
+    """Checkpoint folders, newest step first."""
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def _read_state(checkpoint: Path) -> dict:
+    return json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
+
+
+def _find_resume_point(root: Path, identity: dict, resume: bool, sink: EventSink) -> Path | None:
+    """The last complete checkpoint to continue, after checking it belongs to this run."""
+    if not resume:
+        if root.exists():
+            shutil.rmtree(root)
+            sink.emit(Log(message=f"removed old checkpoints in {root} (resume off)", stage="train"))
+        return None
+    complete = [p for p in _checkpoints(root) if (p / STATE_FILE).is_file()]
+    if not complete:
+        return None
+    checkpoint = complete[0]
+    saved = _read_state(checkpoint)
+    differs = _differences(saved, identity)
+    if differs:
+        raise RecipeError(
+            f"the interrupted run in {checkpoint} used a different mask/recipe ({', '.join(differs)} differ), "
+            "so it cannot be resumed",
+            hint=f"Use another output folder, or start over without resuming (this deletes {root}).")
+    return checkpoint
+
+
+def _differences(saved: dict, now: dict) -> list[str]:
+    differs = []
+    for key in ("train", "seed", "mask", "data", "model", "format"):
+        old, new = saved.get(key), now.get(key)
+        if isinstance(old, dict) and isinstance(new, dict) and key == "train":
+            differs += [f"train.{k}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        elif old != new:
+            differs.append({"data": "training data", "model": "model weights"}.get(key, key))
+    return differs
+
+
+# ---- the model for each method -------------------------------------------------------------------------
+
+def _prepare_model(model: Any, section: TrainSection) -> Any:
+    """Make the parameters the method trains require grad (LoRA: wrap with peft)."""
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+
+    model.train()
+    if section.method == "full":
+        if isinstance(model, PeftModel):
+            raise ModelError("full fine-tuning was asked for a model that carries a LoRA adapter",
+                             hint="merge the adapter first, or use train.method: lora")
+        model.requires_grad_(True)
+        return model
+    if isinstance(model, PeftModel):  # continue training the adapter it already has
+        return model
+    if section.method == "qlora":
+        if not (getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)):
+            raise ModelError("train.method qlora needs the model loaded quantized",
+                             hint="set model.quantization: 4bit in the recipe")
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=section.gradient_checkpointing)
+    lora = section.lora
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules=_lora_targets(model, lora.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def _lora_targets(model: Any, targets: list[str] | str) -> list[str]:
+    """LoRA target module names: the family's attention and MLP projections for ``auto``."""
+    if targets != "auto":
+        return list(targets)
+    names = {name.rsplit(".", 1)[-1] for name, _ in unwrap_model(model).named_modules()}
+    return [t for t in get_adapter(model).lora_targets if t in names]
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    # Saving prints tqdm bars ("Writing model shards"); progress is reported through events instead.
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def _masked(model: Any, spec: NeuronMask | None) -> Iterator[Any]:
+    if spec is None:
+        yield None
+        return
+    with apply_mask(model, spec) as applied:
+        yield applied
+
+
+def _training_arguments(section: TrainSection, root: Path, seed: int, model: Any) -> TrainingArguments:
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    return TrainingArguments(
+        output_dir=str(root),
+        max_steps=section.steps if section.steps is not None else -1,
+        num_train_epochs=section.epochs,
+        per_device_train_batch_size=section.batch_size,
+        per_device_eval_batch_size=section.batch_size,
+        gradient_accumulation_steps=section.gradient_accumulation,
+        learning_rate=section.learning_rate,
+        weight_decay=section.weight_decay,
+        warmup_steps=section.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        lr_scheduler_type=section.scheduler,
+        max_grad_norm=section.max_grad_norm,
+        optim="adamw_torch",
+        activation_checkpointing=section.gradient_checkpointing,
+        # Every step is logged so the loss history is complete; events are thinned by the callback.
+        logging_strategy="steps",
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=section.save_steps,
+        save_total_limit=2,
+        eval_strategy="no",
+        seed=seed,
+        data_seed=seed,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=False,
+        remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding",
+        use_cpu=on_cpu,
+        disable_tqdm=True,
+        report_to="none",
+    )
+
+
+class _MaskedTrainer(Trainer):
+    """Trainer whose checkpoints hold plain weights, loaded before the mask goes on."""
+
+    _plain_weights_loaded = False
+
+    def load_plain_weights(self, checkpoint: str) -> None:
+        super()._load_from_checkpoint(checkpoint)
+        self._plain_weights_loaded = True
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        if not self._plain_weights_loaded:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict=plain_state_dict(self.model))
+
+
+class _EventCallback(TrainerCallback):
+    """Turns Trainer progress and logs into fnapi events; stops (with a checkpoint) on cancel."""
+
+    def __init__(self, sink: EventSink, cancel: threading.Event | None, logging_steps: int, identity: dict,
+                 history: list) -> None:
+        self.sink = sink
+        self.cancel = cancel
+        self.logging_steps = logging_steps
+        self.identity = identity
+        self.losses: list[tuple[int, float]] = [(int(s), float(v)) for s, v in history]
+        self.cancelled = False
+        self.last_checkpoint: Path | None = None
+        self._window: list[float] = []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._start = (time.monotonic(), state.global_step)
+        self._mark = (time.monotonic(), state.num_input_tokens_seen)
+        self.losses = [p for p in self.losses if p[0] <= state.global_step]
+
+    def on_step_end(self, args, state, control, **kwargs):
+        started, first_step = self._start
+        elapsed = max(time.monotonic() - started, 1e-9)
+        done = state.global_step - first_step
+        rate = done / elapsed if done else None
+        eta = (state.max_steps - state.global_step) / rate if rate else None
+        self.sink.emit(Progress(stage="train", completed=state.global_step, total=state.max_steps, unit="step",
+                                rate=rate, eta_seconds=eta))
+        if self.cancel is not None and self.cancel.is_set() and not self.cancelled:
+            self.cancelled = True
+            control.should_training_stop = True
+            control.should_save = True
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        step = state.global_step
+        if "loss" in logs:
+            self.losses.append((step, float(logs["loss"])))
+            self._window.append(float(logs["loss"]))
+            if step % self.logging_steps == 0 or step >= state.max_steps or self.cancelled:
+                now = time.monotonic()
+                then, tokens = self._mark
+                values = {"loss": sum(self._window) / len(self._window),
+                          "learning_rate": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"),
+                          "tokens_per_second": (state.num_input_tokens_seen - tokens) / max(now - then, 1e-9)}
+                self.sink.emit(Metric(stage="train", step=step,
+                                      values={k: float(v) for k, v in values.items() if v is not None}))
+                self._window = []
+                self._mark = (now, state.num_input_tokens_seen)
+        if "eval_loss" in logs:
+            self.sink.emit(Metric(stage="train", step=step, values={"eval_loss": float(logs["eval_loss"])}))
+
+    def on_save(self, args, state, control, **kwargs):
+        # Written after the Trainer has saved everything else: its presence marks a complete checkpoint.
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        state_file = {**self.identity, "step": state.global_step, "losses": self.losses}
+        atomic_write_text(folder / STATE_FILE, json.dumps(state_file, indent=1))
+        self.last_checkpoint = folder
+        self.sink.emit(Log(message=f"checkpoint saved at step {state.global_step}", stage="train", level="debug"))
+
+
+# ---- outputs ---------------------------------------------------------------------------------------------
+
+def _save_outputs(model: Any, tokenizer: Any, spec: NeuronMask | None, output_dir: Path, method: str, *,
+                  save_model: bool, merge_lora: bool, bake_lesion: bool) -> tuple[Path | None, Path | None, Any]:
+    """Write the adapter and/or the full model; returns (adapter_dir, model_dir, model to evaluate)."""
+    if not save_model:
+        return None, None, model
+    is_lora = method in ("lora", "qlora")
+    lesion = bake_lesion and spec is not None and spec.ablate != "none"
+    adapter_dir = model_dir = None
+    if is_lora:
+        adapter_dir = _write_dir(output_dir / "adapter", lambda d: (model.save_pretrained(d), tokenizer.save_pretrained(d)))
+        if not (merge_lora or lesion):
+            return adapter_dir, None, model
+        model = model.merge_and_unload()
+    if lesion:
+        bake_lesion_into(model, spec)
+    model_dir = _write_dir(output_dir / "model", lambda d: (model.save_pretrained(d), tokenizer.save_pretrained(d)))
+    return adapter_dir, model_dir, model
+
+
+def _write_dir(target: Path, write: Callable[[Path], Any]) -> Path:
+    """Write a folder under a temporary name and rename it into place (replacing an older one)."""
+    temporary = target.with_name(f".{target.name}.partial")
+    old = target.with_name(f".{target.name}.old")
+    for leftover in (temporary, old):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    write(temporary)
+    if target.exists():
+        target.rename(old)
+    temporary.rename(target)
+    if old.exists():
+        shutil.rmtree(old)
+    return target
