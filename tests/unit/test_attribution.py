@@ -9,6 +9,7 @@ import torch
 
 from fnapi.errors import CancelledError, DataError, TemplateError
 from fnapi.events import ListSink, Progress
+from fnapi.models.loading import LoadedModel, describe
 from fnapi.models.registry import get_adapter
 from fnapi.models.tiny import tiny_model, tiny_tokenizer
 from fnapi.networks.attribution import attribution_scores, attribution_template, select_layer_balanced
@@ -35,11 +36,8 @@ def examples(tokenizer):
             example("hello", "hello there")]
 
 
-def info(model) -> dict:
-    adapter = get_adapter(model)
-    return {"name": "tiny", "architecture": type(model).__name__, "num_layers": adapter.num_layers(model),
-            "hidden_size": adapter.hidden_size(model), "intermediate_size": adapter.intermediate_size(model),
-            "fingerprint": None}
+def info(model):
+    return describe(model, "tiny")
 
 
 def planted(family: str, layer: int):
@@ -114,6 +112,19 @@ def test_planted_channel_ranks_most_important(tokenizer, examples, family, layer
     most, least = template.components
     assert PLANTED in most.neurons[layer]
     assert PLANTED not in least.neurons[layer]
+
+
+def test_accepts_a_loaded_model_or_model_and_tokenizer(tokenizer, examples):
+    model = tiny_model("qwen2")
+    loaded = LoadedModel(model=model, tokenizer=tokenizer, info=describe(model, "tiny-qwen2"),
+                         adapter=get_adapter(model), source="test")
+    from_loaded = attribution_template(loaded, examples, steps=2)
+    assert from_loaded.model["name"] == "tiny-qwen2"
+    assert from_loaded.model["fingerprint"] == loaded.info.fingerprint
+    from_pair = attribution_template((model, tokenizer), examples, steps=2)
+    assert from_pair.model["fingerprint"] == loaded.info.fingerprint
+    assert from_pair.components == from_loaded.components
+    from_loaded.check_compatible(loaded.info)
 
 
 def test_layer_subset(tokenizer, examples):
