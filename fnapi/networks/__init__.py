@@ -1,0 +1,1 @@
+"""Functional networks: activation capture, ICA, stability, attribution, and the template format."""
