@@ -296,8 +296,11 @@ def _load_hub(repo_id: str, revision: str | None, options: dict[str, Any],
         progress.log(f"hub not used ({problem}); looking in the local Hugging Face cache")
     token = auth.resolve_token().token
     kwargs = dict(revision=revision, token=token, local_files_only=problem is not None)
+    # transformers looks for a peft adapter_config.json without passing local_files_only on, and
+    # would retry the unreachable hub for ~25 s; its adapter_kwargs reach that look-up.
+    adapter_kwargs = {"local_files_only": True} if problem else None
     try:
-        model = AutoModelForCausalLM.from_pretrained(repo_id, **kwargs, **options)
+        model = AutoModelForCausalLM.from_pretrained(repo_id, **kwargs, adapter_kwargs=adapter_kwargs, **options)
         tokenizer = AutoTokenizer.from_pretrained(repo_id, **kwargs, trust_remote_code=options["trust_remote_code"])
     except (OSError, ValueError) as exc:
         if problem:

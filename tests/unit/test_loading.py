@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from importlib import metadata
@@ -33,10 +34,31 @@ def llama_dir(tmp_path_factory):
     return save_tiny("llama", tmp_path_factory.mktemp("tiny") / "llama")
 
 
+@pytest.fixture
+def hub_unreachable(monkeypatch):
+    """The hub looks out of reach, huggingface_hub is in online mode, and any network use is
+    recorded and refused (so a retry loop would show as calls here and as lost seconds)."""
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args[:1])
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    return attempts
+
+
 @pytest.mark.parametrize("family", ["llama", "gpt2", "falcon"])
-def test_local_folder_loads_with_info(tmp_path, family):
+def test_local_folder_loads_with_info(tmp_path, family, hub_unreachable):
     folder = save_tiny(family, tmp_path / family)
     loaded = load_model(str(folder))
+    assert hub_unreachable == []  # a local folder never touches the network
     info = loaded.info
     assert (info.family, info.num_layers, info.hidden_size, info.intermediate_size) == (family, 2, 64, 160)
     assert info.name == str(folder)
@@ -192,9 +214,7 @@ def test_hub_with_offline_flag_fails_fast(monkeypatch):
     assert EMBEDDED_MODEL in info.value.hint and ".gguf" in info.value.hint
 
 
-def test_unreachable_hub_fails_fast_and_says_what_to_do(monkeypatch):
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+def test_unreachable_hub_fails_fast_and_says_what_to_do(monkeypatch, hub_unreachable):
     probes = []
 
     def unreachable(timeout):
@@ -209,6 +229,22 @@ def test_unreachable_hub_fails_fast_and_says_what_to_do(monkeypatch):
     assert probes and probes[0] <= 3
     assert "not reachable" in info.value.message
     assert "HF_HUB_OFFLINE=1" in info.value.hint
+    assert hub_unreachable == []
+
+
+def test_unreachable_hub_loads_from_the_local_hf_cache(monkeypatch, tmp_path, hub_unreachable):
+    from huggingface_hub import constants
+
+    repo = tmp_path / "hub" / "models--some-org--tiny"
+    save_tiny("llama", repo / "snapshots" / ("0" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(auth, "hub_reachable", lambda timeout: "huggingface.co:443 not reachable (test)")
+    loaded = load_model("some-org/tiny")
+    assert loaded.source == "hub:some-org/tiny"
+    assert loaded.info.fingerprint == weight_fingerprint(tiny_model("llama"))
+    assert hub_unreachable == []
 
 
 def test_reachable_hub_gets_the_token_and_errors_become_model_errors(monkeypatch):
