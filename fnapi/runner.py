@@ -1,0 +1,342 @@
+"""``run(recipe)``: every stage of a fine-tune in order, with events, resume and a report.
+
+hardware -> model -> data -> template (build or load) -> mask -> baseline evaluation -> train ->
+evaluation -> report. Each stage is a plain function from :mod:`fnapi`; this module only wires them
+together, keeps the run directory consistent and makes an interrupted run resumable.
+
+>>> result = run(Recipe.from_yaml("recipes/quickstart.yaml"), sink=console_sink())  # doctest: +SKIP
+>>> result.report.probes.retained                                                    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fnapi.errors import DataError, FnapiError, HardwareError
+from fnapi.events import (
+    CompositeSink,
+    EventSink,
+    JsonlSink,
+    Log,
+    NullSink,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+    check_cancelled,
+    stage,
+)
+from fnapi.paths import atomic_write_text
+from fnapi.recipe import Recipe
+from fnapi.report import ForgettingReport, Score, write_report
+from fnapi.rundir import RunDir, claim_run_dir
+
+BASELINE_FILE = "baseline.json"
+
+
+@dataclass
+class RunResult:
+    """Where the run wrote its outputs and what it measured."""
+
+    run_dir: Path
+    report: ForgettingReport
+    template_path: Path | None
+    resumed: bool
+
+
+def run(recipe: Recipe, *, sink: EventSink | None = None, cancel: threading.Event | None = None,
+        output: str | Path | None = None) -> RunResult:
+    """Run ``recipe`` end to end and return the run directory and report.
+
+    Events go to ``sink`` and to ``events.jsonl`` in the run directory. Setting ``cancel`` stops
+    at the next step and leaves a checkpoint; running the same recipe again resumes it.
+    """
+    rundir = claim_run_dir(recipe, output)
+    jsonl = JsonlSink(rundir.events)
+    events = CompositeSink(sink if sink is not None else NullSink(), jsonl)
+    started = time.monotonic()
+    events.emit(RunStarted(name=recipe.name, run_dir=str(rundir.path)))
+    if rundir.resumed:
+        events.emit(Log(message=f"resuming the interrupted run in {rundir.path}", stage="run"))
+    current = {"stage": "setup"}
+    try:
+        result = _run_stages(recipe, rundir, events, cancel, current)
+    except FnapiError as exc:
+        events.emit(RunFailed(error=str(exc), stage=current["stage"], exit_code=exc.exit_code))
+        raise
+    except BaseException as exc:
+        events.emit(RunFailed(error=f"{type(exc).__name__}: {exc}", stage=current["stage"], exit_code=1))
+        raise
+    else:
+        seconds = time.monotonic() - started
+        result.report.total_seconds = seconds
+        write_report(result.report, rundir.path)
+        events.emit(RunFinished(name=recipe.name, seconds=seconds, run_dir=str(rundir.path),
+                                summary=_summary(result.report)))
+        return result
+    finally:
+        jsonl.close()
+
+
+def _run_stages(recipe: Recipe, rundir: RunDir, sink: EventSink, cancel: threading.Event | None,
+                current: dict[str, str]) -> RunResult:
+    import transformers
+
+    from fnapi.data import load_data, tokenize
+    from fnapi.masking import from_section
+    from fnapi.models.loading import load_model
+    from fnapi.training import train
+
+    current["stage"] = "hardware"
+    check_hardware(recipe, sink)
+    transformers.set_seed(recipe.seed)
+
+    current["stage"] = "model"
+    check_cancelled(cancel, "the run")
+    loaded = load_model(recipe.model, sink=sink, cancel=cancel)
+    tokenizer = loaded.tokenizer
+
+    current["stage"] = "data"
+    data = load_data(recipe.data, seed=recipe.seed)
+    sink.emit(Log(message=data.report.describe() if hasattr(data.report, "describe") else
+                  f"{data.report.source}: format {data.report.format}, {data.report.rows_kept} rows kept, "
+                  f"{data.report.rows_skipped} skipped", stage="data"))
+    train_tokens = tokenize(data.train, tokenizer, chat_template=recipe.data.chat_template,
+                            max_length=recipe.data.max_length, sink=sink, cancel=cancel)
+    validation_tokens = None
+    if data.validation:
+        validation_tokens = tokenize(data.validation, tokenizer, chat_template=recipe.data.chat_template,
+                                     max_length=recipe.data.max_length, sink=sink, cancel=cancel)
+    if len(train_tokens) == 0:
+        raise DataError(f"{recipe.data.path}: no training example has a token to learn after tokenizing",
+                        "check the format detection with `fnapi data inspect` and data.max_length")
+
+    current["stage"] = "template"
+    template = None
+    spec = None
+    if recipe.template is not None:
+        template = obtain_template(recipe, loaded, rundir, sink, cancel)
+        current["stage"] = "mask"
+        if recipe.mask.switches() != ("none", "all"):
+            spec = from_section(template, recipe.mask)
+            sink.emit(Log(message=f"mask: {spec.describe()}", stage="mask"))
+
+    current["stage"] = "evaluate"
+    eval_set = _task_conversations(recipe, data)
+    baseline = baseline_scores(recipe, loaded, eval_set, rundir, sink, cancel)
+
+    current["stage"] = "train"
+    result = train(loaded, tokenizer, train_tokens, validation_tokens, recipe.train, mask=spec,
+                   output_dir=rundir.path, seed=recipe.seed, sink=sink, cancel=cancel, resume=True,
+                   save_model=recipe.output.save_model, merge_lora=recipe.output.merge_lora,
+                   bake_lesion=recipe.output.bake_lesion)
+
+    current["stage"] = "evaluate"
+    after = final_scores(recipe, result.model, tokenizer, spec, eval_set, baseline, sink, cancel)
+
+    report = ForgettingReport(
+        name=recipe.name,
+        task=Score(baseline.get("task"), after.get("task"), len(eval_set), "exact match"),
+        probes=Score(baseline.get("probes"), after.get("probes"), baseline.get("probe_samples", 0),
+                     "choice accuracy (log-likelihood)"),
+        kl_to_base=after.get("kl_to_base"),
+        trainable_parameters=result.trainable_parameters,
+        total_parameters=result.total_parameters,
+        train_seconds=result.seconds,
+        final_loss=result.final_loss,
+        steps=result.steps,
+        losses=list(result.losses),
+        frozen_weights_unchanged=result.frozen_unchanged,
+        model=loaded.info.to_dict(),
+        mask=_mask_summary(recipe, spec),
+        template=_template_summary(template, rundir),
+        method=recipe.train.method,
+        recipe_fingerprint=recipe.fingerprint(),
+    )
+    return RunResult(run_dir=rundir.path, report=report,
+                     template_path=rundir.template if template is not None else None, resumed=rundir.resumed)
+
+
+# ---- stages ----------------------------------------------------------------------------------
+
+def check_hardware(recipe: Recipe, sink: EventSink) -> None:
+    """Refuse CUDA-only features and batches that cannot fit before anything slow starts."""
+    from fnapi.hardware import (
+        EMBEDDED_MODEL_PARAMETERS,
+        check_quantization_supported,
+        detect_hardware,
+        estimate_training_memory,
+        format_bytes,
+    )
+    from fnapi.training import check_method_supported
+
+    with stage(sink, "hardware", description="devices and memory") as progress:
+        report = detect_hardware()
+        device = "cuda" if report.has_cuda else "cpu"
+        progress.log(f"device {device}; {report.cpu.logical_cores if report.cpu else '?'} CPU cores; "
+                     f"{format_bytes(report.ram_available or 0)} RAM available")
+        if recipe.model.quantization != "none":
+            check_quantization_supported(recipe.model.quantization, report)
+        check_method_supported(recipe.train.method, report)
+        if recipe.model.device == "cuda" and not report.has_cuda:
+            raise HardwareError("model.device is cuda but this machine has no CUDA device",
+                                "set model.device: auto (or cpu)")
+        if recipe.model.name == "smollm2-135m-instruct":
+            parameters = EMBEDDED_MODEL_PARAMETERS
+            weight_format = "float32" if device == "cpu" else "bfloat16"
+            needed = estimate_training_memory(parameters, weight_format=weight_format,
+                                              method="full" if recipe.train.method == "full" else "lora",
+                                              batch_size=recipe.train.batch_size, seq_len=recipe.data.max_length)
+            budget = _memory_budget(report)
+            if budget and needed > budget:
+                raise HardwareError(
+                    f"train.batch_size {recipe.train.batch_size} at data.max_length {recipe.data.max_length} needs "
+                    f"about {format_bytes(needed)}, more than the {format_bytes(budget)} available here",
+                    "lower train.batch_size and raise train.gradient_accumulation to keep the effective batch",
+                )
+
+
+def _memory_budget(report: Any) -> int | None:
+    gpu = report.best_cuda_device()
+    if gpu is not None:
+        return int(gpu.total_memory * 0.95)
+    return report.ram_available
+
+
+def obtain_template(recipe: Recipe, loaded: Any, rundir: RunDir, sink: EventSink,
+                    cancel: threading.Event | None):
+    """Load the recipe's template, or reuse the one this run already built, or build it."""
+    from fnapi.networks.build import build_template
+    from fnapi.networks.template import Template
+
+    section = recipe.template
+    if section.path:
+        template = Template.load(section.path)
+        source = section.path
+    elif rundir.template.exists():
+        template = Template.load(rundir.template)
+        source = "this run (resumed)"
+    else:
+        specs = list(section.data) or [recipe.data.path]
+        template = build_template(loaded, section, specs, seed=recipe.seed, sink=sink, cancel=cancel)
+        source = "built"
+        if section.out:
+            template.save(section.out)
+    for warning in template.check_compatible(loaded.info) or []:
+        sink.emit(Log(message=warning, level="warning", stage="template"))
+    if not rundir.template.exists():
+        template.save(rundir.template)
+    sink.emit(Log(message=f"template ({source}): {len(template.components)} components at {template.site}",
+                  stage="template"))
+    return template
+
+
+def _task_conversations(recipe: Recipe, data: Any) -> list:
+    pool = data.test if data.test else data.validation
+    return list(pool[: recipe.eval.task_samples]) if pool else []
+
+
+def _probe_items(recipe: Recipe) -> list:
+    if not recipe.eval.probes:
+        return []
+    from fnapi.data.builtin import probe_items
+
+    if recipe.eval.probes != "builtin:probes":
+        raise DataError(f"eval.probes: {recipe.eval.probes!r} is not a probe set; use builtin:probes or null")
+    return probe_items(recipe.eval.probe_samples)
+
+
+def _kl_prompts(recipe: Recipe, tokenizer: Any) -> list[list[int]]:
+    from fnapi.data.builtin import text_paragraphs
+
+    count = recipe.eval.kl_prompts
+    if count == 0:
+        return []
+    # Paragraphs far from the training task: drift on them is what "forgetting" means.
+    return [tokenizer(text, add_special_tokens=False)["input_ids"][:64] for text in text_paragraphs()[-count:]]
+
+
+def baseline_scores(recipe: Recipe, loaded: Any, eval_set: list, rundir: RunDir, sink: EventSink,
+                    cancel: threading.Event | None) -> dict[str, Any]:
+    """Scores of the untouched model; stored so a resumed run does not measure them again."""
+    from fnapi.evaluation import next_token_logprobs, score_probes, score_task
+
+    path = rundir.path / BASELINE_FILE
+    scores: dict[str, Any] = {}
+    if path.exists():
+        scores = json.loads(path.read_text())
+    model, tokenizer = loaded.model, loaded.tokenizer
+    if recipe.eval.enabled and not scores:
+        items = _probe_items(recipe)
+        with stage(sink, "baseline", total=2, unit="measure", cancel=cancel,
+                   description="scores of the base model") as progress:
+            if eval_set:
+                scores["task"] = score_task(model, tokenizer, eval_set, max_new_tokens=recipe.eval.max_new_tokens,
+                                            chat_template=recipe.data.chat_template)
+            progress.advance()
+            if items:
+                scores["probes"] = score_probes(model, tokenizer, items, chat_template=recipe.data.chat_template)
+                scores["probe_samples"] = len(items)
+            progress.advance()
+            progress.metric({f"{k}_before": v for k, v in scores.items() if isinstance(v, float)})
+        atomic_write_text(path, json.dumps(scores, indent=2))
+    if recipe.eval.enabled and recipe.eval.kl_prompts:
+        # Kept in memory only: the base distributions are cheap to recompute after a resume.
+        scores["_reference"] = next_token_logprobs(model, _kl_prompts(recipe, tokenizer))
+    return scores
+
+
+def final_scores(recipe: Recipe, model: Any, tokenizer: Any, spec: Any, eval_set: list, baseline: dict,
+                 sink: EventSink, cancel: threading.Event | None) -> dict[str, Any]:
+    """Scores of the fine-tuned model, with the forward-pass part of the mask (ablation) in place."""
+    import contextlib
+
+    from fnapi.evaluation import mean_kl, score_probes, score_task
+    from fnapi.masking import mask
+
+    if not recipe.eval.enabled:
+        return {}
+    scores: dict[str, Any] = {}
+    ablating = spec is not None and spec.ablate != "none"
+    context = mask(model, spec, train="all") if ablating else contextlib.nullcontext()
+    items = _probe_items(recipe)
+    with context, stage(sink, "evaluate", total=3, unit="measure", cancel=cancel,
+                        description="scores after fine-tuning") as progress:
+        if eval_set:
+            scores["task"] = score_task(model, tokenizer, eval_set, max_new_tokens=recipe.eval.max_new_tokens,
+                                        chat_template=recipe.data.chat_template)
+        progress.advance()
+        if items:
+            scores["probes"] = score_probes(model, tokenizer, items, chat_template=recipe.data.chat_template)
+        progress.advance()
+        if baseline.get("_reference") is not None:
+            scores["kl_to_base"] = mean_kl(model, _kl_prompts(recipe, tokenizer), baseline["_reference"])
+        progress.advance()
+        progress.metric({f"{k}_after" if k != "kl_to_base" else k: v for k, v in scores.items()})
+    return scores
+
+
+def _mask_summary(recipe: Recipe, spec: Any) -> dict[str, Any]:
+    ablate, train_which = recipe.mask.switches()
+    summary: dict[str, Any] = {"preset": recipe.mask.preset, "ablate": ablate, "train": train_which,
+                               "components": recipe.mask.components, "layers": recipe.mask.layers}
+    if spec is not None:
+        summary["site"] = spec.site
+        summary["neurons"] = sum(len(spec.selected(layer)) for layer in spec.layers)
+    return summary
+
+
+def _template_summary(template: Any, rundir: RunDir) -> dict[str, Any]:
+    if template is None:
+        return {}
+    return {"path": str(rundir.template), "site": template.site, "width": template.width,
+            "components": len(template.components), "method": template.method.get("name")}
+
+
+def _summary(report: ForgettingReport) -> dict[str, Any]:
+    return {"final_loss": report.final_loss, "task_after": report.task.after, "probes_after": report.probes.after,
+            "probes_retained": report.probes.retained, "kl_to_base": report.kl_to_base}
