@@ -106,9 +106,10 @@ class NeuronMask:
             chosen = tuple(sorted({int(c) for c in channels}))
             if layer < 0:
                 raise TemplateError(f"mask layer {layer} is negative")
-            if chosen and (chosen[0] < 0 or (self.width is not None and chosen[-1] >= self.width)):
-                bad = chosen[0] if chosen[0] < 0 else chosen[-1]
-                raise TemplateError(f"mask layer {layer}: channel {bad} is outside 0-{(self.width or 1) - 1} "
+            if chosen and chosen[0] < 0:
+                raise TemplateError(f"mask layer {layer}: channel {chosen[0]} is negative")
+            if chosen and self.width is not None and chosen[-1] >= self.width:
+                raise TemplateError(f"mask layer {layer}: channel {chosen[-1]} is outside 0-{self.width - 1} "
                                     f"(width {self.width} at {self.site})")
             neurons[layer] = chosen
         object.__setattr__(self, "neurons", neurons)

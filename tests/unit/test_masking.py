@@ -350,3 +350,14 @@ def test_baked_lesion_behaves_like_the_hooks(family, site, lora):
         baked = model(ids).logits
     assert not torch.allclose(plain, hooked)
     torch.testing.assert_close(baked, hooked, rtol=0, atol=1e-6)
+
+
+def test_invalid_masks_are_explained():
+    with pytest.raises(TemplateError, match="negative"):
+        NeuronMask("mlp.out", {0: [-1]})
+    with pytest.raises(TemplateError, match="outside 0-7"):
+        NeuronMask("mlp.out", {0: [8]}, width=8)
+    with pytest.raises(TemplateError, match="ablate 'all'"):
+        NeuronMask("mlp.out", {0: [1]}, ablate="all")
+    with pytest.raises(TemplateError, match="site"):
+        NeuronMask("attn.out", {0: [1]})
