@@ -111,8 +111,6 @@ def load_model(spec: str | ModelSection, *, dtype: str | None = None, device: st
     >>> loaded.info.num_layers                          # doctest: +SKIP
     30
     """
-    import torch
-
     from fnapi.hardware import check_quantization_supported
 
     if isinstance(spec, str):
@@ -136,7 +134,7 @@ def load_model(spec: str | ModelSection, *, dtype: str | None = None, device: st
         )
         options["device_map"] = {"": device}
 
-    with stage(sink, "model", cancel=cancel, description=name) as progress, _quiet_transformers():
+    with stage(sink, "model", cancel=cancel, description=name) as progress, _no_progress_bars():
         model, tokenizer, source = _load(name, revision, options, progress)
         progress.advance(message="weights loaded")
         if quantization == "none":
@@ -216,6 +214,9 @@ def _load(name: str, revision: str | None, options: dict[str, Any],
         if path.suffix.lower() != ".gguf":
             raise ModelError(f"model file {path} is not a .gguf file",
                              hint="Give the folder that holds config.json and the weights, or a .gguf file.")
+        if "quantization_config" in options:
+            raise ModelError(f"model file {path}: 4-bit/8-bit loading does not apply to .gguf files",
+                             hint="Set model.quantization to none; the GGUF weights are de-quantized on load.")
         progress.log(f"reading {path.name} (GGUF files are de-quantized at every load)")
         model, tokenizer = _read_gguf(path, options)
         return model, tokenizer, f"gguf:{path.resolve()}"
@@ -469,16 +470,15 @@ def _ensure_pad_token(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Hide transformers' own progress bars and warnings while loading (our events report it)."""
+def _no_progress_bars() -> Iterator[None]:
+    """Hide transformers' own progress bars while loading (our events report progress). Its
+    warnings stay on: they say when a checkpoint lacks weights."""
     from transformers.utils import logging
 
-    bars, verbosity = logging.is_progress_bar_enabled(), logging.get_verbosity()
+    enabled = logging.is_progress_bar_enabled()
     logging.disable_progress_bar()
-    logging.set_verbosity_error()
     try:
         yield
     finally:
-        logging.set_verbosity(verbosity)
-        if bars:
+        if enabled:
             logging.enable_progress_bar()
