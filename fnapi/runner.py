@@ -263,7 +263,8 @@ def _kl_prompts(recipe: Recipe, tokenizer: Any) -> list[list[int]]:
 def baseline_scores(recipe: Recipe, loaded: Any, eval_set: list, rundir: RunDir, sink: EventSink,
                     cancel: threading.Event | None) -> dict[str, Any]:
     """Scores of the untouched model; stored so a resumed run does not measure them again."""
-    from fnapi.evaluation import next_token_logprobs, score_probes, score_task
+    from fnapi.drift import next_token_logprobs
+    from fnapi.evaluation import score_probes, score_task
 
     path = rundir.path / BASELINE_FILE
     scores: dict[str, Any] = {}
@@ -295,7 +296,8 @@ def final_scores(recipe: Recipe, model: Any, tokenizer: Any, spec: Any, eval_set
     """Scores of the fine-tuned model, with the forward-pass part of the mask (ablation) in place."""
     import contextlib
 
-    from fnapi.evaluation import mean_kl, score_probes, score_task
+    from fnapi.drift import mean_kl
+    from fnapi.evaluation import score_probes, score_task
     from fnapi.masking import mask
 
     if not recipe.eval.enabled:
