@@ -1,0 +1,204 @@
+"""Every fnapi call the wizard makes, in one place.
+
+Screens call an :class:`Engine` from worker threads and never import fnapi's heavy modules
+themselves, so the app starts without torch and there is exactly one place to adapt when an
+fnapi signature changes. Tests give the engine a fixed hardware report and a fake run function.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from fnapi.errors import FnapiError
+
+if TYPE_CHECKING:
+    from fnapi.auth import TokenStatus, ValidationResult
+    from fnapi.data.inspect import DataPreview
+    from fnapi.events import EventSink
+    from fnapi.hardware import HardwareReport, Recommendation
+    from fnapi.models.loading import LoadedModel, ModelInfo
+    from fnapi.networks.template import Comparison, Template
+    from fnapi.recipe import DataSection, ModelSection, Recipe, TemplateSection
+
+#: ``run(recipe, *, sink=None, cancel=None, output=None) -> RunResult`` (see fnapi.runner).
+RunFunction = Callable[..., Any]
+
+#: Examples shown in the data preview.
+PREVIEW_EXAMPLES = 3
+
+
+def default_run_function() -> RunFunction:
+    """``fnapi.runner.run``, imported when a run starts (it pulls in torch)."""
+    try:
+        from fnapi.runner import run
+    except ModuleNotFoundError as exc:
+        if exc.name != "fnapi.runner":
+            raise
+        raise FnapiError("this fnapi has no run engine yet (fnapi.runner is missing)",
+                         hint="Update fnapi; the recipe is saved and can be replayed later.") from None
+    return run
+
+
+class Engine:
+    """The wizard's doorway to fnapi.
+
+    ``run_fn`` replaces :func:`fnapi.runner.run`; ``hardware`` replaces detection with a fixed
+    report; ``workdir`` is where relative paths (``.env``, templates) are resolved.
+    """
+
+    def __init__(self, *, run_fn: RunFunction | None = None, hardware: HardwareReport | None = None,
+                 workdir: Path | None = None) -> None:
+        self._run_fn = run_fn
+        self._hardware = hardware
+        self.workdir = Path(workdir) if workdir is not None else Path.cwd()
+        self._model_lock = threading.Lock()
+        self._model_key: str | None = None
+        self._model: LoadedModel | None = None
+
+    # ---- hardware ---------------------------------------------------------------------------
+    def detect_hardware(self) -> HardwareReport:
+        """The machine's devices and memory (detected once, then remembered)."""
+        if self._hardware is None:
+            from fnapi.hardware import detect_hardware
+
+            self._hardware = detect_hardware()
+        return self._hardware
+
+    def recommend(self, parameters: int | None = None, method: str = "lora", seq_len: int = 256) -> Recommendation:
+        """Settings for this machine; ``parameters`` defaults to the embedded model's size."""
+        from fnapi.hardware import EMBEDDED_MODEL_PARAMETERS, recommend
+
+        method = method if method in ("lora", "qlora", "full") else "lora"
+        return recommend(self.detect_hardware(), parameters or EMBEDDED_MODEL_PARAMETERS, method=method,
+                         seq_len=seq_len)
+
+    def memory_estimate(self, info: ModelInfo, recipe: Recipe) -> tuple[int, int]:
+        """(weights, weights + training state + one batch) in bytes for ``info`` under ``recipe``."""
+        from fnapi.hardware import estimate_training_memory
+
+        if recipe.model.quantization == "4bit":
+            weight_format = "4bit"
+        else:  # auto means float32 on the CPU, where the wizard's estimates matter most
+            weight_format = recipe.model.dtype if recipe.model.dtype != "auto" else "float32"
+        bytes_per = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "4bit": 0.55}[weight_format]
+        method = recipe.train.method if recipe.train.method in ("lora", "qlora", "full") else "lora"
+        training = estimate_training_memory(info.num_parameters, weight_format=weight_format, method=method,
+                                            batch_size=recipe.train.batch_size, seq_len=recipe.data.max_length)
+        return int(info.num_parameters * bytes_per), training
+
+    # ---- Hugging Face token -----------------------------------------------------------------
+    @property
+    def env_file(self) -> Path:
+        return self.workdir / ".env"
+
+    def token_status(self) -> TokenStatus:
+        from fnapi.auth import resolve_token
+
+        return resolve_token(env_file=self.env_file)
+
+    def check_token(self, status: TokenStatus) -> ValidationResult:
+        """Ask the hub about the token; answers "offline" within seconds when it cannot."""
+        from fnapi.auth import validate_token
+
+        return validate_token(status, timeout=3.0)
+
+    def hub_problem(self) -> str | None:
+        """Why the hub cannot be used right now, or None when it answers (a quick TCP check)."""
+        from fnapi.auth import hub_reachable
+
+        if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+            return "HF_HUB_OFFLINE is set, so the hub is not contacted"
+        return hub_reachable()
+
+    def save_token(self, token: str) -> Path:
+        """Write ``HF_TOKEN`` into ``.env`` with owner-only permissions and use it now."""
+        from fnapi.auth import login
+
+        path = login(token, save_to="dotenv", path=self.env_file)
+        self.use_token(token)
+        return path
+
+    def use_token(self, token: str) -> None:
+        """Use ``token`` for this session only (hub downloads started from the wizard)."""
+        from fnapi.redaction import register_secret
+
+        register_secret(token)
+        os.environ["HF_TOKEN"] = token
+
+    # ---- model ------------------------------------------------------------------------------
+    def load_model(self, section: ModelSection, sink: EventSink | None = None,
+                   cancel: threading.Event | None = None) -> LoadedModel:
+        """Load the model a recipe names; the last one stays loaded for the next steps."""
+        from fnapi.models.loading import load_model
+
+        key = section.model_dump_json()
+        with self._model_lock:
+            if self._model_key != key:
+                self._model, self._model_key = None, None
+                self._model = load_model(section, sink=sink, cancel=cancel)
+                self._model_key = key
+            return self._model
+
+    def release_model(self) -> None:
+        """Forget the loaded model (before a run loads its own copy)."""
+        with self._model_lock:
+            self._model, self._model_key = None, None
+
+    # ---- data -------------------------------------------------------------------------------
+    def inspect_data(self, section: DataSection, tokenizer: Any, examples: int = PREVIEW_EXAMPLES) -> DataPreview:
+        """Detect the format of ``section.path`` and render the first examples as the model sees them."""
+        from fnapi.data.inspect import inspect_data
+
+        return inspect_data(section.path, tokenizer, format=section.format, fields=dict(section.fields) or None,
+                            chat_template=section.chat_template, max_length=section.max_length, examples=examples)
+
+    # ---- templates --------------------------------------------------------------------------
+    def build_template(self, loaded: LoadedModel, section: TemplateSection, data_specs: Sequence[str], *,
+                       seed: int, sink: EventSink | None = None,
+                       cancel: threading.Event | None = None) -> tuple[Template, Path]:
+        """Build a template and save it under ``workdir/ica_templates``; returns it and its path."""
+        from fnapi.networks.build import build_template
+
+        template = build_template(loaded, section, list(data_specs), seed=seed, sink=sink, cancel=cancel)
+        path = self.template_path(loaded.info.name, data_specs, section, seed)
+        template.save(self.workdir / path)
+        return template, path
+
+    def template_path(self, model_name: str, data_specs: Sequence[str], section: TemplateSection, seed: int) -> Path:
+        """Where a built template goes, relative to ``workdir`` (``section.out`` if set)."""
+        from fnapi.networks.build import default_template_path
+
+        if section.out:
+            return Path(section.out)
+        return default_template_path(model_name, list(data_specs), section, seed)
+
+    def load_template(self, path: str | Path, info: ModelInfo | None = None) -> tuple[Template, list[str]]:
+        """Read a template; with ``info``, also check that it fits that model (warnings returned)."""
+        from fnapi.networks.template import Template
+
+        template = Template.load(self.resolve(path), model_info=info)
+        warnings = list(template.warnings)
+        if info is not None:
+            warnings += template.check_compatible(info)
+        return template, warnings
+
+    def compare_templates(self, a: Template, b: Template) -> Comparison:
+        from fnapi.networks.template import compare
+
+        return compare(a, b)
+
+    # ---- running ----------------------------------------------------------------------------
+    def run(self, recipe: Recipe, *, sink: EventSink | None = None, cancel: threading.Event | None = None,
+            output: str | None = None) -> Any:
+        """Run every stage of ``recipe`` (``fnapi.runner.run`` unless another function was given)."""
+        run_fn = self._run_fn or default_run_function()
+        return run_fn(recipe, sink=sink, cancel=cancel, output=output)
+
+    # ---- paths ------------------------------------------------------------------------------
+    def resolve(self, path: str | Path) -> Path:
+        """``path`` with ``~`` expanded, relative paths taken from ``workdir``."""
+        path = Path(path).expanduser()
+        return path if path.is_absolute() else self.workdir / path
