@@ -1,0 +1,284 @@
+"""The template browser: a tree of template -> component -> layer -> neurons and a preview pane.
+
+Tree nodes carry the model objects they stand for in ``node.data`` and the preview follows
+``Tree.NodeHighlighted``. Layers and neurons are added when their parent is first expanded, so
+large templates open at once. With ``selectable`` the space key picks components (the wizard's
+networks step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.widgets import Input, Label, Static, Tree
+from textual.widgets.tree import TreeNode
+
+from fnapi.networks.template import Component, Template
+
+BAR_WIDTH = 24
+
+
+@dataclass(frozen=True)
+class LayerRef:
+    """A tree node for one layer of one component."""
+
+    component: Component
+    layer: int
+
+
+@dataclass(frozen=True)
+class NeuronRef:
+    """A tree node for one neuron (layer, channel) of one component."""
+
+    component: Component
+    layer: int
+    channel: int
+
+
+NodeData = Template | Component | LayerRef | NeuronRef
+
+
+# ---- what the preview pane shows -------------------------------------------------------------
+
+def _stability(component: Component) -> str:
+    return "n/a" if component.stability is None else f"{component.stability:.2f}"
+
+
+def template_preview(template: Template, title: str) -> RenderableType:
+    """Identity, shape, method and data of a template."""
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    model = template.model
+    table.add_row("file", title)
+    table.add_row("model", f"{model.get('name') or '?'} ({model.get('architecture') or '?'})")
+    table.add_row("site", f"{template.site}, width {template.width}")
+    table.add_row("layers", f"{len(template.layers)} of {template.num_layers}")
+    method = template.method
+    details = ", ".join(f"{k} {method[k]}" for k in ("components", "runs", "mode", "seed") if k in method)
+    table.add_row("method", f"{method.get('name', '?')}" + (f" ({details})" if details else ""))
+    data = template.data
+    if data.get("sources"):
+        table.add_row("data", f"{', '.join(map(str, data['sources']))}: {data.get('rows', '?')} rows, "
+                              f"{data.get('tokens', '?')} tokens")
+    table.add_row("components", str(len(template.components)))
+    parts: list[RenderableType] = [table]
+    for warning in template.warnings:
+        parts.append(Text(f"! {warning}", style="yellow"))
+    return Group(*parts)
+
+
+def component_preview(template: Template, component: Component) -> RenderableType:
+    """Size, stability, neurons per layer as bars, and the tokens the component fires on."""
+    total = template.width * len(template.layers)
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row("component", f"#{component.id}")
+    head.add_row("stability", _stability(component)
+                 + (f" (found in {component.stats['runs_found']} runs)" if "runs_found" in component.stats else ""))
+    head.add_row("size", f"{component.size} neurons, {100 * component.size / total:.2f}% of {template.site}"
+                 if total else f"{component.size} neurons")
+    layers = Table.grid(padding=(0, 1))
+    layers.add_column(justify="right")
+    layers.add_column()
+    layers.add_column(justify="right")
+    most = max(component.per_layer.values(), default=0)
+    for layer in template.layers:
+        count = component.per_layer.get(layer, 0)
+        bar = "█" * (round(BAR_WIDTH * count / most) if most else 0)
+        layers.add_row(f"L{layer}", Text(bar, style="cyan"), str(count))
+    parts: list[RenderableType] = [head, Text("\nneurons per layer", style="bold"), layers]
+    tokens = component.stats.get("top_tokens") or []
+    if tokens:
+        parts.append(Text("\ntop tokens (in context)", style="bold"))
+        for entry in tokens:
+            parts.append(token_line(entry))
+    return Group(*parts)
+
+
+def token_line(entry: object) -> Text:
+    """One top token shown at the end of the text before it, with its activation."""
+    if not isinstance(entry, dict):
+        return Text(f"  {entry}")
+    token, context = str(entry.get("token", "")), str(entry.get("context", ""))
+    before = context[: len(context) - len(token)] if context.endswith(token) else context + " "
+    line = Text("  ")
+    line.append(" ".join(before.replace("\n", "⏎").split(" ")[-8:]), style="dim")
+    line.append(token.replace("\n", "⏎"), style="bold reverse")
+    if "activation" in entry:
+        line.append(f"  {entry['activation']:.3g}", style="dim")
+    return line
+
+
+def layer_preview(ref: LayerRef) -> RenderableType:
+    channels = ref.component.neurons.get(ref.layer, [])
+    return Group(Text(f"component #{ref.component.id}, layer {ref.layer}: {len(channels)} neurons", style="bold"),
+                 Text(", ".join(map(str, channels)) or "none"))
+
+
+def neuron_preview(template: Template, ref: NeuronRef) -> RenderableType:
+    others = [c.id for c in template.components
+              if c.id != ref.component.id and ref.channel in c.neurons.get(ref.layer, [])]
+    return Group(
+        Text(f"neuron {ref.channel} of layer {ref.layer} ({template.site})", style="bold"),
+        Text(f"in component #{ref.component.id}"),
+        Text(f"also in components {', '.join(f'#{i}' for i in others)}" if others else "in no other component"),
+    )
+
+
+def matches(component: Component, query: str) -> bool:
+    """Does a search query name this component (``3``, ``#3``) or appear in its top tokens?"""
+    query = query.strip().lower()
+    if not query:
+        return True
+    if query.lstrip("#").isdigit():
+        return component.id == int(query.lstrip("#"))
+    for entry in component.stats.get("top_tokens") or []:
+        text = f"{entry.get('token', '')} {entry.get('context', '')}" if isinstance(entry, dict) else str(entry)
+        if query in text.lower():
+            return True
+    return False
+
+
+# ---- the widget ------------------------------------------------------------------------------
+
+class TemplateTree(Tree[NodeData]):
+    """The tree; with ``selectable`` the space key picks the component under the cursor."""
+
+    class Picked(Message):
+        def __init__(self, node: TreeNode[NodeData]) -> None:
+            super().__init__()
+            self.node = node
+
+    BINDINGS = [Binding("space", "pick", "Pick", show=True)]
+
+    def __init__(self, *args, selectable: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.selectable = selectable
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "pick":
+            return self.selectable
+        return True
+
+    def action_pick(self) -> None:
+        if self.cursor_node is not None:
+            self.post_message(self.Picked(self.cursor_node))
+
+
+class TemplateView(Horizontal):
+    """Browse one template; ``selected`` holds picked component ids when ``selectable``."""
+
+    BINDINGS = [Binding("slash", "search", "Search")]
+
+    class SelectionChanged(Message):
+        def __init__(self, selected: frozenset[int]) -> None:
+            super().__init__()
+            self.selected = selected
+
+    def __init__(self, template: Template, *, title: str, selectable: bool = False,
+                 selected: Iterable[int] = (), **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.template = template
+        self.title = title
+        self.selectable = selectable
+        self.selected: set[int] = set(selected)
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="tv-left"):
+            yield Input(placeholder="/ search: component id or token", compact=True, classes="tv-search")
+            yield Label("", classes="tv-count")
+            yield TemplateTree(self.title, data=self.template, selectable=self.selectable, classes="tv-tree")
+        with VerticalScroll(classes="tv-preview"):
+            yield Static(template_preview(self.template, self.title), classes="tv-detail")
+
+    def on_mount(self) -> None:
+        tree = self.query_one(TemplateTree)
+        tree.root.expand()
+        self.fill("")
+        tree.focus()
+
+    def component_label(self, component: Component) -> Text:
+        mark = ("[x] " if component.id in self.selected else "[ ] ") if self.selectable else ""
+        label = Text(f"{mark}#{component.id}", style="bold" if component.id in self.selected else "")
+        label.append(f"  {component.size} neurons  stab {_stability(component)}", style="dim")
+        return label
+
+    def fill(self, query: str) -> None:
+        """Show the components matching ``query`` (all when empty)."""
+        tree = self.query_one(TemplateTree)
+        tree.root.remove_children()
+        shown = [c for c in self.template.components if matches(c, query)]
+        for component in shown:
+            tree.root.add(self.component_label(component), data=component, allow_expand=bool(component.neurons))
+        total = len(self.template.components)
+        self.query_one(".tv-count", Label).update(
+            f"{len(shown)} of {total} components" + (f" match {query!r}" if query.strip() else ""))
+
+    @on(Input.Changed, ".tv-search")
+    def _search(self, event: Input.Changed) -> None:
+        self.fill(event.value)
+
+    @on(Input.Submitted, ".tv-search")
+    def _search_done(self) -> None:
+        self.query_one(TemplateTree).focus()
+
+    def action_search(self) -> None:
+        self.query_one(".tv-search", Input).focus()
+
+    @on(Tree.NodeExpanded)
+    def _expand(self, event: Tree.NodeExpanded[NodeData]) -> None:
+        node, data = event.node, event.node.data
+        if node.children:
+            return
+        if isinstance(data, Component):
+            for layer, channels in data.neurons.items():
+                node.add(f"layer {layer}: {len(channels)} neurons", data=LayerRef(data, layer),
+                         allow_expand=bool(channels))
+        elif isinstance(data, LayerRef):
+            for channel in data.component.neurons.get(data.layer, []):
+                node.add_leaf(f"neuron {channel}", data=NeuronRef(data.component, data.layer, channel))
+
+    @on(Tree.NodeHighlighted)
+    def _preview(self, event: Tree.NodeHighlighted[NodeData]) -> None:
+        data = event.node.data
+        if isinstance(data, Template):
+            content = template_preview(data, self.title)
+        elif isinstance(data, Component):
+            content = component_preview(self.template, data)
+        elif isinstance(data, LayerRef):
+            content = layer_preview(data)
+        elif isinstance(data, NeuronRef):
+            content = neuron_preview(self.template, data)
+        else:
+            return
+        self.query_one(".tv-detail", Static).update(content)
+
+    @on(TemplateTree.Picked)
+    def _pick(self, event: TemplateTree.Picked) -> None:
+        node = event.node
+        while node is not None and not isinstance(node.data, Component):
+            node = node.parent
+        if node is None:
+            return
+        component = node.data
+        self.selected ^= {component.id}
+        node.set_label(self.component_label(component))
+        self.post_message(self.SelectionChanged(frozenset(self.selected)))
+
+    def set_selected(self, ids: Iterable[int]) -> None:
+        """Replace the picked components (labels are redrawn)."""
+        self.selected = set(ids)
+        for node in self.query_one(TemplateTree).root.children:
+            if isinstance(node.data, Component):
+                node.set_label(self.component_label(node.data))
