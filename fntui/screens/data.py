@@ -1,0 +1,215 @@
+"""Step 5: the training data: what was detected, which rows were kept, and what the model learns.
+
+Enter in the path field (or a change of format or template) reads the data in a worker and shows
+the detection report and the first examples rendered as the model sees them, trained tokens
+highlighted. Format and field roles can be overridden. Next only goes on once the data as
+currently set up has been read without error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Group
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.widget import Widget
+from textual.widgets import Input, Select, Static
+
+from fnapi.data.formats import FORMATS, ROLES
+from fnapi.data.templating import TEMPLATES
+from fnapi.errors import FnapiError, ModelError
+from fnapi.recipe import Recipe
+from fntui.messages import WorkDone
+from fntui.screens.base import Form, StepScreen, describe_error
+from fntui.widgets.fields import Field, PathSuggester
+
+BUILTIN_DATA = ("builtin:skill", "builtin:text", "builtin:probes")
+DATA_SUFFIXES = (".json", ".jsonl", ".ndjson", ".csv", ".tsv", ".parquet", ".txt")
+
+
+def parse_fields(text: str) -> tuple[dict[str, str], str | None]:
+    """``"question=user, answer=assistant"`` -> mapping, or an error message.
+
+    >>> parse_fields("q=user, a=assistant")
+    ({'q': 'user', 'a': 'assistant'}, None)
+    """
+    mapping: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        source, sep, role = (s.strip() for s in part.partition("="))
+        if not sep or not source or not role:
+            return {}, f"{part!r}: write source=role pairs separated by commas"
+        if role not in ROLES:
+            return {}, f"{part!r}: role {role!r} is not one of {', '.join(ROLES)}"
+        mapping[source] = role
+    return mapping, None
+
+
+def fields_text(fields: dict[str, str]) -> str:
+    return ", ".join(f"{source}={role}" for source, role in fields.items())
+
+
+def report_view(preview: Any) -> Group:
+    """The detection report: format, field roles, confidence, rows kept and skipped (and why), tokens."""
+    report, tokens = preview.report, preview.tokens
+    lines = [Text.assemble(("format ", "bold"), f"{report.format}",
+                           f" (confidence {report.confidence:.2f}{', set by you' if report.overridden else ''})")]
+    if report.fields:
+        lines.append(Text.assemble(("fields ", "bold"), fields_text(report.fields).replace("=", " → ")))
+    splits = " · ".join(f"{name} {counts['rows_kept']}" for name, counts in report.splits.items())
+    lines.append(Text.assemble(("rows ", "bold"), f"{report.rows_kept} kept, {report.rows_skipped} skipped of "
+                                                  f"{report.rows_total}" + (f" ({splits})" if splits else "")))
+    for reason, count in report.skip_reasons.items():
+        lines.append(Text(f"  skipped {count} × {reason}", style="yellow"))
+    for example in report.skipped_examples:
+        lines.append(Text(f"  row {example['row']}: {example['reason']}", style="yellow"))
+    lines.append(Text.assemble(("tokens ", "bold"), f"mean {tokens['mean']}, max {tokens['max']}, "
+                                                    f"{tokens['trained']} trained, {tokens['truncated']} cut at "
+                                                    f"{preview.max_length}, {tokens['dropped']} left with nothing to train"))
+    lines.append(Text.assemble(("chat template ", "bold"), preview.template))
+    return Group(*lines)
+
+
+def preview_view(preview: Any) -> Group:
+    """The first examples as the model sees them, trained tokens highlighted."""
+    parts: list[Any] = [Text.assemble(("Preview: ", "bold"), ("trained tokens", "bold black on green"),
+                                      " are what the model learns; the rest is context.")]
+    for number, example in enumerate(preview.examples, start=1):
+        where = f"row {example['row']}" if example["row"] is not None else f"example {number}"
+        text = Text(f"{where} · {example['tokens']} tokens, {example['trained_tokens']} trained\n", style="bold")
+        for segment in example["segments"]:
+            text.append(segment["text"].replace("\n", "⏎\n"), style="black on green" if segment["trained"] else "")
+        if example["truncated"]:
+            text.append(f" … {example['tokens_cut']} more tokens cut at max tokens", style="red")
+        parts.append(text)
+    return Group(*parts)
+
+
+class DataScreen(StepScreen):
+    STEP = "data"
+    TITLE = "Training data"
+    HINT = ("A file (.json .jsonl .csv .tsv .parquet .txt), a folder of split files, a hub dataset id, or "
+            "builtin:skill. Enter reads it and shows what was detected.")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures: dict[str, tuple[str, str]] = {}
+        self.inspected: str | None = None
+        self.checking: str | None = None
+        self.advance_after_check = False
+
+    def compose_body(self) -> ComposeResult:
+        data = self.app.draft.recipe.data
+        yield Field("Dataset", Input(data.path, id="data-path", compact=True,
+                                     suggester=PathSuggester(extra=BUILTIN_DATA, suffixes=DATA_SUFFIXES)),
+                    key="data.path", help="enter reads it · → completes file names and builtin:…")
+        yield Field("Format", Select([(f, f) for f in ("auto", *FORMATS)], value=data.format, allow_blank=False,
+                                     id="data-format", compact=True), key="data.format")
+        yield Field("Field roles", Input(fields_text(data.fields), id="data-fields", compact=True,
+                                         placeholder="detected (override: question=user, answer=assistant)"),
+                    key="data.fields")
+        yield Field("Chat template", Select([(t, t) for t in TEMPLATES], value=data.chat_template,
+                                            allow_blank=False, id="chat-template", compact=True),
+                    key="data.chat_template")
+        yield Field("Max tokens", Input(str(data.max_length), id="max-length", compact=True), key="data.max_length")
+        yield Field("Max examples", Input("" if data.max_samples is None else str(data.max_samples),
+                                          id="max-samples", compact=True, placeholder="all"),
+                    key="data.max_samples")
+        yield Static("", id="data-status", markup=False)
+        yield Static("", id="data-report")
+        yield Static("", id="data-preview")
+
+    def load(self) -> None:
+        self.query_one("#data-path", Input).focus()
+        recipe = self.validate()
+        if recipe is not None:
+            self.start_inspect(recipe, advance=False)
+
+    @staticmethod
+    def key(recipe: Recipe) -> str:
+        return recipe.data.model_dump_json() + recipe.model.model_dump_json()
+
+    def changes(self, form: Form) -> dict[str, Any]:
+        path = form.text("data-path", required="enter a data file, folder, hub id or builtin:skill")
+        if path and not path.startswith("builtin:"):
+            if (Path(path).suffix.lower() in DATA_SUFFIXES or path.startswith((".", "/", "~"))) \
+                    and not Path(path).expanduser().exists():
+                form.fail("data-path", f"no such file or folder: {path}")
+        fields, problem = parse_fields(form.text("data-fields") or "")
+        if problem:
+            form.fail("data-fields", problem)
+        changes = {
+            "data.path": path, "data.format": form.raw("data-format"), "data.fields": fields,
+            "data.chat_template": form.raw("chat-template"),
+            "data.max_length": form.integer("max-length", minimum=1),
+            "data.max_samples": form.integer("max-samples", optional=True, minimum=1),
+        }
+        return changes
+
+    def known_problems(self, recipe: Recipe) -> dict[str, str]:
+        target, message = self.failures.get(self.key(recipe), (None, None))
+        return {target: message} if target else {}
+
+    def edited(self, control: Widget) -> None:
+        if isinstance(control, Select):
+            recipe, _ = self.check()
+            if recipe is not None:
+                self.start_inspect(recipe, advance=False)
+
+    @on(Input.Submitted)
+    def _submitted(self) -> None:
+        recipe = self.validate()
+        if recipe is not None:
+            self.start_inspect(recipe, advance=False)
+
+    async def before_next(self, recipe: Recipe) -> Recipe | None:
+        if self.inspected == self.key(recipe):
+            return recipe
+        self.start_inspect(recipe, advance=True)
+        return None
+
+    def start_inspect(self, recipe: Recipe, *, advance: bool) -> None:
+        self.checking = self.key(recipe)
+        self.advance_after_check = advance
+        self.query_one("#data-status", Static).update(f"Reading {recipe.data.path}…")
+        self.inspect(recipe)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="data")
+    def inspect(self, recipe: Recipe) -> None:
+        engine = self.app.engine
+        loaded = engine.load_model(recipe.model)
+        self.post_message(WorkDone("data", engine.inspect_data(recipe.data, loaded.tokenizer), key=self.key(recipe)))
+
+    @on(WorkDone)
+    def _inspected(self, message: WorkDone) -> None:
+        recipe, _ = self.check()
+        if recipe is None or message.key != self.key(recipe):
+            return
+        self.inspected = message.key
+        preview = message.result
+        self.query_one("#data-status", Static).update(f"✓ {preview.report.rows_kept} examples read from "
+                                                     f"{recipe.data.path}")
+        self.query_one("#data-report", Static).update(report_view(preview))
+        self.query_one("#data-preview", Static).update(preview_view(preview))
+        if self.advance_after_check:
+            self.app.advance(recipe)
+
+    def work_failed(self, group: str, error: BaseException) -> bool:
+        if group != "data" or not isinstance(error, FnapiError) or isinstance(error, ModelError) \
+                or self.checking is None:
+            return False
+        message = describe_error(error)
+        if message.startswith("data.fields"):
+            target = "data-fields"
+        elif "data format" in message or ("usable as" in message and Form(self).raw("data-format") != "auto"):
+            target = "data-format"
+        else:
+            target = "data-path"
+        self.failures[self.checking] = (target, message)
+        self.query_one("#data-status", Static).update("")
+        self.query_one("#data-report", Static).update("")
+        self.query_one("#data-preview", Static).update("")
+        self.validate()
+        return True

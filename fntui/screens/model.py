@@ -1,0 +1,171 @@
+"""Step 4: the model, checked by loading it: architecture, layers, widths, parameters, memory.
+
+Enter (or Next) loads the model in a worker; Next only goes on once the model named in the field
+has loaded. The loaded model stays in the engine for the data preview and the template build.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.widget import Widget
+from textual.widgets import Input, Select, Static
+
+from fnapi.errors import FnapiError
+from fnapi.models.loading import EMBEDDED_MODEL
+from fnapi.recipe import ModelSection, Recipe
+from fntui.messages import EngineEvent, MessageSink, WorkDone
+from fntui.screens.base import Form, StepScreen, describe_error
+from fntui.widgets.fields import Field, PathSuggester
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+@dataclass
+class ModelCheck:
+    """A loaded model's description and what training it would take here."""
+
+    info: Any  # fnapi ModelInfo
+    weights: int
+    training: int
+    budget: int | None
+
+
+def looks_like_path(spec: str) -> bool:
+    """Specs that can only mean a file or folder (so a missing one is an error at once)."""
+    return spec.startswith((".", "/", "~")) or spec.lower().endswith(".gguf") or spec.count("/") > 1
+
+
+def model_table(check: ModelCheck, recipe: Recipe) -> Table:
+    from fnapi.hardware import format_bytes
+
+    info = check.info
+    table = Table(box=None, show_header=False, padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("architecture", f"{info.architecture} (family {info.family})")
+    table.add_row("layers", str(info.num_layers))
+    table.add_row("widths", f"hidden {info.hidden_size} (mlp.out) · intermediate {info.intermediate_size} (mlp.hidden)")
+    table.add_row("parameters", f"{info.num_parameters:,}")
+    table.add_row("loaded as", f"{info.dtype} · weights fingerprint {info.fingerprint}")
+    training = (f"~{format_bytes(check.training)} to train ({recipe.train.method}, batch {recipe.train.batch_size}, "
+                f"{recipe.data.max_length} tokens)")
+    table.add_row("memory", f"weights {format_bytes(check.weights)} · {training}")
+    if check.budget is not None:
+        fits = check.training <= check.budget
+        table.add_row("", Text(f"{'fits' if fits else 'does not fit'} the {format_bytes(check.budget)} this machine "
+                               "can spare", style="green" if fits else "yellow"))
+    return table
+
+
+class ModelScreen(StepScreen):
+    STEP = "model"
+    TITLE = "Model"
+    HINT = (f"{EMBEDDED_MODEL} is embedded and works offline. Or give a hub id (org/name), a folder saved "
+            "with save_pretrained, or a .gguf file.")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures: dict[str, str] = {}
+        self.checking: str | None = None
+        self.advance_after_check = False
+
+    def compose_body(self) -> ComposeResult:
+        model = self.app.draft.recipe.model
+        yield Field("Model", Input(model.name, id="model-spec", compact=True,
+                                   suggester=PathSuggester(extra=(EMBEDDED_MODEL,), suffixes=(".gguf",))),
+                    key="model.name", help="enter loads and checks it · → completes file names")
+        yield Field("Data type", Select([(d, d) for d in DTYPES], value=model.dtype, allow_blank=False,
+                                        id="dtype", compact=True), key="model.dtype",
+                    help=f"device {model.device}, quantization {model.quantization} (from the hardware step)")
+        yield Static("", id="model-status", markup=False)
+        yield Static("", id="model-info")
+
+    def load(self) -> None:
+        self.query_one("#model-spec", Input).focus()
+        session = self.app.session
+        if session.model is not None and session.model_key == self.key(self.recipe.model):
+            self._show(session.model, self.recipe)
+
+    @staticmethod
+    def key(section: ModelSection) -> str:
+        return section.model_dump_json()
+
+    def changes(self, form: Form) -> dict[str, Any]:
+        spec = form.text("model-spec", required=f"enter a model: {EMBEDDED_MODEL}, org/name, a folder or a .gguf file")
+        dtype = form.raw("dtype")
+        if spec and looks_like_path(spec) and not Path(spec).expanduser().exists():
+            form.fail("model-spec", f"no such file or folder: {spec}")
+        return {"model.name": spec, "model.dtype": dtype}
+
+    def known_problems(self, recipe: Recipe) -> dict[str, str]:
+        failure = self.failures.get(self.key(recipe.model))
+        return {"model-spec": failure} if failure else {}
+
+    def edited(self, control: Widget) -> None:
+        self.query_one("#model-info", Static).update("")
+        self.set_status("")
+
+    @on(Input.Submitted, "#model-spec")
+    def _submitted(self) -> None:
+        recipe = self.validate()
+        if recipe is not None:
+            self.start_check(recipe, advance=False)
+
+    async def before_next(self, recipe: Recipe) -> Recipe | None:
+        if self.app.session.model_key == self.key(recipe.model):
+            return recipe
+        self.start_check(recipe, advance=True)
+        return None
+
+    def start_check(self, recipe: Recipe, *, advance: bool) -> None:
+        self.checking = self.key(recipe.model)
+        self.advance_after_check = advance
+        self.query_one("#model-status", Static).update(f"Loading {recipe.model.name}…")
+        self.query_one("#model-info", Static).update("")
+        self.check_model(recipe)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="model")
+    def check_model(self, recipe: Recipe) -> None:
+        engine = self.app.engine
+        loaded = engine.load_model(recipe.model, sink=MessageSink(self))
+        weights, training = engine.memory_estimate(loaded.info, recipe)
+        budget = engine.recommend(loaded.info.num_parameters, recipe.train.method).memory_budget
+        self.post_message(WorkDone("model", ModelCheck(loaded.info, weights, training, budget),
+                                   key=self.key(recipe.model)))
+
+    @on(EngineEvent)
+    def _engine_event(self, message: EngineEvent) -> None:
+        from fnapi.events import Log
+
+        if isinstance(message.event, Log):
+            self.query_one("#model-status", Static).update(message.event.message)
+
+    @on(WorkDone)
+    def _checked(self, message: WorkDone) -> None:
+        recipe, _ = self.check()
+        if recipe is None or message.key != self.key(recipe.model):
+            return  # the field changed while loading; this answer is stale
+        session = self.app.session
+        session.model, session.model_key = message.result, message.key
+        self._show(message.result, recipe)
+        if self.advance_after_check:
+            self.app.advance(recipe)
+
+    def _show(self, result: ModelCheck, recipe: Recipe) -> None:
+        self.query_one("#model-status", Static).update(f"✓ {result.info.name} loaded and checked")
+        self.query_one("#model-info", Static).update(model_table(result, recipe))
+
+    def work_failed(self, group: str, error: BaseException) -> bool:
+        if group != "model" or not isinstance(error, FnapiError) or self.checking is None:
+            return False
+        self.failures[self.checking] = describe_error(error)
+        self.query_one("#model-status", Static).update("")
+        self.validate()
+        return True

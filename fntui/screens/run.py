@@ -1,0 +1,166 @@
+"""Step 9: run the recipe with live panes: progress with ETA, loss curve, metrics, log, cancel.
+
+The run happens in a worker thread that calls fnapi's runner with a sink posting messages here;
+progress messages coalesce, so keys are answered while training runs. Escape sets the cancel
+event: fnapi stops at its next step and keeps a checkpoint, and starting again resumes.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.widgets import Button, DataTable, RichLog, Static
+
+from fnapi.errors import CancelledError
+from fnapi.events import Log, Metric, RunFailed, RunFinished, RunStarted
+from fnapi.recipe import Recipe
+from fntui.messages import EngineEvent, MessageSink, WorkDone
+from fntui.screens.base import StepScreen
+from fntui.widgets.loss_plot import LossPlot
+from fntui.widgets.progress_pane import ProgressPane
+
+
+def format_metric(value: float) -> str:
+    return f"{value:.4g}"
+
+
+class RunScreen(StepScreen):
+    STEP = "run"
+    TITLE = "Run"
+    HINT = "Next starts the run. esc cancels at the next step; starting again resumes from the last checkpoint."
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel run")]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cancel = threading.Event()
+        self.state = "ready"  # ready | running | cancelling | finished | cancelled | failed
+
+    def compose_body(self) -> ComposeResult:
+        path = self.app.draft.extras.get("recipe_path", "recipe.yaml")
+        yield Static(f"Recipe {path} · replay it headless any time: fntui replay {path}", id="run-recipe",
+                     markup=False)
+        yield ProgressPane(idle="Not started: press Next (ctrl+n) to run.", id="run-progress")
+        with Horizontal(id="run-panes"):
+            yield LossPlot(id="loss-plot")
+            yield DataTable(id="metrics", show_cursor=False, zebra_stripes=True)
+        yield RichLog(id="run-log", wrap=True, markup=False, max_lines=2000)
+
+    def load(self) -> None:
+        table = self.query_one("#metrics", DataTable)
+        table.add_column("metric", key="metric")
+        table.add_column("value", key="value")
+        table.add_column("step", key="step")
+        self.query_one("#loss-plot", LossPlot).border_title = "training loss"
+        if self.app.draft.extras.get("run_dir"):
+            self.state = "finished"
+        self._show_state()
+
+    def _show_state(self) -> None:
+        next_button = self.query_one("#next", Button)
+        next_button.label = {"finished": "Summary ▶", "cancelled": "Resume ▶", "failed": "Retry ▶"}.get(
+            self.state, "Start ▶")
+        next_button.disabled = self.state in ("running", "cancelling")
+        self.query_one("#back", Button).disabled = self.state in ("running", "cancelling")
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("back", "next") and self.state in ("running", "cancelling"):
+            return False
+        if action == "cancel":
+            return self.state == "running"
+        return super().check_action(action, parameters)
+
+    async def before_next(self, recipe: Recipe) -> Recipe | None:
+        if self.state == "finished":
+            return recipe
+        self.start(recipe)
+        return None
+
+    def start(self, recipe: Recipe) -> None:
+        self.cancel = threading.Event()
+        self.state = "running"
+        self.show_banner(None)
+        self.query_one("#loss-plot", LossPlot).clear()
+        self.query_one("#metrics", DataTable).clear()
+        self.query_one(ProgressPane).reset("starting…")
+        self._show_state()
+        self.refresh_bindings()
+        self.run_recipe(recipe)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="run")
+    def run_recipe(self, recipe: Recipe) -> None:
+        engine = self.app.engine
+        engine.release_model()  # the run loads its own copy; do not hold two in memory
+        result = engine.run(recipe, sink=MessageSink(self), cancel=self.cancel)
+        self.post_message(WorkDone("run", result))
+
+    def action_cancel(self) -> None:
+        if self.state == "running":
+            self.cancel.set()
+            self.state = "cancelling"
+            self.query_one(ProgressPane).query_one(".progress-stage").update("Cancelling at the next step…")
+            self._show_state()
+
+    @on(EngineEvent)
+    def _event(self, message: EngineEvent) -> None:
+        event = message.event
+        log = self.query_one("#run-log", RichLog)
+        if isinstance(event, Metric):
+            table = self.query_one("#metrics", DataTable)
+            step = "" if event.step is None else str(event.step)
+            for name, value in event.values.items():
+                row = f"{event.stage}/{name}"
+                if row in table.rows:
+                    table.update_cell(row, "value", format_metric(value))
+                    table.update_cell(row, "step", step)
+                else:
+                    table.add_row(row, format_metric(value), step, key=row)
+            if "loss" in event.values and event.step is not None:
+                self.query_one("#loss-plot", LossPlot).add(event.step, event.values["loss"])
+        elif isinstance(event, Log):
+            if event.level != "debug":
+                where = f"[{event.stage}] " if event.stage else ""
+                log.write(f"{where}{'' if event.level == 'info' else event.level + ': '}{event.message}")
+        elif isinstance(event, RunStarted):
+            log.write(f"run {event.name} started" + (f" in {event.run_dir}" if event.run_dir else ""))
+        elif isinstance(event, RunFinished):
+            log.write(f"run {event.name} finished in {event.seconds:.1f} s")
+        elif isinstance(event, RunFailed):
+            log.write(f"run failed{f' in {event.stage}' if event.stage else ''}: {event.error}")
+        else:
+            self.query_one(ProgressPane).show(event)
+
+    @on(WorkDone)
+    def _finished(self, message: WorkDone) -> None:
+        result = message.result
+        self.app.session.run_result = result
+        self.app.draft.extras["run_dir"] = str(result.run_dir)
+        self.app.save_draft()
+        self.state = "finished"
+        self.query_one(ProgressPane).reset(f"Finished: results in {result.run_dir}. Next shows the summary.")
+        self._show_state()
+        self.refresh_bindings()
+
+    def work_failed(self, group: str, error: BaseException) -> bool:
+        if group != "run":
+            return False
+        if isinstance(error, CancelledError):
+            self.state = "cancelled"
+            path = self.app.draft.extras.get("recipe_path", "recipe.yaml")
+            self.query_one(ProgressPane).reset(
+                f"Cancelled. The run folder keeps its last checkpoint: Next resumes, or later: fntui replay {path}")
+            handled = True
+        else:
+            self.state = "failed"
+            self.query_one(ProgressPane).reset("The run stopped with an error (see above).")
+            handled = False
+        self._show_state()
+        self.refresh_bindings()
+        return handled
+
+    def on_unmount(self) -> None:
+        self.cancel.set()

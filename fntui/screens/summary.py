@@ -1,0 +1,90 @@
+"""Step 10: the forgetting report, where the files are, and the command that replays the run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.widgets import Button, Static
+
+from fnapi.report import ForgettingReport
+from fntui.screens.base import StepScreen
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def report_view(report: ForgettingReport) -> Group:
+    """Before/after scores, how much general knowledge was kept, drift and cost."""
+    scores = Table(box=None, padding=(0, 2), header_style="bold")
+    for name, justify in (("measure", "left"), ("before", "right"), ("after", "right"), ("change", "right")):
+        scores.add_column(name, justify=justify)
+    for label, score in (("task", report.task), ("general-knowledge probes", report.probes)):
+        metric = f" ({score.metric}, n={score.samples})" if score.metric else ""
+        scores.add_row(label + metric, _fmt(score.before), _fmt(score.after), _fmt(score.change))
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column()
+    retained = report.probes.retained
+    facts.add_row("probes retained", "n/a" if retained is None else f"{100 * retained:.1f}%")
+    facts.add_row("KL to base model", f"{_fmt(report.kl_to_base, 4)} nats/token")
+    share = f" ({100 * report.trainable_parameters / report.total_parameters:.2f}%)" if report.total_parameters else ""
+    facts.add_row("trainable", f"{report.trainable_parameters:,} of {report.total_parameters:,} parameters{share}")
+    facts.add_row("training", f"{report.steps} steps, final loss {_fmt(report.final_loss, 4)}")
+    mask = report.mask or {}
+    if mask.get("preset") not in (None, "none"):
+        facts.add_row("mask", f"{mask.get('preset')}: components {mask.get('components')}")
+    if report.frozen_weights_unchanged is not None:
+        facts.add_row("frozen weights", "bit-identical after training" if report.frozen_weights_unchanged
+                      else Text("CHANGED during training", style="red"))
+    return Group(scores, Text(""), facts)
+
+
+def files_view(run_dir: Path) -> Text:
+    """The run folder and what it holds."""
+    text = Text.assemble(("Files in ", "bold"), (f"{run_dir}/", "bold"), "\n")
+    try:
+        entries = sorted(run_dir.iterdir(), key=lambda p: p.name)
+    except OSError:
+        return text.append("(the folder cannot be read)")
+    text.append("  ".join(p.name + ("/" if p.is_dir() else "") for p in entries if not p.name.startswith(".")))
+    return text
+
+
+class SummaryScreen(StepScreen):
+    STEP = "summary"
+    TITLE = "Summary"
+    HINT = "What the run changed. The recipe replays headless and gives the same result."
+
+    def compose_body(self) -> ComposeResult:
+        extras = self.app.draft.extras
+        run_dir = Path(extras.get("run_dir", ""))
+        report = self._report(run_dir)
+        yield Static(report_view(report) if report else Text("No report found in the run folder."), id="report")
+        yield Static(files_view(run_dir), id="files")
+        path = extras.get("recipe_path", "recipe.yaml")
+        yield Static(Text.assemble(("Replay headless: ", "bold"), f"fntui replay {path}",
+                                   ("   (or fnapi run ", "dim"), (f"{path}", "dim"), (")", "dim")), id="replay")
+        yield Button("New run", id="new-run", compact=True)
+
+    def _report(self, run_dir: Path) -> ForgettingReport | None:
+        try:
+            return ForgettingReport.from_dict(json.loads((run_dir / "report.json").read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):
+            result: Any = self.app.session.run_result
+            return getattr(result, "report", None)
+
+    def load(self) -> None:
+        self.query_one("#next", Button).display = False
+        self.query_one("#new-run", Button).focus()
+
+    @on(Button.Pressed, "#new-run")
+    def _new_run(self) -> None:
+        self.app.new_run()

@@ -1,0 +1,280 @@
+"""Step 6: the template: build one from activations with live progress, load a file, or go without.
+
+A built template is saved under ``ica_templates/`` and the recipe records its path (with the
+settings that built it), so replaying the recipe uses exactly the networks picked next. Building
+runs in a worker; escape cancels it at the next step.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.widget import Widget
+from textual.widgets import Button, Input, RadioButton, RadioSet, Select, Static
+
+from fnapi.errors import CancelledError, FnapiError, ModelError
+from fnapi.events import Log
+from fnapi.recipe import Recipe
+from fntui.messages import EngineEvent, MessageSink, WorkDone
+from fntui.screens.base import Form, StepScreen, describe_error
+from fntui.widgets.fields import Field, PathSuggester
+from fntui.widgets.progress_pane import ProgressPane
+
+MODES = (("build", "Build one from activations (ICA)"), ("load", "Load a template file"),
+         ("none", "No template: train without masks"))
+TOKENS_SHOWN = 4
+
+
+def components_table(template: Any) -> Table:
+    """One row per component, most stable first: id, neurons, stability, top tokens."""
+    table = Table(box=None, padding=(0, 2), header_style="bold")
+    for name, justify in (("id", "right"), ("neurons", "right"), ("stability", "right"), ("top tokens", "left")):
+        table.add_column(name, justify=justify)
+    for component in template.components_by_stability():
+        tokens = [str(t.get("token", "")) if isinstance(t, dict) else str(t)
+                  for t in component.stats.get("top_tokens", [])[:TOKENS_SHOWN]]
+        stability = "n/a" if component.stability is None else f"{component.stability:.2f}"
+        table.add_row(f"#{component.id}", str(component.size), stability,
+                      Text(" ".join(repr(t)[1:-1] for t in tokens), style="dim"))
+    return table
+
+
+class TemplateScreen(StepScreen):
+    STEP = "template"
+    TITLE = "Template: the functional networks"
+    HINT = ("Networks are groups of MLP neurons that fire together, found by ICA over activations. Next builds "
+            "or loads the template; check the stability column, then Next again to pick networks.")
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel build")]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cancel = threading.Event()
+        self.failures: dict[str, str] = {}
+        self.working: str | None = None
+
+    def compose_body(self) -> ComposeResult:
+        recipe = self.app.draft.recipe
+        section = recipe.template
+        mode = self.app.draft.extras.get("template_mode") or ("load" if section and section.path else "build")
+        with RadioSet(id="template-mode"):
+            for name, label in MODES:
+                yield RadioButton(label, name=name, value=name == mode)
+        from fnapi.recipe import TemplateSection
+
+        build = section if section is not None else TemplateSection()
+        with Vertical(id="build-settings"):
+            yield Field("Capture data", Input(", ".join(build.data) or "builtin:text", id="tpl-data", compact=True,
+                                              suggester=PathSuggester(extra=("builtin:text", "builtin:skill"))),
+                        key="template.data", help="datasets to read activations from, comma-separated")
+            yield Field("Components", Input(str(build.components), id="tpl-components", compact=True),
+                        key="template.components")
+            yield Field("Samples", Input(str(build.samples), id="tpl-samples", compact=True),
+                        key="template.samples", help="rows read from each dataset")
+            yield Field("Max tokens", Input(str(build.max_length), id="tpl-max-length", compact=True),
+                        key="template.max_length")
+            yield Field("ICA runs", Input(str(build.runs), id="tpl-runs", compact=True), key="template.runs",
+                        help="more runs give a steadier stability score")
+            yield Field("Site", Select([("mlp.out (MLP output channels)", "mlp.out"),
+                                        ("mlp.hidden (intermediate neurons)", "mlp.hidden")],
+                                       value=build.site, allow_blank=False, id="tpl-site", compact=True),
+                        key="template.site")
+            yield Field("Layers", Input(build.layers or "", id="tpl-layers", compact=True, placeholder="all"),
+                        key="template.layers", help="for example 0:4,9: (empty: every layer)")
+        with Vertical(id="load-settings"):
+            yield Field("Template file", Input(section.path if section and section.path else "", id="tpl-path",
+                                               compact=True, suggester=PathSuggester(suffixes=(".json",))),
+                        key="template.path", help="→ completes the name")
+        yield ProgressPane(idle="", id="tpl-progress")
+        yield Button("Cancel build (esc)", id="cancel-build", compact=True)
+        yield Static("", id="tpl-status", markup=False)
+        yield Static("", id="tpl-components-table")
+
+    def load(self) -> None:
+        self.query_one("#template-mode", RadioSet).focus()
+        self.query_one("#cancel-build").display = False
+        self._show_mode()
+        session = self.app.session
+        recipe, _ = self.check()
+        if session.template is not None and recipe is not None and session.template_key == self.key(recipe):
+            self._show_template(session.template, session.template_warnings)
+        elif recipe is not None and self.recipe.template is not None and self.recipe.template.path:
+            self.start(recipe, existing=self.recipe.template.path)
+
+    def _mode(self) -> str:
+        return Form(self).raw("template-mode") or "build"
+
+    def _show_mode(self) -> None:
+        mode = self._mode()
+        self.query_one("#build-settings").display = mode == "build"
+        self.query_one("#load-settings").display = mode == "load"
+        self.query_one("#tpl-progress").display = mode == "build"
+
+    def edited(self, control: Widget) -> None:
+        if control.id == "template-mode":
+            self._show_mode()
+        ready = self.app.session.template_key
+        recipe, _ = self.check()
+        if recipe is None or self.key(recipe) != ready:
+            self.query_one("#tpl-components-table", Static).update("")
+            self.query_one("#tpl-status", Static).update("")
+
+    # ---- recipe changes ---------------------------------------------------------------------
+    def key(self, recipe: Recipe) -> str | None:
+        """What the current template must have been made from (None without a template)."""
+        section = recipe.template
+        if section is None:
+            return None
+        settings = section.model_dump(mode="json", exclude={"path"}) if self._mode() == "build" else section.path
+        return json.dumps([self._mode(), settings, recipe.seed, recipe.model.model_dump(mode="json")], sort_keys=True)
+
+    def changes(self, form: Form) -> dict[str, Any]:
+        mode = form.raw("template-mode") or "build"
+        if mode == "none":
+            return {"template": None, "mask.preset": "none", "mask.components": []}
+        if mode == "load":
+            path = form.text("tpl-path", required="enter the template file to load")
+            if path and not Path(path).expanduser().is_file():
+                form.fail("tpl-path", f"no such file: {path}")
+            return {"template": {"path": path}}
+        data = [d.strip() for d in (form.text("tpl-data") or "").split(",") if d.strip()]
+        if not data:
+            form.fail("tpl-data", "enter at least one dataset, for example builtin:text")
+        section = {
+            "data": data,
+            "components": form.integer("tpl-components", minimum=1),
+            "samples": form.integer("tpl-samples", minimum=1),
+            "max_length": form.integer("tpl-max-length", minimum=1),
+            "runs": form.integer("tpl-runs", minimum=1),
+            "site": form.raw("tpl-site"),
+            "layers": form.text("tpl-layers"),
+        }
+        return {"template": section}
+
+    def check(self) -> tuple[Recipe | None, dict[str, str]]:
+        recipe, errors = super().check()
+        # A template built (or loaded) for exactly these settings goes into the recipe by path.
+        session = self.app.session
+        if recipe is not None and self._mode() == "build" and session.template_key == self.key(recipe):
+            recipe = recipe.replace(**{"template.path": self.app.draft.extras.get("template_path")})
+        return recipe, errors
+
+    def known_problems(self, recipe: Recipe) -> dict[str, str]:
+        failure = self.failures.get(self.key(recipe) or "")
+        if failure is None:
+            return {}
+        return {"tpl-path" if self._mode() == "load" else "": failure}
+
+    # ---- building and loading ---------------------------------------------------------------
+    async def before_next(self, recipe: Recipe) -> Recipe | None:
+        if recipe.template is None:
+            self.app.session.template = None
+            self.app.draft.extras["template_mode"] = "none"
+            return recipe
+        if self.app.session.template_key == self.key(recipe):
+            self.app.draft.extras["template_mode"] = self._mode()
+            return recipe
+        if self.working is None:
+            self.start(recipe)
+        return None
+
+    def start(self, recipe: Recipe, existing: str | None = None) -> None:
+        self.working = self.key(recipe)
+        self.cancel = threading.Event()
+        mode = "load" if existing or self._mode() == "load" else "build"
+        self.query_one("#tpl-status", Static).update("Loading the template…" if mode == "load" else "")
+        if mode == "build":
+            self.query_one("#cancel-build").display = True
+            self.query_one(ProgressPane).reset("loading the model…")
+        self.refresh_bindings()
+        self.make_template(recipe, existing or (recipe.template.path if mode == "load" else None))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="template")
+    def make_template(self, recipe: Recipe, path: str | None) -> None:
+        engine = self.app.engine
+        sink = MessageSink(self)
+        key = self.key(recipe)
+        info = self.app.session.model.info if self.app.session.model is not None else None
+        if path is not None:
+            template, warnings = engine.load_template(path, info)
+            self.post_message(WorkDone("template", (template, Path(path), warnings), key=key))
+            return
+        loaded = engine.load_model(recipe.model, sink=sink, cancel=self.cancel)
+        section = recipe.template
+        template, saved = engine.build_template(loaded, section, section.data, seed=recipe.seed, sink=sink,
+                                                cancel=self.cancel)
+        self.post_message(WorkDone("template", (template, saved, list(template.warnings)), key=key))
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "cancel":
+            return self.working is not None
+        return super().check_action(action, parameters)
+
+    def action_cancel(self) -> None:
+        if self.working is not None:
+            self.cancel.set()
+            self.query_one("#tpl-status", Static).update("Cancelling at the next step…")
+
+    @on(Button.Pressed, "#cancel-build")
+    def _cancel_pressed(self) -> None:
+        self.action_cancel()
+
+    @on(EngineEvent)
+    def _progress(self, message: EngineEvent) -> None:
+        event = message.event
+        if isinstance(event, Log):
+            self.query_one("#tpl-status", Static).update(event.message)
+        else:
+            self.query_one(ProgressPane).show(event)
+
+    @on(WorkDone)
+    def _ready(self, message: WorkDone) -> None:
+        self.working = None
+        self.refresh_bindings()
+        self.query_one("#cancel-build").display = False
+        template, path, warnings = message.result
+        session = self.app.session
+        session.template, session.template_key, session.template_warnings = template, message.key, tuple(warnings)
+        self.app.draft.extras["template_path"] = str(path)
+        self._show_template(template, warnings)
+        self.validate()
+
+    def _show_template(self, template: Any, warnings: tuple[str, ...] | list[str]) -> None:
+        path = self.app.draft.extras.get("template_path", "")
+        scored = [c.stability for c in template.components if c.stability is not None]
+        stable = f"; {sum(s >= 0.8 for s in scored)} with stability ≥ 0.8" if scored else ""
+        lines = [f"✓ {len(template.components)} components in {path}{stable}. Next: pick networks."]
+        lines += [f"! {w}" for w in warnings]
+        self.query_one("#tpl-status", Static).update("\n".join(lines))
+        table = self.query_one("#tpl-components-table", Static)
+        table.update(components_table(template))
+        self.call_after_refresh(table.scroll_visible, animate=False)
+
+    def work_failed(self, group: str, error: BaseException) -> bool:
+        if group != "template":
+            return False
+        key, self.working = self.working, None
+        self.refresh_bindings()
+        self.query_one("#cancel-build").display = False
+        if isinstance(error, CancelledError):
+            self.query_one(ProgressPane).reset("build cancelled")
+            self.query_one("#tpl-status", Static).update("Cancelled. Next starts the build again.")
+            return True
+        if not isinstance(error, FnapiError) or isinstance(error, ModelError) or key is None:
+            return False
+        self.failures[key] = describe_error(error)
+        self.query_one("#tpl-status", Static).update("")
+        self.validate()
+        return True
+
+    def on_unmount(self) -> None:
+        self.cancel.set()

@@ -1,0 +1,134 @@
+"""Step 8: how to train: method, hyperparameters (batch prefilled for this machine), mask preset.
+
+Next writes the finished recipe to the file named here; the run step runs it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.containers import Horizontal
+from textual.widget import Widget
+from textual.widgets import Input, RadioButton, RadioSet, Select, Static
+
+from fnapi.errors import FnapiError
+from fnapi.recipe import Recipe
+from fntui.messages import WorkDone
+from fntui.screens.base import Form, StepScreen
+from fntui.widgets.fields import Field
+
+#: What each mask preset does, one sentence each.
+PRESET_SENTENCES = {
+    "none": "No mask: the whole model trains as usual (the baseline to compare against).",
+    "protect": "The picked networks' weights stay frozen, so what they hold survives; everything else trains.",
+    "target": "Only the picked networks' weights train; the rest of the model stays as it was.",
+    "lesion": "The picked networks are switched off in the forward pass while the whole model trains.",
+    "preserve": "Only the picked networks stay on in the forward pass, and only they train.",
+}
+METHODS = (("LoRA adapters (lora)", "lora"), ("full fine-tuning (full)", "full"), ("4-bit LoRA (qlora, CUDA only)", "qlora"))
+
+
+def presets_view(current: str | None) -> Table:
+    """Every preset with its sentence; the chosen one stands out."""
+    table = Table.grid(padding=(0, 1))
+    table.add_column(no_wrap=True)
+    table.add_column()
+    for name, sentence in PRESET_SENTENCES.items():
+        style = "bold" if name == current else "dim"
+        table.add_row(Text(("▸ " if name == current else "  ") + name, style=style), Text(sentence, style=style))
+    return table
+
+
+class TrainingScreen(StepScreen):
+    STEP = "training"
+    TITLE = "Training"
+    HINT = "Batch settings are prefilled for this machine and model. Next writes the recipe file."
+
+    def compose_body(self) -> ComposeResult:
+        recipe = self.app.draft.recipe
+        train = recipe.train
+        yield Field("Method", Select(METHODS, value=train.method, allow_blank=False, id="method", compact=True),
+                    key="train.method")
+        yield Field("Steps", Input(str(train.steps or ""), id="steps", compact=True), key="train.steps")
+        yield Field("Batch size", Input(str(train.batch_size), id="batch-size", compact=True), key="train.batch_size")
+        yield Field("Accumulation", Input(str(train.gradient_accumulation), id="grad-accum", compact=True),
+                    key="train.gradient_accumulation", help="batches per optimizer step")
+        yield Field("Learning rate", Input(f"{train.learning_rate:g}", id="learning-rate", compact=True),
+                    key="train.learning_rate")
+        yield Field("LoRA rank", Input(str(train.lora.r), id="lora-r", compact=True), key="train.lora.r")
+        yield Static("", id="prefill-note", markup=False)
+        presets = RadioSet(*(RadioButton(name, name=name, value=name == recipe.mask.preset) for name in PRESET_SENTENCES),
+                           id="preset")
+        yield Field("Mask preset", Horizontal(presets, Static(presets_view(recipe.mask.preset), id="preset-help"),
+                                              id="preset-row"), key="mask.preset")
+        yield Field("Run name", Input(recipe.name, id="run-name", compact=True), key="name",
+                    help="names the run folder (letters, digits, . _ -)")
+        default_path = self.app.draft.extras.get("recipe_path") or f"{recipe.name}.yaml"
+        yield Field("Recipe file", Input(default_path, id="recipe-path", compact=True),
+                    help="written when you press Next; replay it with fntui replay or fnapi run")
+
+    def load(self) -> None:
+        self.query_one("#method", Select).focus()
+        if not self.extras.get("train_prefilled"):
+            self.recommend(self.recipe)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="prefill")
+    def recommend(self, recipe: Recipe) -> None:
+        """Batch and accumulation for this machine and the chosen model (loaded if need be)."""
+        engine = self.app.engine
+        info = engine.load_model(recipe.model).info
+        self.post_message(WorkDone("prefill", engine.recommend(info.num_parameters, recipe.train.method,
+                                                               seq_len=recipe.data.max_length)))
+
+    @on(WorkDone)
+    def _prefill(self, message: WorkDone) -> None:
+        rec = message.result
+        batch, accumulation = self.query_one("#batch-size", Input), self.query_one("#grad-accum", Input)
+        train = self.recipe.train
+        if (batch.value, accumulation.value) != (str(train.batch_size), str(train.gradient_accumulation)):
+            return  # typed over already: the user's numbers win
+        batch.value, accumulation.value = str(rec.batch_size), str(rec.gradient_accumulation)
+        batch = next((r for r in rec.reasons if r.startswith("batch size")), "")
+        self.query_one("#prefill-note", Static).update(f"Prefilled: {batch}" if batch else "")
+        self.extras["train_prefilled"] = True
+
+    def edited(self, control: Widget) -> None:
+        if control.id == "preset":
+            self.query_one("#preset-help", Static).update(presets_view(Form(self).raw("preset")))
+
+    def changes(self, form: Form) -> dict[str, Any]:
+        preset = form.raw("preset") or "none"
+        mask = self.recipe.mask
+        if preset != "none" and (self.recipe.template is None or mask.components == []):
+            form.fail("preset-row", f"{preset} needs networks: pick some on the Networks step, or use none")
+        path = form.text("recipe-path", required="enter where to write the recipe, for example my-run.yaml")
+        if path and Path(path).suffix.lower() not in (".yaml", ".yml"):
+            form.fail("recipe-path", "a recipe file ends in .yaml or .yml")
+        elif path and Path(path).expanduser().is_dir():
+            form.fail("recipe-path", f"{path} is a folder; give a file name")
+        return {
+            "train.method": form.raw("method"),
+            "train.steps": form.integer("steps", minimum=1),
+            "train.batch_size": form.integer("batch-size", minimum=1),
+            "train.gradient_accumulation": form.integer("grad-accum", minimum=1),
+            "train.learning_rate": form.number("learning-rate", positive=True),
+            "train.lora.r": form.integer("lora-r", minimum=1),
+            "mask.preset": preset,
+            "name": form.text("run-name", required="enter a run name"),
+        }
+
+    async def before_next(self, recipe: Recipe) -> Recipe | None:
+        path = self.query_one("#recipe-path", Input).value.strip()
+        try:
+            recipe.to_yaml(self.app.engine.resolve(path))
+        except (OSError, FnapiError) as exc:
+            self.show_errors({"recipe-path": f"cannot write {path}: {exc}"})
+            return None
+        self.extras["recipe_path"] = path
+        self.extras["train_prefilled"] = True
+        return recipe
