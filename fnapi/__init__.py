@@ -15,13 +15,44 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
+    # recipes and runs
     "Recipe": "fnapi.recipe",
-    "FnapiError": "fnapi.errors",
+    "run": "fnapi.runner",
+    "RunResult": "fnapi.runner",
+    "ForgettingReport": "fnapi.report",
+    # models, data, hardware, auth
+    "load_model": "fnapi.models.loading",
+    "LoadedModel": "fnapi.models.loading",
+    "get_adapter": "fnapi.models.registry",
+    "load_data": "fnapi.data",
+    "read_conversations": "fnapi.data",
+    "tokenize": "fnapi.data",
+    "probe_items": "fnapi.data.builtin",
+    "detect_hardware": "fnapi.hardware",
+    "recommend": "fnapi.hardware",
+    "resolve_token": "fnapi.auth",
+    # functional networks
+    "build_template": "fnapi.networks.build",
+    "Template": "fnapi.networks.template",
+    "Component": "fnapi.networks.template",
+    "compare_templates": "fnapi.networks.template",
+    # masks, training, evaluation
+    "mask": "fnapi.masking",
+    "NeuronMask": "fnapi.masking",
+    "train": "fnapi.training",
+    "score_task": "fnapi.evaluation",
+    "score_probes": "fnapi.evaluation",
+    "mean_kl": "fnapi.drift",
+    # events and errors
     "EventSink": "fnapi.events",
     "ListSink": "fnapi.events",
     "JsonlSink": "fnapi.events",
     "console_sink": "fnapi.events",
+    "FnapiError": "fnapi.errors",
 }
+
+# names exported under another name than the one they have in their module
+_ALIASES = {"compare_templates": "compare"}
 
 __all__ = sorted([*_EXPORTS, "__version__"])
 
@@ -30,7 +61,7 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'fnapi' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    value = getattr(importlib.import_module(module), _ALIASES.get(name, name))
     globals()[name] = value
     return value
 
