@@ -149,12 +149,13 @@ def _read_normalised(spec: str, *, format: str, fields: dict[str, str] | None,
         from fnapi.data.builtin import builtin_splits
 
         splits = builtin_splits(spec[len(BUILTIN_PREFIX):])
-        train = splits.get("train") or next(iter(splits.values()))
+        name = _canonical_split(split) if _canonical_split(split) in splits else next(iter(splits))
+        rows = splits[name]
         report = DetectionReport(
-            source=spec, format="builtin", fields={}, confidence=1.0, rows_total=len(train),
-            rows_kept=len(train), columns=[], rows_examined=len(train),
-            splits={name: {"rows_total": len(rows), "rows_kept": len(rows), "rows_skipped": 0}
-                    for name, rows in splits.items()},
+            source=spec, format="builtin", fields={}, confidence=1.0, rows_total=len(rows),
+            rows_kept=len(rows), rows_examined=len(rows), split=name,
+            splits={key: {"rows_total": len(part), "rows_kept": len(part), "rows_skipped": 0}
+                    for key, part in splits.items()},
         )
         return splits, report
     raw = read_rows(spec)
