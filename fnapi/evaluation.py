@@ -1,0 +1,172 @@
+"""Measure a model: task accuracy by greedy generation, and general knowledge by choice likelihood.
+
+Both use the same templating as training (:mod:`fnapi.data.templating`), so a prompt here is
+token for token the prompt the model was trained to answer.
+
+- :func:`score_task` — share of conversations whose last assistant answer the model reproduces
+  (greedy decoding, then a scorer such as :func:`exact_match`).
+- :func:`score_probes` — share of multiple-choice items where the right choice is the most likely
+  answer. A choice's score is the *summed* log-probability of its answer tokens plus the
+  end-of-turn token, exactly the tokens training would learn. The end-of-turn token makes the sum
+  fair across lengths: a short choice that is only the start of a longer answer ("New" for "New
+  Delhi") pays for claiming the answer ends there. No sampling is involved.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Sequence
+
+from fnapi.data.formats import Conversation
+from fnapi.data.templating import IGNORE_INDEX, collate, encode, prompt_and_answer, resolve_template
+from fnapi.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from fnapi.data.builtin import ProbeItem
+
+Scorer = Callable[[str, str], float]
+
+
+def normalise_answer(text: str) -> str:
+    """Lower case with runs of whitespace collapsed to one space and the ends trimmed."""
+    return " ".join(text.split()).lower()
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    """1.0 when the two answers are equal after :func:`normalise_answer`, else 0.0."""
+    return float(normalise_answer(prediction) == normalise_answer(reference))
+
+
+# ---- task accuracy ---------------------------------------------------------------------------
+
+def generate_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                     conversations: Sequence[Conversation], *, max_new_tokens: int = 24, batch_size: int = 8,
+                     chat_template: str = "auto") -> list[str]:
+    """Greedy answers to the last user turn of each conversation (its last answer is left out)."""
+    import torch
+
+    prompts = [prompt_and_answer(c, tokenizer, chat_template)[0] for c in conversations]
+    pad_id = _pad_id(tokenizer)
+    stop_ids = _stop_ids(model, tokenizer)
+    device = _device(model)
+    answers: list[str] = [""] * len(prompts)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths pad less
+    with _eval_mode(model), torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            batch = order[start: start + batch_size]
+            width = max(len(prompts[i]) for i in batch)
+            # Left padding: every prompt ends at the last column, where generation continues.
+            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                input_ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
+                attention[row, width - len(prompts[i]):] = 1
+            output = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                    max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                    eos_token_id=stop_ids, pad_token_id=pad_id,
+                                    temperature=None, top_p=None, top_k=None)
+            for row, i in enumerate(batch):
+                answers[i] = tokenizer.decode(output[row, width:], skip_special_tokens=True).strip()
+    return answers
+
+
+def score_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, conversations: Sequence[Conversation],
+               scorer: Scorer = exact_match, *, max_new_tokens: int = 24, batch_size: int = 8,
+               chat_template: str = "auto") -> float:
+    """Mean ``scorer(generated, reference)`` over conversations, the reference being each
+    conversation's last assistant answer and the generation greedy.
+
+    >>> score_task(model, tokenizer, skill_conversations("test")[:20])  # doctest: +SKIP
+    0.0
+    """
+    if not conversations:
+        raise DataError("no conversations to score the task on")
+    answers = generate_answers(model, tokenizer, conversations, max_new_tokens=max_new_tokens,
+                               batch_size=batch_size, chat_template=chat_template)
+    references = [c.messages[-1]["content"] for c in conversations]
+    return sum(float(scorer(a, r)) for a, r in zip(answers, references)) / len(conversations)
+
+
+# ---- probe likelihood ------------------------------------------------------------------------
+
+def choice_logprobs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence[ProbeItem], *,
+                    batch_size: int = 16, chat_template: str = "auto") -> list[list[float]]:
+    """Summed log-probability of each choice of each item (answer tokens and end-of-turn token)."""
+    import torch
+
+    template = resolve_template(tokenizer, chat_template)
+    pairs = [(i, Conversation(messages=[{"role": "user", "content": item.question},
+                                        {"role": "assistant", "content": choice}]))
+             for i, item in enumerate(items) for choice in item.choices]
+    encoded, _ = encode([c for _, c in pairs], tokenizer, template)
+    scores = [0.0] * len(encoded)
+    order = sorted(range(len(encoded)), key=lambda k: len(encoded[k].input_ids))
+    device = _device(model)
+    with _eval_mode(model), torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            batch = order[start: start + batch_size]
+            features = [{"input_ids": encoded[k].input_ids, "labels": encoded[k].labels} for k in batch]
+            tensors = collate(features, _pad_id(tokenizer))
+            logits = model(input_ids=tensors["input_ids"].to(device),
+                           attention_mask=tensors["attention_mask"].to(device)).logits.float()
+            # Position t predicts token t+1.
+            targets = tensors["labels"][:, 1:].to(device)
+            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+            mask = targets != IGNORE_INDEX
+            picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            sums = (picked * mask).sum(dim=-1)
+            for row, k in enumerate(batch):
+                scores[k] = float(sums[row])
+    result: list[list[float]] = [[] for _ in items]
+    for (i, _), score in zip(pairs, scores):
+        result[i].append(score)
+    return result
+
+
+def score_probes(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence[ProbeItem], *,
+                 batch_size: int = 16, chat_template: str = "auto") -> float:
+    """Share of items whose right choice has the highest summed log-probability (see the module
+    docstring for why the sum, with the end-of-turn token, is used)."""
+    if not items:
+        raise DataError("no probe items to score")
+    logprobs = choice_logprobs(model, tokenizer, items, batch_size=batch_size, chat_template=chat_template)
+    right = sum(1 for item, scores in zip(items, logprobs) if max(range(len(scores)), key=scores.__getitem__) == item.answer)
+    return right / len(items)
+
+
+# ---- small helpers ---------------------------------------------------------------------------
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def _stop_ids(model, tokenizer) -> list[int]:
+    """Every id that ends an answer: the tokenizer's eos, the model's generation eos ids, and
+    ``<|im_end|>`` when it is a token (the ChatML fallback ends turns with it)."""
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(configured if isinstance(configured, (list, tuple)) else [configured])
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
+        ids.add(im_end)
+    return sorted(i for i in ids if i is not None)
+
+
+class _eval_mode:
+    """Put a model in eval mode for a block and restore its training flag afterwards."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def __enter__(self) -> None:
+        self.was_training = self.model.training
+        self.model.eval()
+
+    def __exit__(self, *exc) -> None:
+        self.model.train(self.was_training)

@@ -1,0 +1,103 @@
+"""Task and probe scoring (fnapi.evaluation) on tiny models and stubs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fnapi.data import Conversation, ProbeItem, prompt_and_answer, resolve_template
+from fnapi.data.templating import IGNORE_INDEX, encode
+from fnapi.evaluation import choice_logprobs, exact_match, generate_answers, score_probes, score_task
+from fnapi.models.tiny import tiny_model, tiny_tokenizer
+
+QUESTIONS = [("What is 2 + 2?", "4"), ("Name a colour.", "blue sky"), ("Say hello.", "hello there friend")]
+CONVERSATIONS = [Conversation(messages=[{"role": "user", "content": q}, {"role": "assistant", "content": a}])
+                 for q, a in QUESTIONS]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model("llama", seed=0)
+
+
+class _Oracle(torch.nn.Module):
+    """Generates the reference answer for prompts it knows, proving the prompt ids are right."""
+
+    def __init__(self, tokenizer, answers: dict[tuple[int, ...], list[int]]) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.tokenizer = tokenizer
+        self.answers = answers
+        self.seen_training = None
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_token_id, **_):
+        self.seen_training = self.training
+        rows = []
+        for ids, mask in zip(input_ids.tolist(), attention_mask.tolist()):
+            assert mask[-1] == 1  # left padded
+            prompt = tuple(t for t, m in zip(ids, mask) if m)
+            rows.append(ids + self.answers.get(prompt, [])[:max_new_tokens])
+        width = max(len(r) for r in rows)
+        return torch.tensor([r + [pad_token_id] * (width - len(r)) for r in rows])
+
+
+def test_exact_match_ignores_case_and_whitespace():
+    assert exact_match("  Hello\n  World ", "hello world") == 1.0
+    assert exact_match("hello world.", "hello world") == 0.0
+
+
+def test_score_task_compares_generated_answers_with_the_last_turn(tokenizer):
+    answers = {}
+    for conversation in CONVERSATIONS:
+        prompt, answer = prompt_and_answer(conversation, tokenizer)
+        answers[tuple(prompt)] = tokenizer(answer + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+    oracle = _Oracle(tokenizer, answers).train()
+    assert score_task(oracle, tokenizer, CONVERSATIONS, max_new_tokens=16, batch_size=2) == 1.0
+    assert oracle.seen_training is False and oracle.training  # eval while scoring, restored after
+    wrong = [Conversation(messages=[c.messages[0], {"role": "assistant", "content": "nope"}]) for c in CONVERSATIONS]
+    assert score_task(oracle, tokenizer, wrong, max_new_tokens=16) == 0.0
+    # Too few new tokens cut the longest answer short.
+    assert score_task(oracle, tokenizer, CONVERSATIONS, max_new_tokens=2) == pytest.approx(1 / 3)
+
+
+def test_generate_answers_runs_a_real_model_greedily(model, tokenizer):
+    first = generate_answers(model, tokenizer, CONVERSATIONS, max_new_tokens=4, batch_size=2)
+    again = generate_answers(model, tokenizer, CONVERSATIONS[::-1], max_new_tokens=4, batch_size=3)
+    assert first == again[::-1]  # greedy and independent of batching and left padding
+    assert 0.0 <= score_task(model, tokenizer, CONVERSATIONS, max_new_tokens=4) <= 1.0
+
+
+ITEMS = [ProbeItem("What is the capital of France?", ("Paris", "Rome", "New Delhi"), 0, "capitals"),
+         ProbeItem("What is 3 + 4?", ("6", "7", "8", "17"), 1, "arithmetic")]
+
+
+def test_choice_logprobs_equal_an_unbatched_computation(model, tokenizer):
+    batched = choice_logprobs(model, tokenizer, ITEMS, batch_size=3)
+    template = resolve_template(tokenizer)
+    for item, scores in zip(ITEMS, batched):
+        assert len(scores) == len(item.choices)
+        for choice, score in zip(item.choices, scores):
+            conversation = Conversation(messages=[{"role": "user", "content": item.question},
+                                                  {"role": "assistant", "content": choice}])
+            (example,), _ = encode([conversation], tokenizer, template)
+            ids = torch.tensor([example.input_ids])
+            with torch.no_grad():
+                logprobs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
+            expected = sum(logprobs[t - 1, label].item() for t, label in enumerate(example.labels)
+                           if t > 0 and label != IGNORE_INDEX)
+            assert score == pytest.approx(expected, abs=1e-4)
+
+
+def test_score_probes_counts_items_whose_answer_is_most_likely(model, tokenizer):
+    logprobs = choice_logprobs(model, tokenizer, ITEMS)
+    best = [max(range(len(s)), key=s.__getitem__) for s in logprobs]
+    right = [ProbeItem(i.question, i.choices, b, i.category) for i, b in zip(ITEMS, best)]
+    wrong = [ProbeItem(i.question, i.choices, (b + 1) % len(i.choices), i.category) for i, b in zip(ITEMS, best)]
+    assert score_probes(model, tokenizer, right) == 1.0
+    assert score_probes(model, tokenizer, wrong) == 0.0
+    assert score_probes(model, tokenizer, [right[0], wrong[1]], batch_size=1) == 0.5
