@@ -158,6 +158,58 @@ class EvalSection(Section):
     max_new_tokens: int = Field(24, gt=0)
 
 
+#: SLURM wall time: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS.
+SLURM_TIME = re.compile(r"\d+(:\d{1,2}){0,2}|\d+-\d{1,2}(:\d{1,2}){0,2}")
+
+
+class SlurmSection(Section):
+    """Defaults for ``fnapi slurm`` (its flags override them). Scheduling only: where and how long
+    a job runs does not change its result, so these are not part of the recipe's fingerprint."""
+
+    nodes: int = Field(1, gt=0)
+    gpus_per_node: int = Field(1, ge=0, description="GPUs per node, one process each (0: CPU processes)")
+    processes_per_node: int | None = Field(None, gt=0, description="default: gpus_per_node, or 1 without GPUs")
+    cpus_per_task: int = Field(8, gt=0, description="CPU cores per node for the job's processes")
+    mem: str | None = Field(None, description='memory per node, e.g. "64G" (default: the partition\'s)')
+    time: str | None = Field(None, description='wall-time limit, e.g. "04:00:00" (required)')
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    env: str | None = Field(None, description="shell line that activates the environment "
+                                              "(default: the environment that writes the script)")
+    log_dir: str = Field("slurm_logs", description="where SLURM writes the job's output and error logs")
+    master_port: int | None = Field(None, ge=1024, le=65535, description="rendezvous port (default: from the job id)")
+
+    @field_validator("time", mode="before")
+    @classmethod
+    def _minutes(cls, value: Any) -> Any:
+        # `time: 90` means 90 minutes to SLURM
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("time")
+    @classmethod
+    def _slurm_time(cls, value: str | None) -> str | None:
+        if value is not None and not SLURM_TIME.fullmatch(value.strip()):
+            raise ValueError(f"{value!r} is not a SLURM time; use HH:MM:SS, D-HH:MM:SS or minutes")
+        return value.strip() if value is not None else None
+
+    @field_validator("mem")
+    @classmethod
+    def _slurm_mem(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"\d+[KMGT]?", value.strip()):
+            raise ValueError(f"{value!r} is not a SLURM memory size; use forms like 64G or 500M")
+        return value.strip() if value is not None else None
+
+
+class DistributedSection(Section):
+    """Running on several processes or machines (see ``fnapi slurm`` and the README's cluster notes)."""
+
+    accelerate_config: str | None = Field(
+        None, description="accelerate config file (FSDP or DeepSpeed); plain DDP needs none")
+    slurm: SlurmSection = Field(default_factory=SlurmSection)
+
+
 class OutputSection(Section):
     dir: str = Field("runs/{name}", description="run directory; {name} is the recipe name")
     merge_lora: bool = False
@@ -178,6 +230,7 @@ class Recipe(Section):
     train: TrainSection = Field(default_factory=TrainSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     output: OutputSection = Field(default_factory=OutputSection)
+    distributed: DistributedSection | None = None
 
     @field_validator("version")
     @classmethod
@@ -247,6 +300,8 @@ class Recipe(Section):
     def to_dict(self, exclude_defaults: bool = False) -> dict[str, Any]:
         data = self.model_dump(mode="json", exclude_defaults=exclude_defaults)
         data["version"] = self.version
+        if self.distributed is None:  # recipes that never scale out read as they always did
+            data.pop("distributed", None)
         return data
 
     def to_yaml_text(self) -> str:
@@ -259,8 +314,12 @@ class Recipe(Section):
         return atomic_write_text(path, self.to_yaml_text())
 
     def fingerprint(self) -> str:
-        """Short hash of the recipe's meaning (stable across formatting)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        """Short hash of the recipe's meaning (stable across formatting and scheduling settings)."""
+        data = self.to_dict()
+        scaling = data.pop("distributed", None) or {}
+        if scaling.get("accelerate_config"):  # FSDP/DeepSpeed change the run; SLURM settings do not
+            data["distributed"] = {"accelerate_config": scaling["accelerate_config"]}
+        blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
     def replace(self, **changes: Any) -> "Recipe":
@@ -291,11 +350,20 @@ _FLOAT_PATTERN = re.compile(
     |\.(?:nan|NaN|NAN))$""",
     re.X,
 )
+# YAML 1.1 also reads 4:00:00 as the base-60 integer 14400; a SLURM time limit must stay text.
+_INT_PATTERN = re.compile(
+    r"""^(?:[-+]?0b[0-1_]+
+    |[-+]?0[0-7_]+
+    |[-+]?(?:0|[1-9][0-9_]*)
+    |[-+]?0x[0-9a-fA-F_]+)$""",
+    re.X,
+)
 _RecipeLoader.yaml_implicit_resolvers = {
-    key: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:float"]
+    key: [(tag, rx) for tag, rx in resolvers if tag not in ("tag:yaml.org,2002:float", "tag:yaml.org,2002:int")]
     for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_PATTERN, list("-+0123456789."))
+_RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:int", _INT_PATTERN, list("-+0123456789"))
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

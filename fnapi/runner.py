@@ -4,6 +4,10 @@ hardware -> model -> data -> template (build or load) -> mask -> baseline evalua
 evaluation -> report. Each stage is a plain function from :mod:`fnapi`; this module only wires them
 together, keeps the run directory consistent and makes an interrupted run resumable.
 
+Started by torchrun, accelerate launch or srun, every process runs this same function: the
+template capture and the training are shared between processes, the main process alone claims
+the run directory, evaluates and writes events, template and report (:mod:`fnapi.distributed`).
+
 >>> result = run(Recipe.from_yaml("recipes/quickstart.yaml"), sink=console_sink())  # doctest: +SKIP
 >>> result.report.probes.retained                                                    # doctest: +SKIP
 """
@@ -17,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fnapi import distributed
 from fnapi.errors import DataError, FnapiError, HardwareError
 from fnapi.events import (
     CompositeSink,
@@ -53,11 +58,18 @@ def run(recipe: Recipe, *, sink: EventSink | None = None, cancel: threading.Even
     """Run ``recipe`` end to end and return the run directory and report.
 
     Events go to ``sink`` and to ``events.jsonl`` in the run directory. Setting ``cancel`` stops
-    at the next step and leaves a checkpoint; running the same recipe again resumes it.
+    at the next step and leaves a checkpoint; running the same recipe again resumes it. Under a
+    launcher only the main process writes; every process returns the same result.
     """
-    rundir = claim_run_dir(recipe, output)
-    jsonl = JsonlSink(rundir.events)
-    events = CompositeSink(sink if sink is not None else NullSink(), jsonl)
+    with distributed.process_group():
+        return _run(recipe, sink, cancel, output)
+
+
+def _run(recipe: Recipe, sink: EventSink | None, cancel: threading.Event | None,
+         output: str | Path | None) -> RunResult:
+    rundir = distributed.on_main(claim_run_dir, recipe, output)
+    jsonl = JsonlSink(rundir.events) if distributed.is_main_process() else NullSink()
+    events = distributed.main_process_sink(CompositeSink(sink if sink is not None else NullSink(), jsonl))
     started = time.monotonic()
     events.emit(RunStarted(name=recipe.name, run_dir=str(rundir.path)))
     if rundir.resumed:
@@ -74,7 +86,7 @@ def run(recipe: Recipe, *, sink: EventSink | None = None, cancel: threading.Even
     else:
         seconds = time.monotonic() - started
         result.report.total_seconds = seconds
-        write_report(result.report, rundir.path)
+        distributed.on_main(write_report, result.report, rundir.path)
         events.emit(RunFinished(name=recipe.name, seconds=seconds, run_dir=str(rundir.path),
                                 summary=_summary(result.report)))
         return result
@@ -114,6 +126,7 @@ def _run_stages(recipe: Recipe, rundir: RunDir, sink: EventSink, cancel: threadi
     if len(train_tokens) == 0:
         raise DataError(f"{recipe.data.path}: no training example has a token to learn after tokenizing",
                         "check the format detection with `fnapi data inspect` and data.max_length")
+    distributed.check_enough_examples(len(train_tokens), f"{recipe.data.path}: training examples")
 
     current["stage"] = "template"
     template = None
@@ -127,16 +140,18 @@ def _run_stages(recipe: Recipe, rundir: RunDir, sink: EventSink, cancel: threadi
 
     current["stage"] = "evaluate"
     eval_set = _task_conversations(recipe, data)
-    baseline = baseline_scores(recipe, loaded, eval_set, rundir, sink, cancel)
+    # The main process evaluates while the others wait; they get the scores for the report.
+    baseline = distributed.on_main(baseline_scores, recipe, loaded, eval_set, rundir, sink, cancel, share=_public)
 
     current["stage"] = "train"
     result = train(loaded, tokenizer, train_tokens, validation_tokens, recipe.train, mask=spec,
                    output_dir=rundir.path, seed=recipe.seed, sink=sink, cancel=cancel, resume=True,
                    save_model=recipe.output.save_model, merge_lora=recipe.output.merge_lora,
-                   bake_lesion=recipe.output.bake_lesion)
+                   bake_lesion=recipe.output.bake_lesion,
+                   accelerate_config=recipe.distributed.accelerate_config if recipe.distributed else None)
 
     current["stage"] = "evaluate"
-    after = final_scores(recipe, result.model, tokenizer, spec, eval_set, baseline, sink, cancel)
+    after = distributed.on_main(final_scores, recipe, result.model, tokenizer, spec, eval_set, baseline, sink, cancel)
 
     report = ForgettingReport(
         name=recipe.name,
@@ -182,6 +197,8 @@ def check_hardware(recipe: Recipe, sink: EventSink) -> None:
         if recipe.model.quantization != "none":
             check_quantization_supported(recipe.model.quantization, report)
         check_method_supported(recipe.train.method, report)
+        if recipe.distributed is not None:
+            distributed.check_accelerate_config(recipe.distributed.accelerate_config, report.has_cuda)
         if recipe.model.device == "cuda" and not report.has_cuda:
             raise HardwareError("model.device is cuda but this machine has no CUDA device",
                                 "set model.device: auto (or cpu)")
@@ -214,10 +231,12 @@ def obtain_template(recipe: Recipe, loaded: Any, rundir: RunDir, sink: EventSink
     from fnapi.networks.template import Template
 
     section = recipe.template
+    # Decided once: processes that looked at the run directory at different moments would disagree.
+    built_before = distributed.on_main(rundir.template.exists)
     if section.path:
         template = Template.load(section.path)
         source = section.path
-    elif rundir.template.exists():
+    elif built_before:
         template = Template.load(rundir.template)
         source = "this run (resumed)"
     else:
@@ -225,11 +244,11 @@ def obtain_template(recipe: Recipe, loaded: Any, rundir: RunDir, sink: EventSink
         template = build_template(loaded, section, specs, seed=recipe.seed, sink=sink, cancel=cancel)
         source = "built"
         if section.out:
-            template.save(section.out)
+            distributed.on_main(template.save, section.out)
     for warning in template.check_compatible(loaded.info) or []:
         sink.emit(Log(message=warning, level="warning", stage="template"))
-    if not rundir.template.exists():
-        template.save(rundir.template)
+    if not built_before:
+        distributed.on_main(template.save, rundir.template)
     sink.emit(Log(message=f"template ({source}): {len(template.components)} components at {template.site}",
                   stage="template"))
     return template
@@ -289,6 +308,11 @@ def baseline_scores(recipe: Recipe, loaded: Any, eval_set: list, rundir: RunDir,
         # Kept in memory only: the base distributions are cheap to recompute after a resume.
         scores["_reference"] = next_token_logprobs(model, _kl_prompts(recipe, tokenizer))
     return scores
+
+
+def _public(scores: dict[str, Any]) -> dict[str, Any]:
+    """Scores without the in-memory reference distributions (large, and needed by the main process only)."""
+    return {key: value for key, value in scores.items() if not key.startswith("_")}
 
 
 def final_scores(recipe: Recipe, model: Any, tokenizer: Any, spec: Any, eval_set: list, baseline: dict,

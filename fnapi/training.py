@@ -12,6 +12,10 @@ Trainer with a callback that turns its logs into fnapi events, and saves the res
   ``output_dir/model`` (transformers ``save_pretrained``), each with the tokenizer, written to a
   temporary folder and renamed into place.
 
+Under torchrun or accelerate launch the Trainer runs data-parallel (DDP, or FSDP/DeepSpeed from an
+accelerate config); every process installs the same mask, only the main process writes the state
+files and outputs, and the frozen-weight hashes of all processes are compared at the end.
+
 Calling :func:`train` again with the same arguments after a crash, ``kill -9`` or cancellation
 resumes from the last complete checkpoint and ends where an uninterrupted run would: the data
 order is fixed by the seed (no loader workers) and the RNG state is restored. A checkpoint made
@@ -40,7 +44,7 @@ from typing import Any, Callable, Iterator
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-from fnapi import hardware
+from fnapi import distributed, hardware
 from fnapi.data.templating import collate
 from fnapi.errors import CancelledError, DataError, HardwareError, ModelError, RecipeError
 from fnapi.events import EventSink, Log, Metric, NullSink, Progress, stage
@@ -115,7 +119,8 @@ def check_method_supported(method: str, report: Any = None) -> None:
 def train(loaded_or_model: Any, tokenizer: Any, train_data: Any, eval_data: Any, train_section: TrainSection, *,
           mask: NeuronMask | None = None, output_dir: str | os.PathLike, seed: int = 0,
           sink: EventSink | None = None, cancel: threading.Event | None = None, resume: bool = True,
-          save_model: bool = True, merge_lora: bool = False, bake_lesion: bool = False) -> TrainResult:
+          save_model: bool = True, merge_lora: bool = False, bake_lesion: bool = False,
+          accelerate_config: str | os.PathLike | None = None) -> TrainResult:
     """Fine-tune a model on tokenized data under an optional neuron mask; resume if interrupted.
 
     ``loaded_or_model`` is a ``LoadedModel`` or a transformers model; ``tokenizer`` may be None
@@ -124,13 +129,17 @@ def train(loaded_or_model: Any, tokenizer: Any, train_data: Any, eval_data: Any,
     was made by the same mask and recipe); without it old checkpoints are deleted first.
     ``merge_lora`` also writes the merged full model; ``bake_lesion`` writes the full model with
     the ablated channels zeroed in its weights (for LoRA this implies merging). Cancelling via
-    ``cancel`` saves a checkpoint and raises :class:`CancelledError`.
+    ``cancel`` saves a checkpoint and raises :class:`CancelledError`. ``accelerate_config`` names
+    an accelerate config file whose FSDP or DeepSpeed settings the Trainer uses (unless the
+    process was started by ``accelerate launch``, whose settings then apply).
     """
     check_method_supported(train_section.method)
     model, tokenizer, model_id = _unpack(loaded_or_model, tokenizer)
     if train_data is None or len(train_data) == 0:
         raise DataError("the training data has no examples (after tokenizing and truncation)")
-    sink = sink if sink is not None else NullSink()
+    distributed.check_enough_examples(len(train_data), "training examples")
+    parallel = distributed.trainer_options(accelerate_config)
+    sink = distributed.main_process_sink(sink if sink is not None else NullSink())
     output_dir = Path(output_dir)
     root = output_dir / CHECKPOINTS_DIR
     spec = mask if mask is not None and not mask.is_noop else None
@@ -146,7 +155,7 @@ def train(loaded_or_model: Any, tokenizer: Any, train_data: Any, eval_data: Any,
         callback = _EventCallback(sink, cancel, train_section.logging_steps, identity, saved["losses"])
         trainer = _MaskedTrainer(
             model=model,
-            args=_training_arguments(train_section, root, seed, model),
+            args=_training_arguments(train_section, root, seed, model, parallel),
             train_dataset=train_data,
             eval_dataset=eval_data,
             data_collator=functools.partial(collate, pad_token_id=_pad_id(tokenizer)),
@@ -182,6 +191,12 @@ def train(loaded_or_model: Any, tokenizer: Any, train_data: Any, eval_data: Any,
         unchanged = None if not before else after == before
         if unchanged is False:
             progress.log("frozen weights changed during training", level="error")
+        if before and distributed.is_distributed():
+            # Every process must hold the same frozen weights, bit for bit, as it held before.
+            agree = all(sums == after for sums in distributed.all_gather(after))
+            unchanged = unchanged and agree
+            progress.log(f"frozen weights bit-identical on all {distributed.world_size()} processes" if agree
+                         else "frozen weights differ between processes", level="info" if agree else "error")
         adapter_dir, model_dir, model = _save_outputs(model, tokenizer, spec, output_dir, train_section.method,
                                                       save_model=save_model, merge_lora=merge_lora,
                                                       bake_lesion=bake_lesion)
@@ -242,7 +257,7 @@ def _data_fingerprint(data: Any) -> str:
 def _run_identity(section: TrainSection, seed: int, spec: NeuronMask | None, data: Any, model_id: str) -> dict:
     """What must be equal for a checkpoint to be continued."""
     recipe = section.model_dump(mode="json", exclude=_RESUME_NEUTRAL)
-    return {
+    identity = {
         "format": STATE_FORMAT,
         "train": recipe,
         "seed": seed,
@@ -250,6 +265,9 @@ def _run_identity(section: TrainSection, seed: int, spec: NeuronMask | None, dat
         "data": _data_fingerprint(data),
         "model": model_id,
     }
+    if distributed.is_distributed():  # the batches each step sees depend on the number of processes
+        identity["processes"] = distributed.world_size()
+    return identity
 
 
 # ---- checkpoints and resuming ------------------------------------------------------------------------
@@ -269,9 +287,10 @@ def _read_state(checkpoint: Path) -> dict:
 def _find_resume_point(root: Path, identity: dict, resume: bool, sink: EventSink) -> Path | None:
     """The last complete checkpoint to continue, after checking it belongs to this run."""
     if not resume:
-        if root.exists():
+        if root.exists() and distributed.is_main_process():
             shutil.rmtree(root)
             sink.emit(Log(message=f"removed old checkpoints in {root} (resume off)", stage="train"))
+        distributed.barrier()
         return None
     complete = [p for p in _checkpoints(root) if (p / STATE_FILE).is_file()]
     if not complete:
@@ -289,12 +308,15 @@ def _find_resume_point(root: Path, identity: dict, resume: bool, sink: EventSink
 
 def _differences(saved: dict, now: dict) -> list[str]:
     differs = []
-    for key in ("train", "seed", "mask", "data", "model", "format"):
+    for key in ("train", "seed", "mask", "data", "model", "format", "processes"):
         old, new = saved.get(key), now.get(key)
+        if key == "processes":
+            old, new = old or 1, new or 1
         if isinstance(old, dict) and isinstance(new, dict) and key == "train":
             differs += [f"train.{k}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
         elif old != new:
-            differs.append({"data": "training data", "model": "model weights"}.get(key, key))
+            differs.append({"data": "training data", "model": "model weights",
+                            "processes": f"processes ({old} then, {new} now)"}.get(key, key))
     return differs
 
 
@@ -355,9 +377,11 @@ def _masked(model: Any, spec: NeuronMask | None) -> Iterator[Any]:
         yield applied
 
 
-def _training_arguments(section: TrainSection, root: Path, seed: int, model: Any) -> TrainingArguments:
+def _training_arguments(section: TrainSection, root: Path, seed: int, model: Any,
+                        parallel: dict[str, Any] | None = None) -> TrainingArguments:
     on_cpu = next(model.parameters()).device.type == "cpu"
     return TrainingArguments(
+        **(parallel or {}),
         output_dir=str(root),
         max_steps=section.steps if section.steps is not None else -1,
         num_train_epochs=section.epochs,
@@ -461,8 +485,9 @@ class _EventCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         # Written after the Trainer has saved everything else: its presence marks a complete checkpoint.
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        state_file = {**self.identity, "step": state.global_step, "losses": self.losses}
-        atomic_write_text(folder / STATE_FILE, json.dumps(state_file, indent=1))
+        if state.is_world_process_zero:
+            state_file = {**self.identity, "step": state.global_step, "losses": self.losses}
+            atomic_write_text(folder / STATE_FILE, json.dumps(state_file, indent=1))
         self.last_checkpoint = folder
         self.sink.emit(Log(message=f"checkpoint saved at step {state.global_step}", stage="train", level="debug"))
 
@@ -489,7 +514,15 @@ def _save_outputs(model: Any, tokenizer: Any, spec: NeuronMask | None, output_di
 
 
 def _write_dir(target: Path, write: Callable[[Path], Any]) -> Path:
-    """Write a folder under a temporary name and rename it into place (replacing an older one)."""
+    """Write a folder under a temporary name and rename it into place (replacing an older one).
+
+    Only the main process writes; the others wait until the folder is in place.
+    """
+    distributed.on_main(_replace_dir, target, write)
+    return target
+
+
+def _replace_dir(target: Path, write: Callable[[Path], Any]) -> None:
     temporary = target.with_name(f".{target.name}.partial")
     old = target.with_name(f".{target.name}.old")
     for leftover in (temporary, old):
@@ -501,4 +534,3 @@ def _write_dir(target: Path, write: Callable[[Path], Any]) -> Path:
     temporary.rename(target)
     if old.exists():
         shutil.rmtree(old)
-    return target

@@ -45,6 +45,10 @@ def run(
         result = run_recipe(recipe, sink=sink, output=output)
     finally:
         getattr(sink, "close", lambda: None)()
+    from fnapi.distributed import is_main_process
+
+    if not is_main_process():  # under a launcher, the main process speaks for the run
+        return
     report = result.report
     print(f"report: {result.run_dir / 'report.md'}")
     if report.probes.before is not None:

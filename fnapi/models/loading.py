@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from fnapi.errors import ModelError, OfflineError
+from fnapi import distributed
+from fnapi.errors import HardwareError, ModelError, OfflineError
 from fnapi.events import EventSink, StageProgress, stage
 from fnapi.models.registry import ArchitectureAdapter, get_adapter, unwrap_model
 from fnapi.paths import atomic_write_text, cache_dir
@@ -107,6 +108,11 @@ def load_model(spec: str | ModelSection, *, dtype: str | None = None, device: st
     as None they come from the ``ModelSection``, else ``auto`` and ``cpu``. Reports the stage
     ``model`` to ``sink`` and stops between steps when ``cancel`` is set.
 
+    ``quantization`` ``4bit`` (NF4 with double quantization, computing in ``dtype``: the QLoRA
+    set-up) or ``8bit`` loads through bitsandbytes on a CUDA GPU; without one a
+    :class:`HardwareError` says so before anything is read. Under a launcher each process loads
+    onto its own GPU (``cuda:LOCAL_RANK``).
+
     >>> loaded = load_model("smollm2-135m-instruct")  # doctest: +SKIP
     >>> loaded.info.num_layers                          # doctest: +SKIP
     30
@@ -121,17 +127,15 @@ def load_model(spec: str | ModelSection, *, dtype: str | None = None, device: st
         trust_remote_code = spec.trust_remote_code
         dtype, device = dtype or spec.dtype, device or spec.device
     name = name.strip()
-    device = _resolve_device(device)
-    torch_dtype = _resolve_dtype(dtype, device)
     check_quantization_supported(quantization)
+    device = distributed.device_for(_resolve_device(device))
+    torch_dtype = _resolve_dtype(dtype, device)
     options: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
     if quantization != "none":
-        from transformers import BitsAndBytesConfig
-
-        options["quantization_config"] = (
-            BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch_dtype)
-            if quantization == "4bit" else BitsAndBytesConfig(load_in_8bit=True)
-        )
+        if not device.startswith("cuda"):
+            raise HardwareError(f"model.quantization {quantization} runs on a CUDA GPU, but model.device is {device}",
+                                hint="Set model.device: auto (or cuda), or model.quantization: none.")
+        options["quantization_config"] = quantization_config(quantization, torch_dtype)
         options["device_map"] = {"": device}
 
     with stage(sink, "model", cancel=cancel, description=name) as progress, _no_progress_bars():
@@ -147,6 +151,18 @@ def load_model(spec: str | ModelSection, *, dtype: str | None = None, device: st
         progress.summary.update(name=name, source=source, family=info.family, num_layers=info.num_layers,
                                 fingerprint=info.fingerprint)
     return LoadedModel(model=model, tokenizer=tokenizer, info=info, adapter=adapter, source=source)
+
+
+def quantization_config(kind: str, compute_dtype: torch.dtype) -> Any:
+    """The bitsandbytes settings for ``4bit`` (QLoRA's NF4 with double quantization) or ``8bit``."""
+    from transformers import BitsAndBytesConfig
+
+    if kind == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=compute_dtype)
+    if kind == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    raise HardwareError(f"model.quantization: unknown kind {kind!r}; use none, 4bit or 8bit")
 
 
 def describe(model: PreTrainedModel, name: str) -> ModelInfo:
