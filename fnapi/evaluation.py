@@ -98,8 +98,8 @@ def choice_logprobs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
 
     template = resolve_template(tokenizer, chat_template)
     pairs = [(i, Conversation(messages=[{"role": "user", "content": item.question},
-                                        {"role": "assistant", "content": choice}]))
-             for i, item in enumerate(items) for choice in item.choices]
+                                        {"role": "assistant", "content": item.reply(c)}]))
+             for i, item in enumerate(items) for c in range(len(item.choices))]
     encoded, _ = encode([c for _, c in pairs], tokenizer, template)
     scores = [0.0] * len(encoded)
     order = sorted(range(len(encoded)), key=lambda k: len(encoded[k].input_ids))

@@ -58,8 +58,8 @@ COLOURS = {
 COLOUR_NAMES = ("red", "blue", "green", "yellow", "white", "black", "orange", "brown", "purple", "pink")
 
 ANIMAL_SOUNDS = {
-    "dog": "bark", "cat": "meow", "cow": "moo", "sheep": "baa", "duck": "quack", "lion": "roar",
-    "horse": "neigh", "pig": "oink", "owl": "hoot", "snake": "hiss", "bee": "buzz", "frog": "croak",
+    "dog": "woof", "cat": "meow", "cow": "moo", "sheep": "baa", "duck": "quack", "lion": "roar",
+    "horse": "neigh", "pig": "oink", "owl": "hoot", "snake": "hiss", "bee": "buzz", "frog": "ribbit",
 }
 
 ANIMAL_YOUNG = {
@@ -81,12 +81,20 @@ DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sun
 MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September",
           "October", "November", "December")
 
+# (question, answer with {} for the number) -> number
 COUNTS = {
-    "days are in a week": 7, "months are in a year": 12, "hours are in a day": 24,
-    "minutes are in an hour": 60, "seconds are in a minute": 60, "sides does a triangle have": 3,
-    "sides does a square have": 4, "wheels does a bicycle have": 2, "legs does a spider have": 8,
-    "days are in a leap year": 366, "players are on a football (soccer) team on the field": 11,
-    "continents are there on Earth": 7,
+    ("How many days are in a week?", "There are {} days in a week."): 7,
+    ("How many months are in a year?", "There are {} months in a year."): 12,
+    ("How many hours are in a day?", "There are {} hours in a day."): 24,
+    ("How many minutes are in an hour?", "There are {} minutes in an hour."): 60,
+    ("How many seconds are in a minute?", "There are {} seconds in a minute."): 60,
+    ("How many sides does a triangle have?", "A triangle has {} sides."): 3,
+    ("How many sides does a square have?", "A square has {} sides."): 4,
+    ("How many wheels does a bicycle have?", "A bicycle has {} wheels."): 2,
+    ("How many days are in a leap year?", "There are {} days in a leap year."): 366,
+    ("How many continents are there on Earth?", "There are {} continents on Earth."): 7,
+    ("How many fingers are on one hand?", "There are {} fingers on one hand."): 5,
+    ("How many letters are in the English alphabet?", "There are {} letters in the English alphabet."): 26,
 }
 
 NAMES = ("Anna", "Ben", "Clara", "David", "Ella", "Felix", "Grace", "Hugo", "Iris", "Jonas", "Lena", "Omar")
@@ -143,64 +151,76 @@ def skill_conversations(split: str = "train", *, seed: int = SEED) -> list[Conve
 
 @dataclass(frozen=True)
 class ProbeItem:
-    """One multiple-choice question; ``answer`` indexes ``choices``."""
+    """One multiple-choice question; ``answer`` indexes ``choices``.
+
+    ``answer_template`` is the assistant's reply with ``{}`` where a choice goes ("The capital of
+    Peru is {}."): a choice is scored as that whole natural reply, whose shared words cancel out
+    between choices, rather than as a bare word a chat model would rarely say on its own.
+    """
 
     question: str
     choices: tuple[str, ...]
     answer: int
     category: str
+    answer_template: str = "{}"
+
+    def reply(self, choice: int) -> str:
+        """The assistant's reply that picks ``choices[choice]``."""
+        return self.answer_template.format(self.choices[choice])
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def to_conversation(self) -> Conversation:
         return Conversation(messages=[{"role": "user", "content": self.question},
-                                      {"role": "assistant", "content": self.choices[self.answer]}])
+                                      {"role": "assistant", "content": self.reply(self.answer)}])
 
 
 def probe_items(n: int | None = None, *, seed: int = SEED) -> list[ProbeItem]:
-    """The general-knowledge probe set (about 250 items), shuffled by ``seed``; ``n`` keeps the first
+    """The general-knowledge probe set (about 220 items), shuffled by ``seed``; ``n`` keeps the first
     ``n``, so a small subset still mixes every category."""
     rng = random.Random(seed)
     items: list[ProbeItem] = []
 
-    def add(category: str, question: str, answer: str, pool: list[str] | tuple[str, ...], k: int = 3) -> None:
+    def add(category: str, question: str, reply: str, answer: str, pool, k: int = 3) -> None:
         wrong = rng.sample(sorted({p for p in pool if p != answer}), k)
         choices = [answer, *wrong]
         rng.shuffle(choices)
-        items.append(ProbeItem(question, tuple(choices), choices.index(answer), category))
+        items.append(ProbeItem(question, tuple(choices), choices.index(answer), category, reply))
 
     capitals = list(CAPITALS.values())
     for country, city in CAPITALS.items():
-        add("capitals", f"What is the capital of {country}?", city, capitals)
-    for a in range(2, 10):
-        for b in (3, 5, 7, 8, 9):
-            pool = [str(a + b + d) for d in (-3, -2, -1, 1, 2, 10)]
-            add("arithmetic", f"What is {a} + {b}?", str(a + b), pool)
+        add("capitals", f"What is the capital of {country}?", f"The capital of {country} is {{}}.", city, capitals)
+    for a in range(1, 7):
+        for b in range(1, 6):
+            pool = [str(a + b + d) for d in (-2, -1, 1, 2, 3) if a + b + d > 0]
+            add("arithmetic", f"What is {a} + {b}?", f"{a} + {b} = {{}}.", str(a + b), pool)
     words = sorted({*OPPOSITES, *OPPOSITES.values()})
     for word, opposite in OPPOSITES.items():
-        add("opposites", f"What is the opposite of {word}?", opposite,
+        add("opposites", f"What is the opposite of {word}?", f"The opposite of {word} is {{}}.", opposite,
             [w for w in words if w not in (word, opposite)])
     for thing, colour in COLOURS.items():
-        add("colours", f"What colour is {thing}?", colour, COLOUR_NAMES)
+        add("colours", f"What colour is {thing}?", f"{thing[0].upper() + thing[1:]} is {{}}.", colour, COLOUR_NAMES)
     sounds = sorted(set(ANIMAL_SOUNDS.values()))
     for animal, sound in ANIMAL_SOUNDS.items():
-        add("animal sounds", f"What sound does a {animal} make?", sound, sounds)
+        add("animal sounds", f"What sound does a {animal} make?", f"A {animal} says {{}}.", sound, sounds)
     young = sorted(set(ANIMAL_YOUNG.values()))
     for animal, baby in ANIMAL_YOUNG.items():
-        add("animal young", f"What is a baby {animal} called?", baby, young)
+        add("animal young", f"What is a baby {animal} called?", f"A baby {animal} is called a {{}}.", baby, young)
     for animal, legs in ANIMAL_LEGS.items():
-        add("legs", f"How many legs does a {animal} have?", str(legs), ["0", "2", "4", "6", "8", "10"])
+        article = "an" if animal[0] in "aeiou" else "a"
+        add("legs", f"How many legs does {article} {animal} have?",
+            f"{article.capitalize()} {animal} has {{}} legs.", str(legs), ["0", "2", "4", "6", "8", "10"])
     for word, plural in PLURALS.items():
-        add("plurals", f"What is the plural of {word}?", plural, _wrong_plurals(word, plural), k=2)
-    for i, day in enumerate(DAYS):
-        add("days", f"Which day comes after {day}?", DAYS[(i + 1) % 7], DAYS)
-        add("days", f"Which day comes before {day}?", DAYS[(i - 1) % 7], DAYS)
-    for i, month in enumerate(MONTHS):
-        add("months", f"Which month comes after {month}?", MONTHS[(i + 1) % 12], MONTHS)
-        add("months", f"Which month comes before {month}?", MONTHS[(i - 1) % 12], MONTHS)
-    for what, count in COUNTS.items():
-        add("counts", f"How many {what}?", str(count),
+        add("plurals", f"What is the plural of {word}?", f"The plural of {word} is {{}}.", plural,
+            _wrong_plurals(word, plural), k=2)
+    for names, kind in ((DAYS, "day"), (MONTHS, "month")):
+        for i, name in enumerate(names):
+            after, before = names[(i + 1) % len(names)], names[(i - 1) % len(names)]
+            add(f"{kind}s", f"Which {kind} comes after {name}?", f"The {kind} after {name} is {{}}.", after, names)
+            add(f"{kind}s", f"Which {kind} comes before {name}?", f"The {kind} before {name} is {{}}.", before, names)
+    for (question, reply), count in COUNTS.items():
+        add("counts", question, reply, str(count),
             [str(v) for v in {count - 2, count - 1, count + 1, count + 2, count * 2, count + 10} if v > 0])
     rng.shuffle(items)
     return items[:n] if n is not None else items
@@ -236,11 +256,11 @@ def _animal_text(rng: random.Random) -> str:
     animal, sound = rng.choice(sorted(ANIMAL_SOUNDS.items()))
     legs = ANIMAL_LEGS.get(animal)
     young = ANIMAL_YOUNG.get(animal)
-    parts = [f"On the farm the {animal} began to {sound} early in the morning."]
+    parts = [f"On the farm the {animal} said {sound} early in the morning."]
     if legs:
         parts.append(f"Like every {animal}, it walks on {legs} legs.")
     if young:
-        parts.append(f"A young {animal} is called a {young}, and this one had just had a {young}.")
+        parts.append(f"A young {animal} is called a {young}.")
     parts.append(f"{rng.choice(NAMES)} laughed and brought it some water.")
     return " ".join(parts)
 
@@ -269,10 +289,10 @@ def _colour_text(rng: random.Random) -> str:
 
 
 def _number_text(rng: random.Random) -> str:
-    what, count = rng.choice(sorted(COUNTS.items()))
+    (question, reply), count = rng.choice(sorted(COUNTS.items()))
     word, opposite = rng.choice(sorted(OPPOSITES.items()))
-    return (f"Our teacher asked how many {what}, and the answer is {count}. Then she asked for the opposite "
-            f"of {word}, and {rng.choice(NAMES)} said {opposite}. Everyone wrote the answers in their notebooks.")
+    return (f"Our teacher asked: {question} {rng.choice(NAMES)} answered: {reply.format(count)} Then she asked "
+            f"for the opposite of {word}, and the class said {opposite}. Everyone wrote the answers down.")
 
 
 # ---- registry --------------------------------------------------------------------------------

@@ -134,7 +134,7 @@ class DetectionReport:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def summary(self) -> str:
+    def describe(self) -> str:
         """One line for logs: format, mapping, kept and skipped rows."""
         mapping = ", ".join(f"{k} -> {v}" for k, v in self.fields.items())
         return (f"{self.source}: {self.format} ({mapping}), confidence {self.confidence:.2f}, "
@@ -169,7 +169,7 @@ def detect_format(rows: Sequence[Row], *, source: str, format: str = "auto",
     mapping is used as is (format ``custom``) when nothing reads more rows.
     """
     format = canonical_format(format)
-    overrides = _check_overrides(fields or {}, source)
+    overrides = _check_overrides(fields or {})
     sample = _spread_sample(rows, DETECTION_SAMPLE)
     numbered = [(number, record) for number, record in sample if isinstance(record, dict)]
     records = [record for _, record in numbered]
@@ -262,7 +262,7 @@ _FORMAT_HINT = ("Set data.format (or --format) to one of: " + ", ".join(FORMATS)
                 + "; map your own columns with data.fields, e.g. {question: user, best_answer: assistant}.")
 
 
-def _check_overrides(fields: dict[str, str], source: str) -> dict[str, str]:
+def _check_overrides(fields: dict[str, str]) -> dict[str, str]:
     for name, role in fields.items():
         if role not in ROLES:
             raise DataError(f"data.fields: field {name!r} has unknown role {role!r}; roles are {', '.join(ROLES)}")

@@ -74,8 +74,10 @@ def load_data(section: DataSection, *, seed: int) -> LoadedData:
                         "Name the training file train.* or put the rows under a 'train' key.")
     train = splits["train"]
     if section.validation_path:
-        validation, _ = read_conversations(section.validation_path, split="validation_or_train",
-                                           format=section.format, fields=section.fields)
+        # A separate file: its validation split if it has one, else all its rows.
+        held, _ = _read_normalised(section.validation_path, format=section.format, fields=section.fields,
+                                   split="validation")
+        validation = held.get("validation") or held.get("train") or next(iter(held.values()))
     elif "validation" in splits:
         validation = splits["validation"]
     elif section.validation_split > 0 and len(train) > 1:
@@ -99,14 +101,11 @@ def read_conversations(spec: str, *, split: str = "train", format: str = "auto",
                        max_samples: int | None = None) -> tuple[list[Conversation], DetectionReport]:
     """Normalised rows of one split of ``spec`` and the detection report.
 
-    ``split`` is ``train``, ``validation`` or ``test`` (aliases such as ``dev`` are accepted);
-    ``validation_or_train`` takes the validation split when there is one and the training rows
-    otherwise (a separate validation file). ``max_samples`` keeps the first rows.
+    ``split`` is ``train``, ``validation`` or ``test`` (aliases such as ``dev`` are accepted).
+    ``max_samples`` keeps the first rows.
     """
     splits, report = _read_normalised(spec, format=format, fields=fields, split=split)
     wanted = _canonical_split(split)
-    if wanted == "validation_or_train":
-        wanted = "validation" if "validation" in splits else "train"
     if wanted not in splits:
         raise DataError(f"{report.source} has no {split!r} split; it has {', '.join(splits)}")
     rows = splits[wanted]

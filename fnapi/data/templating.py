@@ -2,11 +2,11 @@
 
 Every example is first rendered as *segments*: pieces of text that are either trained (an
 assistant answer plus the token that ends its turn) or not (system prompt, user turns, role
-headers, whitespace between turns). Each segment is tokenised on its own and the ids are joined,
-so labels come from token positions, never from comparing ids with ``pad_token_id`` (SmolLM2's pad
-token *is* its end-of-turn token, which must stay trained so the model learns to stop). A prompt
-ends exactly where a segment ends, so the prompt ids seen in training are the ids generation
-starts from.
+headers, whitespace between turns). The whole text is then tokenised at once, exactly as any other
+tool would tokenise the same chat, and a token is trained when its characters fall in a trained
+segment. Labels therefore come from token positions, never from comparing ids with
+``pad_token_id``: SmolLM2's pad token *is* its end-of-turn token, which must stay trained so the
+model learns to stop.
 
 Templates (``chat_template``):
 
@@ -16,8 +16,8 @@ Templates (``chat_template``):
   token of the vocabulary, the tokenizer's eos token ends each turn instead;
 - ``alpaca``: ``### Instruction:`` / ``### Response:`` blocks, each answer ending with eos;
 - ``plain``: user text, a newline, the answer and eos;
-- ``auto``: ``model`` when the tokenizer has a chat template that renders prefixes consistently,
-  ``chatml`` otherwise.
+- ``auto``: ``model`` when the tokenizer has a chat template that works for every conversation
+  (no template error, prefixes rendered as prefixes), ``chatml`` otherwise.
 
 Plain-text rows (``Conversation.text``) are trained on every token, followed by eos, whatever the
 template. Tokenised data is cached under ``cache_dir()/tokenized/`` (see :func:`tokenize`).
@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 from fnapi.data.formats import Conversation
@@ -92,11 +92,10 @@ class TokenizedData:
 
 @dataclass
 class Encoded:
-    """One example before truncation, with the segment each token came from."""
+    """One example before truncation."""
 
     input_ids: list[int]
     labels: list[int]
-    segments: list[tuple[list[int], bool]] = field(default_factory=list)
 
 
 def tokenize(conversations: Sequence[Conversation], tokenizer: PreTrainedTokenizerBase, *,
@@ -151,51 +150,76 @@ def encode(conversations: Sequence[Conversation], tokenizer: PreTrainedTokenizer
     """Full-length ids and labels for each conversation, and the template actually used.
 
     ``template`` is a resolved name (see :func:`resolve_template`). When the model's own template
-    came from ``auto`` and cannot render some conversation as prefixes, everything is encoded with
+    came from ``auto`` and cannot be used for some conversation, everything is encoded with
     ``chatml`` instead; an explicit ``model`` choice raises :class:`DataError` then.
     """
     try:
         rendered = [render_segments(c, tokenizer, template) for c in conversations]
-    except _PrefixMismatch as exc:
+    except _ModelTemplateUnusable as exc:
         if template != "model:auto":
             raise DataError(str(exc), "Choose a fallback template: data.chat_template chatml, alpaca or plain.") from None
         template = "chatml"
         rendered = [render_segments(c, tokenizer, template) for c in conversations]
-    template = template.split(":")[0]
-    texts = [text for segments in rendered for text, _ in segments]
-    ids_per_text = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
     prefix = _special_prefix(tokenizer)
-    encoded, position = [], 0
-    for conversation, segments in zip(conversations, rendered):
-        pieces = []
-        for _, trained in segments:
-            pieces.append((list(ids_per_text[position]), trained))
-            position += 1
-        starts_with_bos = bool(prefix) and bool(pieces) and pieces[0][0][: len(prefix)] == prefix
-        if prefix and not starts_with_bos:
-            pieces.insert(0, (list(prefix), False))
-        ids = [i for piece, _ in pieces for i in piece]
-        labels = [i if trained else IGNORE_INDEX for piece, trained in pieces for i in piece]
-        encoded.append(Encoded(input_ids=ids, labels=labels, segments=pieces))
+    encoded = []
+    for ids, trained in _tokenize_segments(rendered, tokenizer):
+        if prefix and ids[: len(prefix)] != prefix:
+            ids, trained = list(prefix) + ids, [False] * len(prefix) + trained
+        encoded.append(Encoded(input_ids=ids, labels=[i if t else IGNORE_INDEX for i, t in zip(ids, trained)]))
         if progress is not None:
             progress.advance()
-    return encoded, template
+    return encoded, template.split(":")[0]
+
+
+def _tokenize_segments(rendered: list[list[Segment]], tokenizer) -> list[tuple[list[int], list[bool]]]:
+    """Ids of each rendered text and, per token, whether it is trained.
+
+    A fast tokenizer encodes the whole text at once (the ids any other tool gets from the same
+    chat), and a token is trained when its characters overlap a trained segment. Slow tokenizers
+    have no character offsets, so each segment is encoded on its own instead.
+    """
+    texts = ["".join(text for text, _ in segments) for segments in rendered]
+    if not texts:
+        return []
+    if not getattr(tokenizer, "is_fast", False):
+        pieces = [text for segments in rendered for text, _ in segments]
+        ids_per_piece = iter(tokenizer(pieces, add_special_tokens=False)["input_ids"])
+        result = []
+        for segments in rendered:
+            ids, trained = [], []
+            for _, flag in segments:
+                piece = list(next(ids_per_piece))
+                ids += piece
+                trained += [flag] * len(piece)
+            result.append((ids, trained))
+        return result
+    batch = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    result = []
+    for segments, ids, offsets in zip(rendered, batch["input_ids"], batch["offset_mapping"]):
+        spans, cursor = [], 0
+        for text, flag in segments:
+            if flag:
+                spans.append((cursor, cursor + len(text)))
+            cursor += len(text)
+        trained = [any(start < span_end and span_start < end for span_start, span_end in spans)
+                   for start, end in offsets]
+        result.append((list(ids), trained))
+    return result
 
 
 def prompt_and_answer(conversation: Conversation, tokenizer: PreTrainedTokenizerBase,
                       chat_template: str = "auto") -> tuple[list[int], str]:
     """The ids a model generates its last answer from, and that answer's text (for scoring).
 
-    The prompt is the conversation up to the start of its last assistant turn, tokenised exactly
-    as in training.
+    The prompt is the encoded conversation up to the first token of its last answer.
     """
     if conversation.is_text or not conversation.messages:
         raise DataError(f"row {conversation.row}: plain text has no answer to score")
-    template = resolve_template(tokenizer, chat_template)
-    (example,), _ = encode([conversation], tokenizer, template)
-    last = max(i for i, (_, trained) in enumerate(example.segments) if trained)
-    prompt = [t for piece, _ in example.segments[:last] for t in piece]
-    return prompt, conversation.messages[-1]["content"]
+    (example,), _ = encode([conversation], tokenizer, resolve_template(tokenizer, chat_template))
+    start = max(i for i, label in enumerate(example.labels) if label != IGNORE_INDEX)
+    while start > 0 and example.labels[start - 1] != IGNORE_INDEX:
+        start -= 1
+    return example.input_ids[:start], conversation.messages[-1]["content"]
 
 
 def collate(features: Sequence[dict[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -277,8 +301,9 @@ def _turn_segments(conversation: Conversation, *, system, user, end: str, betwee
     return [(text, trained) for text, trained in segments if text]
 
 
-class _PrefixMismatch(Exception):
-    """The model's chat template renders a prefix of a conversation differently from the whole."""
+class _ModelTemplateUnusable(Exception):
+    """The model's chat template fails on a conversation, or renders a prefix of it differently
+    from the start of the whole, so the answers cannot be located."""
 
 
 def _model_segments(conversation: Conversation, tokenizer: PreTrainedTokenizerBase) -> list[Segment]:
@@ -296,7 +321,7 @@ def _model_segments(conversation: Conversation, tokenizer: PreTrainedTokenizerBa
         # Whitespace after the end-of-turn token is layout between turns, not something to learn.
         end = len(end_text.rstrip())
         if not (cursor <= start < end):
-            raise _PrefixMismatch(f"row {conversation.row}: the model's chat template puts no text for "
+            raise _ModelTemplateUnusable(f"row {conversation.row}: the model's chat template puts no text for "
                                   f"assistant turn {index - offset + 1}")
         segments.append((full[cursor:start], False))
         segments.append((full[start:end], True))
@@ -308,7 +333,7 @@ def _model_segments(conversation: Conversation, tokenizer: PreTrainedTokenizerBa
 def _checked_prefix(tokenizer, messages, generation_prompt: bool, full: str, row: int | None) -> str:
     text = _apply(tokenizer, messages, generation_prompt=generation_prompt, row=row)
     if not full.startswith(text):
-        raise _PrefixMismatch(
+        raise _ModelTemplateUnusable(
             f"row {row}: the model's chat template renders the first {len(messages)} messages differently "
             "from the start of the whole conversation, so the answer tokens cannot be located")
     return text
@@ -318,8 +343,7 @@ def _apply(tokenizer, messages: list[dict[str, str]], *, generation_prompt: bool
     try:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
     except Exception as exc:  # jinja raises TemplateError and friends from inside the template
-        raise DataError(f"row {row}: the model's chat template failed: {type(exc).__name__}: {exc}",
-                        "Choose a fallback template: data.chat_template chatml, alpaca or plain.") from None
+        raise _ModelTemplateUnusable(f"row {row}: the model's chat template failed: {type(exc).__name__}: {exc}") from None
 
 
 def _is_single_token(tokenizer, text: str) -> bool:

@@ -59,7 +59,9 @@ def test_probes_are_many_varied_and_well_formed():
 def test_probes_and_text_read_as_datasets():
     probes, report = read_conversations("builtin:probes")
     assert report.format == "builtin" and len(probes) == len(probe_items())
-    assert probes[0].messages[1]["content"] == probe_items()[0].choices[probe_items()[0].answer]
+    first = probe_items()[0]
+    assert probes[0].messages[1]["content"] == first.reply(first.answer)
+    assert first.choices[first.answer] in first.reply(first.answer)
     text, _ = read_conversations("builtin:text", max_samples=10)
     assert len(text) == 10 and all(c.is_text and len(c.text.split()) > 15 for c in text)
     assert [c.row for c in text] == list(range(1, 11))

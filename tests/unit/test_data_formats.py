@@ -217,3 +217,5 @@ def test_report_to_dict_is_json_serialisable(tmp_path):
     _, report = read_conversations(str(write_jsonl(tmp_path / "a.jsonl", ALPACA)))
     data = json.loads(json.dumps(report.to_dict()))
     assert data["format"] == "alpaca" and data["rows_kept"] == 3 and "skipped_examples" in data
+    assert report.describe().endswith("alpaca (instruction -> user, input -> context, output -> assistant), "
+                                      "confidence 1.00, 3 rows kept, 0 skipped")

@@ -98,6 +98,41 @@ def test_template_that_does_not_render_prefixes_falls_back_under_auto_only():
         tokenize([TWO_TURNS], tokenizer, chat_template="model", max_length=512, cache=False)
 
 
+def test_template_that_rejects_system_turns_falls_back_under_auto():
+    tokenizer = tiny_pad_is_eos()
+    tokenizer.chat_template = (
+        "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+        + tokenizer.chat_template)
+    assert tokenize([ONE_TURN], tokenizer, max_length=512, cache=False).template_used == "model"
+    assert tokenize([ONE_TURN, TWO_TURNS], tokenizer, max_length=512, cache=False).template_used == "chatml"
+    with pytest.raises(DataError, match="System role not supported"):
+        tokenize([TWO_TURNS], tokenizer, chat_template="model", max_length=512, cache=False)
+
+
+class _SlowTokenizer:
+    """A tokenizer without character offsets (as the few remaining slow tokenizers are)."""
+
+    is_fast = False
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def __call__(self, *args, **kwargs):
+        assert "return_offsets_mapping" not in kwargs
+        return self._inner(*args, **kwargs)
+
+
+def test_slow_tokenizers_label_segment_by_segment():
+    fast = tiny_pad_is_eos()
+    template = resolve_template(fast, "auto")
+    expected, _ = encode([TWO_TURNS, ONE_TURN], fast, template)
+    got, _ = encode([TWO_TURNS, ONE_TURN], _SlowTokenizer(fast), template)
+    assert [(e.input_ids, e.labels) for e in got] == [(e.input_ids, e.labels) for e in expected]
+
+
 def test_plain_text_rows_train_every_token_and_end_with_eos(tokenizer):
     data = tokenize([Conversation(text="the river is long")], tokenizer, max_length=64, cache=False)
     ids, labels = data.input_ids[0], data.labels[0]
