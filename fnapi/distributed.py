@@ -313,11 +313,15 @@ def accelerate_kind(path: str | os.PathLike | None) -> str:
 def check_accelerate_config(path: str | os.PathLike | None, has_cuda: bool) -> None:
     """Refuse, before anything slow starts, an accelerate config this machine cannot run."""
     kind = accelerate_kind(path)
+    if kind == "DDP":
+        return
+    label = "FSDP" if kind == "FSDP" else "DeepSpeed"
+    if not has_cuda:
+        # On CPU the Trainer would quietly fall back to plain data parallelism; say so instead.
+        raise HardwareError(f"distributed.accelerate_config {path} asks for {label}, which shards the model "
+                            "across CUDA GPUs; this machine has none",
+                            "remove distributed.accelerate_config to train data-parallel (DDP) on CPU, or run on GPUs")
     if kind == "DEEPSPEED":
-        if not has_cuda:
-            raise HardwareError(f"distributed.accelerate_config {path} asks for DeepSpeed, which needs CUDA GPUs; "
-                                "this machine has none",
-                                "remove distributed.accelerate_config to train data-parallel on CPU, or run on GPUs")
         import importlib.util
 
         if importlib.util.find_spec("deepspeed") is None:
