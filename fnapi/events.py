@@ -206,9 +206,10 @@ class PlainConsoleSink:
     Progress is printed at most every ``interval`` seconds per stage, plus the last step.
     """
 
-    def __init__(self, stream=None, interval: float = 5.0) -> None:
+    def __init__(self, stream=None, interval: float = 5.0, show_debug: bool = False) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.interval = interval
+        self.show_debug = show_debug
         self._last: dict[str, float] = {}
 
     def _print(self, text: str) -> None:
@@ -230,6 +231,8 @@ class PlainConsoleSink:
             step = f" step {event.step}" if event.step is not None else ""
             self._print(f"[{event.stage}]{step} {values}")
         elif isinstance(event, Log):
+            if event.level == "debug" and not self.show_debug:
+                return
             prefix = "" if event.level == "info" else f"{event.level}: "
             where = f"[{event.stage}] " if event.stage else ""
             self._print(f"{where}{prefix}{event.message}")

@@ -1,0 +1,119 @@
+"""`fnapi run` end to end on a tiny model: outputs, report numbers, resume after kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fnapi.models.tiny import save_tiny
+from fnapi.recipe import Recipe
+from fnapi.runner import run
+from fnapi.events import ListSink, RunFinished, StageFinished
+
+RECIPE = """
+version: 1
+name: tiny
+model: {{name: {model}}}
+data: {{path: builtin:skill, max_length: 48, max_samples: 64}}
+template: {{data: [builtin:text], samples: 12, max_length: 32, components: 4, runs: 2}}
+mask: {{preset: protect, components: stable, top_stable: 2}}
+train: {{steps: {steps}, batch_size: 4, logging_steps: 1, save_steps: 2, learning_rate: 1e-3}}
+eval: {{task_samples: 6, probe_samples: 12, kl_prompts: 3, max_new_tokens: 6}}
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return save_tiny("llama", tmp_path_factory.mktemp("model") / "tiny-llama")
+
+
+def _recipe(tmp_path, model, steps=6):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(RECIPE.format(model=model, steps=steps))
+    return path
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def test_run_writes_every_output_with_computed_numbers(tmp_path, tiny_dir):
+    recipe = Recipe.from_yaml(_recipe(tmp_path, tiny_dir))
+    sink = ListSink()
+    result = run(recipe, sink=sink, output=tmp_path / "run")
+    run_dir = result.run_dir
+    for name in ("recipe.yaml", "events.jsonl", "template.json", "report.json", "report.md", "loss.png",
+                 "baseline.json", "adapter", "checkpoints"):
+        assert (run_dir / name).exists(), name
+    assert Recipe.from_yaml(run_dir / "recipe.yaml") == recipe
+    report = json.loads((run_dir / "report.json").read_text())
+    for key in ("before", "after"):
+        assert 0.0 <= report["task"][key] <= 1.0
+        assert 0.0 <= report["probes"][key] <= 1.0
+    assert report["kl_to_base"] > 0  # the adapter moved the model a little
+    assert 0 < report["trainable_parameters"] < report["total_parameters"]
+    assert report["final_loss"] == pytest.approx(report["losses"][-1][1])
+    assert report["frozen_weights_unchanged"] is True
+    assert report["steps"] == 6 and len(report["losses"]) == 6
+    stages = [e.stage for e in sink.of_type(StageFinished)]
+    for name in ("hardware", "model", "capture", "ica", "baseline", "train", "evaluate"):
+        assert name in stages
+    assert sink.of_type(RunFinished)
+    lines = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert lines[0]["type"] == "run_started" and lines[-1]["type"] == "run_finished"
+
+
+def _final_loss(run_dir: Path) -> float:
+    return json.loads((run_dir / "report.json").read_text())["final_loss"]
+
+
+def test_kill_and_rerun_resumes_to_the_same_final_loss(tmp_path, tiny_dir):
+    recipe_path = _recipe(tmp_path, tiny_dir, steps=12)
+    fnapi = [sys.executable, "-m", "fnapi", "run", str(recipe_path)]
+
+    reference = subprocess.run(fnapi + ["--output", str(tmp_path / "straight")], env=_env(),
+                               capture_output=True, text=True, timeout=600)
+    assert reference.returncode == 0, reference.stderr
+    assert reference.stdout.strip().splitlines()[-1] == str(tmp_path / "straight")
+
+    run_dir = tmp_path / "killed"
+    process = subprocess.Popen(fnapi + ["--output", str(run_dir)], env=_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    checkpoints = run_dir / "checkpoints"
+    while time.monotonic() < deadline:
+        done = list(checkpoints.glob("checkpoint-*/fnapi_state.json")) if checkpoints.exists() else []
+        if done or process.poll() is not None:
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (run_dir / "report.json").exists(), "the run finished before it could be killed"
+
+    resumed = subprocess.run(fnapi + ["--output", str(run_dir)], env=_env(), capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stderr
+    assert _final_loss(run_dir) == pytest.approx(_final_loss(tmp_path / "straight"), rel=1e-5)
+
+
+def test_changed_recipe_on_interrupted_run_is_refused(tmp_path, tiny_dir):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    recipe = Recipe.from_yaml(_recipe(tmp_path, tiny_dir))
+    recipe.to_yaml(run_dir / "recipe.yaml")
+    (run_dir / "checkpoints").mkdir()
+    changed = _recipe(tmp_path, tiny_dir, steps=9)
+    out = subprocess.run([sys.executable, "-m", "fnapi", "run", str(changed), "--output", str(run_dir)],
+                         env=_env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "different recipe" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints", "recipe.yaml"]
