@@ -25,6 +25,7 @@ def inspect(
                                "system, context, text, messages, conversations)"),
     split: str = typer.Option("train", "--split", help="train, validation or test"),
     template: str = typer.Option("auto", "--template", help="auto, model, chatml, alpaca or plain"),
+    system_prompt: str = typer.Option("", "--system-prompt", help="system prompt for examples that have none"),
     max_length: int = typer.Option(256, "--max-length", min=1, help="tokens per example; longer ones are cut"),
     examples: int = typer.Option(3, "--examples", "-n", min=0, help="how many examples to render"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of text"),
@@ -38,7 +39,8 @@ def inspect(
 
     tokenizer = load_tokenizer(model)
     preview = inspect_data(path, tokenizer, tokenizer_name=model, format=format, fields=_parse_fields(fields),
-                           split=split, chat_template=template, max_length=max_length, examples=examples)
+                           split=split, chat_template=template, max_length=max_length, examples=examples,
+                           system_prompt=system_prompt or None)
     if as_json:
         print(json.dumps(preview.to_dict(), ensure_ascii=False, indent=2))
     elif sys.stdout.isatty():

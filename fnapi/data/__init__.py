@@ -20,7 +20,7 @@ from fnapi.data.builtin import (
 )
 from fnapi.data.formats import FORMATS, Conversation, DetectionReport, detect_format, normalise
 from fnapi.data.inspect import DataPreview, inspect_data, preview_examples, render_text
-from fnapi.data.loading import LoadedData, load_data, read_conversations, read_rows, split_validation
+from fnapi.data.loading import LoadedData, apply_system_prompt, load_data, read_conversations, read_rows, split_validation
 from fnapi.data.templating import (
     IGNORE_INDEX,
     TEMPLATES,
@@ -34,7 +34,7 @@ from fnapi.data.templating import (
 from fnapi.data.tokenizer import load_tokenizer
 
 __all__ = [
-    "BUILTINS", "FORMATS", "IGNORE_INDEX", "TEMPLATES",
+    "BUILTINS", "FORMATS", "IGNORE_INDEX", "TEMPLATES", "apply_system_prompt",
     "Conversation", "DataPreview", "DetectionReport", "LoadedData", "ProbeItem", "TokenizedData",
     "builtin_splits", "collate", "detect_format", "encode", "inspect_data", "load_data", "load_tokenizer",
     "normalise", "preview_examples", "probe_items", "prompt_and_answer", "read_conversations", "read_rows",

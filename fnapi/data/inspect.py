@@ -13,7 +13,7 @@ from itertools import groupby
 from typing import TYPE_CHECKING, Any, Sequence
 
 from fnapi.data.formats import Conversation, DetectionReport
-from fnapi.data.loading import read_conversations
+from fnapi.data.loading import apply_system_prompt, read_conversations
 from fnapi.data.templating import IGNORE_INDEX, encode, resolve_template
 
 if TYPE_CHECKING:
@@ -46,13 +46,17 @@ class DataPreview:
 
 def inspect_data(spec: str, tokenizer: PreTrainedTokenizerBase, *, tokenizer_name: str = "",
                  format: str = "auto", fields: dict[str, str] | None = None, split: str = "train",
-                 chat_template: str = "auto", max_length: int = 256, examples: int = 3) -> DataPreview:
-    """Detect, normalise and render ``spec`` without training anything.
+                 chat_template: str = "auto", max_length: int = 256, examples: int = 3,
+                 system_prompt: str | None = None) -> DataPreview:
+    """Detect, normalise and render ``spec`` without training anything (``system_prompt`` as in
+    ``data.system_prompt``: given to examples that have none).
 
     >>> preview = inspect_data("train.jsonl", tokenizer)  # doctest: +SKIP
     >>> print(render_text(preview))                       # doctest: +SKIP
     """
     conversations, report = read_conversations(spec, split=split, format=format, fields=fields)
+    if system_prompt:
+        apply_system_prompt(conversations, system_prompt)
     template = resolve_template(tokenizer, chat_template)
     sample = conversations[:STATS_ROWS]
     encoded, used = encode(sample, tokenizer, template)

@@ -90,9 +90,7 @@ def load_data(section: DataSection, *, seed: int) -> LoadedData:
         train, validation = train[:cap], validation[:cap]
         test = test[:cap] if test is not None else None
     if section.system_prompt:
-        for conversation in (*train, *validation, *(test or [])):
-            if not conversation.is_text and conversation.system is None:
-                conversation.system = section.system_prompt
+        apply_system_prompt([*train, *validation, *(test or [])], section.system_prompt)
     return LoadedData(name=_data_name(section.path), train=train, validation=validation, test=test, report=report)
 
 
@@ -110,6 +108,13 @@ def read_conversations(spec: str, *, split: str = "train", format: str = "auto",
         raise DataError(f"{report.source} has no {split!r} split; it has {', '.join(splits)}")
     rows = splits[wanted]
     return (rows[:max_samples] if max_samples else rows), report
+
+
+def apply_system_prompt(conversations: list[Conversation], prompt: str) -> None:
+    """Give ``prompt`` as system prompt to every chat example that has none (in place)."""
+    for conversation in conversations:
+        if not conversation.is_text and conversation.system is None:
+            conversation.system = prompt
 
 
 def split_validation(rows: list[Conversation], fraction: float, *, seed: int

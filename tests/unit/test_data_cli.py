@@ -97,6 +97,12 @@ def test_inspect_overrides_format_fields_and_template(tmp_path, capsys, model_di
     assert "⟦Santiago<|im_end|>⟧" in data["examples"][0]["text"]
 
 
+def test_inspect_applies_a_system_prompt(tmp_path, capsys, model_dir):
+    path = write_jsonl(tmp_path / "pc.jsonl", ALL_FORMATS["prompt_completion"])
+    data = _inspect_json(capsys, str(path), "--model", model_dir, "--system-prompt", "Finish the sentence.")
+    assert data["examples"][0]["text"].startswith("<|im_start|>system\nFinish the sentence.<|im_end|>")
+
+
 def test_inspect_reports_truncation(tmp_path, capsys, model_dir):
     rows = [{"prompt": "word " * 40, "completion": "end"}, {"prompt": "short", "completion": "ok"}]
     data = _inspect_json(capsys, str(write_jsonl(tmp_path / "long.jsonl", rows)), "--model", model_dir,
