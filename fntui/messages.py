@@ -15,8 +15,9 @@ from textual.message_pump import MessagePump
 from fnapi.events import Event, Progress
 
 
-class EngineEvent(Message):
-    """One fnapi event (progress, metric, log, stage boundaries) from a worker thread."""
+class EngineEvent(Message, bubble=False):
+    """One fnapi event (progress, metric, log, stage boundaries) from a worker thread, for the
+    screen that started the work (it does not bubble up to the app)."""
 
     def __init__(self, event: Event) -> None:
         super().__init__()
@@ -41,7 +42,7 @@ class MessageSink:
         return None
 
 
-class WorkDone(Message):
+class WorkDone(Message, bubble=False):
     """A worker's result: ``kind`` names the job (``"model"``, ``"data"``, ...), ``key`` the input
     it answered (a newer input makes an older answer stale)."""
 

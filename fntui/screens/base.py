@@ -111,6 +111,8 @@ class StepScreen(Screen):
     def __init__(self) -> None:
         super().__init__()
         self._live = False
+        self._touched: set[str] = set()  # controls the user changed: their problems show at once
+        self._attempted = False  # after a Next, every problem shows
 
     # ---- layout ---------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -173,9 +175,13 @@ class StepScreen(Screen):
         """Problems already found with this exact recipe (a model that failed to load, say), by field."""
         return {}
 
-    def validate(self) -> Recipe | None:
-        """Like :meth:`check`, showing each problem next to its field."""
+    def validate(self, show_all: bool = False) -> Recipe | None:
+        """Like :meth:`check`, showing each problem next to its field: problems of fields not
+        touched yet wait until Next (or ``show_all``), so an empty form does not start in red."""
         recipe, errors = self.check()
+        self._attempted = self._attempted or show_all
+        if not self._attempted:
+            errors = {key: message for key, message in errors.items() if key in self._touched or key == ""}
         self.show_errors(errors)
         return recipe
 
@@ -219,6 +225,9 @@ class StepScreen(Screen):
     @on(RadioSet.Changed)
     def _revalidate(self, event: Any) -> None:
         if self._live:
+            # The field's own control id keys its errors (a control may sit inside a container).
+            field = next((node for node in event.control.ancestors_with_self if isinstance(node, Field)), None)
+            self._touched.add(field.control.id if field is not None else event.control.id)
             self.edited(event.control)
             self.validate()
 
@@ -235,7 +244,7 @@ class StepScreen(Screen):
         self.action_back()
 
     async def action_next(self) -> None:
-        recipe = self.validate()
+        recipe = self.validate(show_all=True)
         if recipe is None:
             self._focus_first_error()
             return

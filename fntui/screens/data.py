@@ -160,7 +160,7 @@ class DataScreen(StepScreen):
 
     @on(Input.Submitted)
     def _submitted(self) -> None:
-        recipe = self.validate()
+        recipe = self.validate(show_all=True)
         if recipe is not None:
             self.start_inspect(recipe, advance=False)
 
@@ -201,9 +201,10 @@ class DataScreen(StepScreen):
                 or self.checking is None:
             return False
         message = describe_error(error)
+        chosen = Form(self).raw("data-format")
         if message.startswith("data.fields"):
             target = "data-fields"
-        elif "data format" in message or ("usable as" in message and Form(self).raw("data-format") != "auto"):
+        elif "data format" in message or (chosen != "auto" and f" {chosen}" in message):
             target = "data-format"
         else:
             target = "data-path"
@@ -211,5 +212,5 @@ class DataScreen(StepScreen):
         self.query_one("#data-status", Static).update("")
         self.query_one("#data-report", Static).update("")
         self.query_one("#data-preview", Static).update("")
-        self.validate()
+        self.validate(show_all=True)
         return True

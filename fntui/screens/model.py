@@ -83,7 +83,7 @@ class ModelScreen(StepScreen):
                     key="model.name", help="enter loads and checks it · → completes file names")
         yield Field("Data type", Select([(d, d) for d in DTYPES], value=model.dtype, allow_blank=False,
                                         id="dtype", compact=True), key="model.dtype",
-                    help=f"device {model.device}, quantization {model.quantization} (from the hardware step)")
+                    help=f"device {model.device}, quantization {model.quantization} (set on the hardware step)")
         yield Static("", id="model-status", markup=False)
         yield Static("", id="model-info")
 
@@ -114,7 +114,7 @@ class ModelScreen(StepScreen):
 
     @on(Input.Submitted, "#model-spec")
     def _submitted(self) -> None:
-        recipe = self.validate()
+        recipe = self.validate(show_all=True)
         if recipe is not None:
             self.start_check(recipe, advance=False)
 
@@ -167,5 +167,5 @@ class ModelScreen(StepScreen):
             return False
         self.failures[self.checking] = describe_error(error)
         self.query_one("#model-status", Static).update("")
-        self.validate()
+        self.validate(show_all=True)
         return True

@@ -102,7 +102,7 @@ class RunScreen(StepScreen):
         if self.state == "running":
             self.cancel.set()
             self.state = "cancelling"
-            self.query_one(ProgressPane).query_one(".progress-stage").update("Cancelling at the next step…")
+            self.query_one(ProgressPane).note("Cancelling at the next step…")
             self._show_state()
 
     @on(EngineEvent)
@@ -141,7 +141,7 @@ class RunScreen(StepScreen):
         self.app.draft.extras["run_dir"] = str(result.run_dir)
         self.app.save_draft()
         self.state = "finished"
-        self.query_one(ProgressPane).reset(f"Finished: results in {result.run_dir}. Next shows the summary.")
+        self.query_one(ProgressPane).note(f"Finished: results in {result.run_dir}. Next shows the summary.")
         self._show_state()
         self.refresh_bindings()
 
@@ -151,12 +151,12 @@ class RunScreen(StepScreen):
         if isinstance(error, CancelledError):
             self.state = "cancelled"
             path = self.app.draft.extras.get("recipe_path", "recipe.yaml")
-            self.query_one(ProgressPane).reset(
+            self.query_one(ProgressPane).note(
                 f"Cancelled. The run folder keeps its last checkpoint: Next resumes, or later: fntui replay {path}")
             handled = True
         else:
             self.state = "failed"
-            self.query_one(ProgressPane).reset("The run stopped with an error (see above).")
+            self.query_one(ProgressPane).note("The run stopped with an error (see above).")
             handled = False
         self._show_state()
         self.refresh_bindings()

@@ -273,7 +273,7 @@ class TemplateScreen(StepScreen):
             return False
         self.failures[key] = describe_error(error)
         self.query_one("#tpl-status", Static).update("")
-        self.validate()
+        self.validate(show_all=True)
         return True
 
     def on_unmount(self) -> None:

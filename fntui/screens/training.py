@@ -62,6 +62,10 @@ class TrainingScreen(StepScreen):
                     key="train.learning_rate")
         yield Field("LoRA rank", Input(str(train.lora.r), id="lora-r", compact=True), key="train.lora.r")
         yield Static("", id="prefill-note", markup=False)
+        yield Field("Task examples", Input(str(recipe.eval.task_samples), id="task-samples", compact=True),
+                    key="eval.task_samples", help="held-out examples scored before and after training")
+        yield Field("Probe questions", Input(str(recipe.eval.probe_samples), id="probe-samples", compact=True),
+                    key="eval.probe_samples", help="general-knowledge questions that measure forgetting")
         presets = RadioSet(*(RadioButton(name, name=name, value=name == recipe.mask.preset) for name in PRESET_SENTENCES),
                            id="preset")
         yield Field("Mask preset", Horizontal(presets, Static(presets_view(recipe.mask.preset), id="preset-help"),
@@ -118,6 +122,8 @@ class TrainingScreen(StepScreen):
             "train.gradient_accumulation": form.integer("grad-accum", minimum=1),
             "train.learning_rate": form.number("learning-rate", positive=True),
             "train.lora.r": form.integer("lora-r", minimum=1),
+            "eval.task_samples": form.integer("task-samples", minimum=1),
+            "eval.probe_samples": form.integer("probe-samples", minimum=1),
             "mask.preset": preset,
             "name": form.text("run-name", required="enter a run name"),
         }

@@ -70,6 +70,10 @@ class ProgressPane(Vertical):
                 bar.update(progress=bar.total)
             detail.update(f"{event.stage} done in {event.seconds:.1f} s")
 
+    def note(self, text: str) -> None:
+        """Replace the stage line (the bar and its numbers stay as they are)."""
+        self.query_one(".progress-stage", Label).update(text)
+
     def on_mount(self) -> None:
         self.query_one(ProgressBar).display = False
 
