@@ -1,0 +1,70 @@
+"""The template browser: tree nodes carry the model objects, the preview follows the cursor,
+search filters components, and the compare view shows IoU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from textual.widgets import DataTable
+
+from fnapi.networks.template import Component, Template
+from fntui.app import FntuiApp
+from fntui.engine import Engine
+from fntui.screens.browser import CompareScreen
+from fntui.widgets.template_view import LayerRef, NeuronRef, TemplateTree
+from tests.tui.helpers import TERMINAL, settle, text_of
+
+pytestmark = pytest.mark.anyio
+
+
+def browse(path: str, compare: str | None = None) -> FntuiApp:
+    return FntuiApp(engine=Engine(), browse=Path(path), compare=Path(compare) if compare else None)
+
+
+async def test_nodes_carry_template_objects_and_the_preview_follows_the_cursor(workdir):
+    app = browse("templates/demo.json")
+    async with app.run_test(size=TERMINAL) as pilot:
+        await settle(pilot)
+        tree = app.screen.query_one(TemplateTree)
+        assert isinstance(tree.root.data, Template)
+        assert [type(n.data) for n in tree.root.children] == [Component] * 3
+        preview = app.screen.query_one(".tv-detail")
+        assert "mlp.out, width 64" in text_of(preview)
+
+        await pilot.press("down")  # component #0
+        assert "stability  0.95" in text_of(preview) and "the word  Paris" in text_of(preview)
+        await pilot.press("enter", "down")  # expand it, then its first layer
+        node = tree.cursor_node
+        assert isinstance(node.data, LayerRef) and (node.data.component.id, node.data.layer) == (0, 0)
+        assert "3 neurons" in text_of(preview) and "1, 2, 3" in text_of(preview)
+        await pilot.press("enter", "down")  # expand the layer, then its first neuron
+        assert isinstance(tree.cursor_node.data, NeuronRef)
+        assert "neuron 1 of layer 0" in text_of(preview)
+
+
+async def test_search_keeps_components_by_id_or_top_token(workdir):
+    app = browse("templates/demo.json")
+    async with app.run_test(size=TERMINAL) as pilot:
+        await settle(pilot)
+        await pilot.press("slash", *"tuesday")
+        await pilot.pause()
+        tree = app.screen.query_one(TemplateTree)
+        assert [n.data.id for n in tree.root.children] == [1]
+        assert "1 of 3 components match 'tuesday'" in str(app.screen.query_one(".tv-count").render())
+        await pilot.press("ctrl+u", "#", "2")
+        await pilot.pause()
+        assert [n.data.id for n in tree.root.children] == [2]
+
+
+async def test_compare_shows_the_iou_of_every_pair(workdir):
+    app = browse("templates/demo.json", compare="templates/other.json")
+    async with app.run_test(size=TERMINAL) as pilot:
+        await settle(pilot)
+        assert isinstance(app.screen, CompareScreen)
+        table = app.screen.query_one(DataTable)
+        assert table.row_count == 3
+        assert [str(c) for c in table.get_row_at(0)[1:]] == ["1.00", "0.00", "0.00"]
+        assert "mean best IoU" in text_of(app.screen.query_one("#compare-summary"))
+        await pilot.press("escape")
+        assert not isinstance(app.screen, CompareScreen)

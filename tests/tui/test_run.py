@@ -1,0 +1,102 @@
+"""The run step: live panes fed from a worker thread, coalesced progress, keys answered while the
+run works, cancel at the next step, and the summary afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+from textual import events
+from textual.widgets import DataTable
+
+from fnapi.events import Metric, Progress
+from fntui.messages import EngineEvent
+from fntui.screens.recipe_preview import RecipePreviewScreen
+from fntui.screens.summary import SummaryScreen
+from fntui.widgets.loss_plot import LossPlot
+from tests.tui.helpers import TERMINAL, FakeRun, make_app, settle, text_of
+
+pytestmark = pytest.mark.anyio
+
+
+def test_progress_messages_of_one_stage_coalesce_but_metrics_never_do():
+    progress = EngineEvent(Progress(stage="train", completed=1, total=4))
+    assert progress.can_replace(EngineEvent(Progress(stage="train", completed=2, total=4)))
+    assert not progress.can_replace(EngineEvent(Progress(stage="capture", completed=2, total=4)))
+    assert not EngineEvent(Metric(stage="train", values={"loss": 1.0}, step=1)).can_replace(
+        EngineEvent(Metric(stage="train", values={"loss": 0.9}, step=2)))
+
+
+async def test_run_fills_the_panes_and_the_summary(drafts):
+    seen: list = []
+    app = make_app(drafts, step="run", name="demo", extras={"recipe_path": "demo.yaml"})
+    async with app.run_test(size=TERMINAL, message_hook=seen.append) as pilot:
+        await settle(pilot)
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        screen = app.screen
+        assert screen.state == "finished"
+        assert screen.query_one(LossPlot).points == [(1.0, 3.0), (2.0, 1.5), (3.0, 1.0), (4.0, 0.75)]
+        table = screen.query_one("#metrics", DataTable)
+        assert table.get_row("train/loss") == ["train/loss", "0.75", "4"]
+        metrics = [m.event for m in seen if isinstance(m, EngineEvent) and isinstance(m.event, Metric)]
+        assert len(metrics) == 4  # every metric reached the screen
+        assert app.draft.extras["run_dir"] == "runs/demo"
+        assert drafts.load(app.draft.id).extras["run_dir"] == "runs/demo"  # saved: a resume shows the summary
+
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert isinstance(app.screen, SummaryScreen)
+        report = text_of(app.screen.query_one("#report"))
+        assert "0.100" in report and "0.800" in report and "96.7%" in report
+        assert "fntui replay demo.yaml" in text_of(app.screen.query_one("#replay"))
+
+
+async def test_a_flood_of_progress_coalesces_and_keys_are_answered_within_200_ms(drafts):
+    seen: list = []
+    gate = threading.Event()
+    fake = FakeRun(steps=30, flood=400, busy=0.03, gate=gate)
+    app = make_app(drafts, step="run", run_fn=fake)
+    async with app.run_test(size=TERMINAL, message_hook=seen.append) as pilot:
+        await settle(pilot)
+        await pilot.press("ctrl+n")
+        gate.set()
+        await asyncio.sleep(0.3)  # the run is flooding the screen now
+        assert app.screen.state == "running"
+        started = time.perf_counter()
+        app._driver.send_message(events.Key("ctrl+r", None))  # as the terminal would deliver it
+        while not isinstance(app.screen, RecipePreviewScreen):
+            await asyncio.sleep(0.005)
+        latency = time.perf_counter() - started
+        await pilot.press("escape")
+        await settle(pilot)
+    posted = 30 * (400 + 1)
+    handled = sum(1 for m in seen if isinstance(m, EngineEvent) and isinstance(m.event, Progress))
+    assert latency < 0.2
+    assert handled < posted  # superseded progress messages were dropped, not queued
+
+
+async def test_cancel_stops_at_the_next_step_and_start_resumes(drafts):
+    gate = threading.Event()
+    fake = FakeRun(steps=4, gate=gate)
+    app = make_app(drafts, step="run", run_fn=fake, extras={"recipe_path": "demo.yaml", "train_prefilled": True})
+    async with app.run_test(size=TERMINAL) as pilot:
+        await settle(pilot)
+        await pilot.press("ctrl+n")
+        await pilot.pause()
+        assert app.screen.state == "running"
+        await pilot.press("ctrl+b")  # Back is refused while running
+        assert app.draft.step == "run"
+        await pilot.press("escape")
+        assert app.screen.state == "cancelling"
+        gate.set()
+        await settle(pilot)
+        assert app.screen.state == "cancelled"
+        assert "Next resumes" in str(app.screen.query_one(".progress-stage").render())
+        assert "run_dir" not in app.draft.extras
+
+        await pilot.press("ctrl+n")  # resume
+        await settle(pilot)
+        assert app.screen.state == "finished" and len(fake.calls) == 2

@@ -1,0 +1,142 @@
+"""Bad input shows inline next to its field and blocks Next until it is fixed; fnapi errors show
+as readable messages, not crashes."""
+
+from __future__ import annotations
+
+import pytest
+from textual.widgets import Button, Input, Static
+
+from fnapi.errors import HardwareError
+from fntui.widgets.fields import Field
+from tests.tui.helpers import TERMINAL, FakeRun, make_app, settle, text_of
+
+pytestmark = pytest.mark.anyio
+
+
+def error_of(screen, control_id: str) -> str | None:
+    """The inline error shown under the field holding ``control_id``."""
+    return next(f.error for f in screen.query(Field) if f.control.id == control_id)
+
+
+async def enter(pilot, control_id: str, text: str) -> None:
+    """Put ``text`` into a field (as typing would: the field posts Changed) and let it settle."""
+    field = pilot.app.screen.query_one(f"#{control_id}", Input)
+    field.focus()
+    field.value = text
+    await pilot.pause()
+
+
+async def test_invalid_numbers_block_next_until_fixed(drafts):
+    app = make_app(drafts, step="training")
+    async with app.run_test(size=TERMINAL) as pilot:
+        await settle(pilot)
+        await enter(pilot, "steps", "ten")
+        await enter(pilot, "learning-rate", "fast")
+        await enter(pilot, "batch-size", "0")
+        screen = app.screen
+        assert error_of(screen, "steps") == "'ten' is not a whole number"
+        assert error_of(screen, "learning-rate").startswith("'fast' is not a number")
+        assert error_of(screen, "batch-size") == "must be at least 1"
+        assert screen.query_one("#next", Button).disabled
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert app.draft.step == "training" and app.screen is screen
+        assert app.focused.id == "steps"  # Next took the cursor to the first problem
+
+        await enter(pilot, "steps", "10")
+        await enter(pilot, "learning-rate", "1e-4")
+        await enter(pilot, "batch-size", "2")
+        assert [error_of(screen, i) for i in ("steps", "learning-rate", "batch-size")] == [None, None, None]
+        assert not screen.query_one("#next", Button).disabled
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert app.draft.step == "run"
+        assert app.draft.recipe.train.steps == 10 and app.draft.recipe.train.learning_rate == 1e-4
+
+
+async def test_a_mask_preset_without_networks_is_refused_at_the_preset(drafts):
+    app = make_app(drafts, step="training")
+    async with app.run_test(size=TERMINAL) as pilot:
+        await settle(pilot)
+        app.screen.query_one("#preset").focus()
+        await pilot.press("down", "enter")
+        await pilot.pause()
+        assert "protect needs networks" in error_of(app.screen, "preset-row")
+        await pilot.press("ctrl+n")
+        assert app.draft.step == "training"
+
+
+async def test_missing_model_path_is_shown_at_once_and_a_failed_load_stays_inline(drafts):
+    app = make_app(drafts, step="model")
+    async with app.run_test(size=TERMINAL) as pilot:
+        await settle(pilot)
+        await enter(pilot, "model-spec", "./models/missing")
+        assert error_of(app.screen, "model-spec") == "no such file or folder: ./models/missing"
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert app.draft.step == "model"
+
+        await enter(pilot, "model-spec", "data")  # a folder, but not a model folder: fnapi says why
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert app.draft.step == "model"
+        assert "is not a model folder: it has no config.json" in error_of(app.screen, "model-spec")
+        assert app.screen.query_one("#next", Button).disabled
+
+
+async def test_data_path_and_forced_format_errors_land_next_to_their_fields(drafts):
+    app = make_app(drafts, step="data", **{"data.path": "data/sums.jsonl"})
+    async with app.run_test(size=TERMINAL) as pilot:
+        await settle(pilot)
+        assert error_of(app.screen, "data-path") is None
+        assert "alpaca" in text_of(app.screen.query_one("#data-report", Static))
+
+        await enter(pilot, "data-path", "data/nope.jsonl")
+        assert error_of(app.screen, "data-path") == "no such file or folder: data/nope.jsonl"
+        await enter(pilot, "data-path", "data/sums.jsonl")
+        await enter(pilot, "data-fields", "instruction:user")
+        assert "write source=role pairs" in error_of(app.screen, "data-fields")
+        await enter(pilot, "data-fields", "")
+
+        app.screen.query_one("#data-format").value = "sharegpt"  # a layout the file does not have
+        await settle(pilot)
+        assert "sharegpt" in (error_of(app.screen, "data-format") or "")
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert app.draft.step == "data"
+
+
+async def test_welcome_open_recipe_reports_an_invalid_file_inline(drafts, workdir):
+    (workdir / "broken.yaml").write_text("train:\n  stepz: 3\n")
+    app = make_app(drafts)
+    async with app.run_test(size=TERMINAL) as pilot:
+        await settle(pilot)
+        app.screen.query_one("#start").focus()
+        await pilot.press("down", "enter")  # "Open a recipe file"
+        await enter(pilot, "recipe-file", "broken.yaml")
+        assert "train.stepz: unknown key; did you mean 'steps'?" in error_of(app.screen, "recipe-file")
+        await pilot.press("ctrl+n")
+        assert app.draft.step == "welcome"
+
+
+async def test_a_token_with_spaces_is_refused(drafts):
+    app = make_app(drafts, step="auth")
+    async with app.run_test(size=TERMINAL) as pilot:
+        await settle(pilot)
+        app.screen.query_one("#token").focus()
+        await pilot.press(*"hf_abc def")  # typed key by key into the masked field
+        assert error_of(app.screen, "token").startswith("a token has no spaces")
+        await pilot.press("ctrl+n")
+        assert app.draft.step == "auth"
+
+
+async def test_an_fnapi_error_during_the_run_is_a_readable_message(drafts):
+    error = HardwareError("train.method qlora needs a CUDA GPU", hint="use lora on this machine")
+    app = make_app(drafts, step="run", run_fn=FakeRun(error=error))
+    async with app.run_test(size=TERMINAL) as pilot:
+        await settle(pilot)
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        banner = text_of(app.screen.query_one("#banner", Static))
+        assert "train.method qlora needs a CUDA GPU" in banner and "use lora on this machine" in banner
+        assert app.screen.state == "failed" and app.is_running
