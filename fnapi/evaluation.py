@@ -132,7 +132,8 @@ def score_probes(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ite
     if not items:
         raise DataError("no probe items to score")
     logprobs = choice_logprobs(model, tokenizer, items, batch_size=batch_size, chat_template=chat_template)
-    right = sum(1 for item, scores in zip(items, logprobs) if max(range(len(scores)), key=scores.__getitem__) == item.answer)
+    right = sum(1 for item, scores in zip(items, logprobs)
+                if max(range(len(scores)), key=scores.__getitem__) == item.answer)
     return right / len(items)
 
 

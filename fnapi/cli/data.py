@@ -17,10 +17,12 @@ data_app = typer.Typer(
 
 @data_app.command("inspect")
 def inspect(
-    path: str = typer.Argument(..., help="file, folder, hub dataset id, or builtin:skill / builtin:probes / builtin:text"),
+    path: str = typer.Argument(..., help="file, folder, hub dataset id, or builtin:skill / builtin:probes / "
+                               "builtin:text"),
     model: str = typer.Option("smollm2-135m-instruct", "--model", "-m",
                               help="model whose tokenizer and chat template render the examples"),
-    format: str = typer.Option("auto", "--format", "-f", help="auto, or a format name (alpaca, messages, sharegpt, ...)"),
+    format: str = typer.Option("auto", "--format", "-f",
+                               help="auto, or a format name (alpaca, messages, sharegpt, ...)"),
     fields: str = typer.Option("", "--fields", help="field mapping SOURCE=ROLE,... (roles: user, assistant, "
                                "system, context, text, messages, conversations)"),
     split: str = typer.Option("train", "--split", help="train, validation or test"),

@@ -20,7 +20,14 @@ from fnapi.data.builtin import (
 )
 from fnapi.data.formats import FORMATS, Conversation, DetectionReport, detect_format, normalise
 from fnapi.data.inspect import DataPreview, inspect_data, preview_examples, render_text
-from fnapi.data.loading import LoadedData, apply_system_prompt, load_data, read_conversations, read_rows, split_validation
+from fnapi.data.loading import (
+    LoadedData,
+    apply_system_prompt,
+    load_data,
+    read_conversations,
+    read_rows,
+    split_validation,
+)
 from fnapi.data.templating import (
     IGNORE_INDEX,
     TEMPLATES,

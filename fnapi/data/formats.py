@@ -448,7 +448,8 @@ def _convert_turns(column: str, turns: list[dict], layout: str, system: str | No
         content = content.strip()
         if role == "system":
             if messages:
-                return None, f"{where} is a system turn after the conversation started (only a leading system turn is supported)"
+                return None, (f"{where} is a system turn after the conversation started "
+                              "(only a leading system turn is supported)")
             if content:
                 systems.append(content)
             continue
@@ -456,7 +457,8 @@ def _convert_turns(column: str, turns: list[dict], layout: str, system: str | No
             return None, f"{where} has an empty {role} message"
         expected = "user" if len(messages) % 2 == 0 else "assistant"
         if role != expected:
-            return None, f"{where} is {role!r} where {expected!r} was expected (turns must alternate, starting with user)"
+            return None, (f"{where} is {role!r} where {expected!r} was expected "
+                          "(turns must alternate, starting with user)")
         messages.append({"role": role, "content": content})
     # A trailing user turn has no answer to learn from.
     if messages and messages[-1]["role"] == "user":

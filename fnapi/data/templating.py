@@ -45,6 +45,7 @@ TEMPLATES = ("auto", "model", "chatml", "alpaca", "plain")
 #: Bump when the rendering or the cache layout changes, so old cache entries are not reused.
 CACHE_VERSION = 1
 
+_FALLBACK_HINT = "Choose a fallback template: data.chat_template chatml, alpaca or plain."
 ALPACA_PREAMBLE = ("Below is an instruction that describes a task. "
                    "Write a response that appropriately completes the request.")
 
@@ -157,7 +158,7 @@ def encode(conversations: Sequence[Conversation], tokenizer: PreTrainedTokenizer
         rendered = [render_segments(c, tokenizer, template) for c in conversations]
     except _ModelTemplateUnusable as exc:
         if template != "model:auto":
-            raise DataError(str(exc), "Choose a fallback template: data.chat_template chatml, alpaca or plain.") from None
+            raise DataError(str(exc), _FALLBACK_HINT) from None
         template = "chatml"
         rendered = [render_segments(c, tokenizer, template) for c in conversations]
     prefix = _special_prefix(tokenizer)
@@ -343,7 +344,8 @@ def _apply(tokenizer, messages: list[dict[str, str]], *, generation_prompt: bool
     try:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
     except Exception as exc:  # jinja raises TemplateError and friends from inside the template
-        raise _ModelTemplateUnusable(f"row {row}: the model's chat template failed: {type(exc).__name__}: {exc}") from None
+        raise _ModelTemplateUnusable(
+            f"row {row}: the model's chat template failed: {type(exc).__name__}: {exc}") from None
 
 
 def _is_single_token(tokenizer, text: str) -> bool:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 
-from fnapi.data import builtin_splits, probe_items, read_conversations, skill_conversations, skill_lexicon, text_paragraphs
+from fnapi.data import (
+    builtin_splits,
+    probe_items,
+    read_conversations,
+    skill_conversations,
+    skill_lexicon,
+    text_paragraphs,
+)
 from fnapi.data.builtin import SKILL_LANGUAGE, SKILL_WORDS
 
 
