@@ -68,6 +68,9 @@ def report_view(preview: Any) -> Group:
     lines.append(Text.assemble(("tokens ", "bold"), f"mean {tokens['mean']}, max {tokens['max']}, "
                                                     f"{tokens['trained']} trained, {tokens['truncated']} cut at "
                                                     f"{preview.max_length}, {tokens['dropped']} left with nothing to train"))
+    if 0 < tokens["dropped"] < tokens["rows"]:
+        lines.append(Text(f"  {tokens['dropped']} examples lose every trained token at {preview.max_length} tokens "
+                          "and will be left out", style="yellow"))
     lines.append(Text.assemble(("chat template ", "bold"), preview.template))
     return Group(*lines)
 
@@ -97,6 +100,7 @@ class DataScreen(StepScreen):
         super().__init__()
         self.failures: dict[str, tuple[str, str]] = {}
         self.inspected: str | None = None
+        self.previews: dict[str, Any] = {}
         self.checking: str | None = None
         self.advance_after_check = False
 
@@ -123,6 +127,7 @@ class DataScreen(StepScreen):
 
     def load(self) -> None:
         self.query_one("#data-path", Input).focus()
+        self.query_one("#data-preview").display = False
         recipe = self.validate()
         if recipe is not None:
             self.start_inspect(recipe, advance=False)
@@ -150,7 +155,13 @@ class DataScreen(StepScreen):
 
     def known_problems(self, recipe: Recipe) -> dict[str, str]:
         target, message = self.failures.get(self.key(recipe), (None, None))
-        return {target: message} if target else {}
+        if target:
+            return {target: message}
+        preview = self.previews.get(self.key(recipe))
+        if preview is not None and preview.tokens["rows"] and preview.tokens["dropped"] == preview.tokens["rows"]:
+            return {"max-length": f"at {recipe.data.max_length} tokens every example is cut before its answer, "
+                                  "so nothing would be learned: raise max tokens"}
+        return {}
 
     def edited(self, control: Widget) -> None:
         if isinstance(control, Select):
@@ -188,12 +199,14 @@ class DataScreen(StepScreen):
         if recipe is None or message.key != self.key(recipe):
             return
         self.inspected = message.key
-        preview = message.result
+        preview = self.previews[message.key] = message.result
         self.query_one("#data-status", Static).update(f"✓ {preview.report.rows_kept} examples read from "
                                                      f"{recipe.data.path}")
         self.query_one("#data-report", Static).update(report_view(preview))
         self.query_one("#data-preview", Static).update(preview_view(preview))
-        if self.advance_after_check:
+        self.query_one("#data-preview").display = True
+        recipe = self.validate(show_all=True)  # a preview can reveal a problem (all examples cut)
+        if self.advance_after_check and recipe is not None:
             self.app.advance(recipe)
 
     def work_failed(self, group: str, error: BaseException) -> bool:
@@ -211,6 +224,6 @@ class DataScreen(StepScreen):
         self.failures[self.checking] = (target, message)
         self.query_one("#data-status", Static).update("")
         self.query_one("#data-report", Static).update("")
-        self.query_one("#data-preview", Static).update("")
+        self.query_one("#data-preview").display = False
         self.validate(show_all=True)
         return True

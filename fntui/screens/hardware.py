@@ -65,6 +65,7 @@ class HardwareScreen(StepScreen):
     def __init__(self) -> None:
         super().__init__()
         self.recommendation: Any = None
+        self.advance_after_detection = False
 
     def compose_body(self) -> ComposeResult:
         yield Static("Looking at this machine…", id="devices")
@@ -86,6 +87,11 @@ class HardwareScreen(StepScreen):
         report, self.recommendation = message.result
         self.query_one("#devices", Static).update(devices_table(report))
         self.query_one("#recommendation", Static).update(recommendation_view(self.recommendation))
+        if self.advance_after_detection:
+            recipe = self.validate(show_all=True)
+            if recipe is not None:
+                self.extras["apply_hardware"] = True
+                self.app.advance(recipe)
 
     def changes(self, form: Form) -> dict[str, Any]:
         if not form.raw("apply") or self.recommendation is None:
@@ -94,5 +100,11 @@ class HardwareScreen(StepScreen):
                 "model.quantization": self.recommendation.quantization}
 
     async def before_next(self, recipe: Recipe) -> Recipe | None:
-        self.extras["apply_hardware"] = bool(Form(self).raw("apply"))
+        apply = bool(Form(self).raw("apply"))
+        if apply and self.recommendation is None:
+            # Still detecting: go on once the recommendation can be applied.
+            self.advance_after_detection = True
+            self.set_status("still looking at this machine…")
+            return None
+        self.extras["apply_hardware"] = apply
         return recipe

@@ -105,6 +105,13 @@ async def test_data_path_and_forced_format_errors_land_next_to_their_fields(draf
         await settle(pilot)
         assert app.draft.step == "data"
 
+        app.screen.query_one("#data-format").value = "auto"
+        await enter(pilot, "max-length", "8")  # shorter than any prompt: no answer token survives
+        await pilot.press("enter")
+        await settle(pilot)
+        assert "every example is cut before its answer" in (error_of(app.screen, "max-length") or "")
+        assert app.screen.query_one("#next", Button).disabled
+
 
 async def test_welcome_open_recipe_reports_an_invalid_file_inline(drafts, workdir):
     (workdir / "broken.yaml").write_text("train:\n  stepz: 3\n")
