@@ -101,6 +101,28 @@ def recipe_yaml(ctx: Context) -> str:
     return recipe.to_yaml_text() + ctx.files()
 
 
+@producer
+def failed_run(ctx: Context) -> str:
+    # The token pasted into the model path: the error, events.jsonl and recipe.yaml all mention the path.
+    recipe = ctx.tmp.parent / "run.yaml"
+    recipe.write_text(f"version: 1\nname: leak\nmodel: {{name: ./models/{ctx.token}}}\n")
+    return ctx.cli("run", str(recipe), "--output", str(ctx.tmp / "run")) + ctx.files()
+
+
+@producer
+def finished_run(ctx: Context) -> str:
+    from fnapi.models.tiny import save_tiny
+
+    model = save_tiny("llama", ctx.tmp.parent / "tiny")
+    recipe = ctx.tmp.parent / "run.yaml"
+    recipe.write_text(
+        f"version: 1\nname: leak\nmodel: {{name: {model}}}\n"
+        "data: {path: builtin:skill, max_samples: 16, max_length: 32, system_prompt: 'token: " + ctx.token + "'}\n"
+        "train: {steps: 2, batch_size: 2, save_steps: 1}\neval: {enabled: false}\n"
+    )
+    return ctx.cli("run", str(recipe), "--output", str(ctx.tmp / "run")) + ctx.files()
+
+
 # ---- the check ---------------------------------------------------------------------------------
 
 
