@@ -160,11 +160,18 @@ def model_shape(name: str, *, trust_remote_code: bool = False) -> ModelShape:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from fnapi.models.registry import get_adapter
-
     config = _read_config(name, trust_remote_code)
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    return shape_of(skeleton, name)
+
+
+def shape_of(model: Any, name: str) -> ModelShape:
+    """The :class:`ModelShape` of a model instance (real or on the meta device)."""
+    from fnapi.models.registry import get_adapter, unwrap_model
+
+    skeleton = unwrap_model(model)
+    config = skeleton.config
     adapter = get_adapter(skeleton)
     blocks = adapter.blocks(skeleton)
     linear_parameters = 0
@@ -287,6 +294,22 @@ def train_terms(shape: ModelShape, *, method: str, dtype: str, quantization: str
 
 
 # ---- a whole recipe ------------------------------------------------------------------------------------
+
+def training_peak(recipe: Any, model: Any, longest: int, device: str) -> StageEstimate:
+    """The training stage of ``recipe`` for a model already loaded and data already tokenised."""
+    shape = shape_of(model, recipe.model.name)
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    dtype = dtype if dtype in _DTYPE_BYTES else "bfloat16"
+    runtime = [Term("runtime", CUDA_CONTEXT if device == "cuda" else CPU_RUNTIME, "device")]
+    quantization = recipe.model.quantization
+    weights = Term("weights", weight_bytes(shape, dtype, quantization), "device")
+    train = recipe.train
+    targets = list(train.lora.target_modules) if train.lora.target_modules != "auto" else list(shape.lora_shapes)
+    return StageEstimate("train", train_terms(
+        shape, method=train.method, dtype=dtype, quantization=quantization, lora_rank=train.lora.r,
+        lora_targets=targets, batch_size=train.batch_size, seq_len=longest,
+        gradient_checkpointing=train.gradient_checkpointing, runtime=runtime, weights=weights), device)
+
 
 def estimate_recipe(recipe: Any, *, device: str | None = None, memory: int | None = None,
                     read_data: bool = True) -> Estimate:

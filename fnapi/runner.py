@@ -127,6 +127,7 @@ def _run_stages(recipe: Recipe, rundir: RunDir, sink: EventSink, cancel: threadi
         raise DataError(f"{recipe.data.path}: no training example has a token to learn after tokenizing",
                         "check the format detection with `fnapi data inspect` and data.max_length")
     distributed.check_enough_examples(len(train_tokens), f"{recipe.data.path}: training examples")
+    warn_if_training_will_not_fit(recipe, loaded.model, train_tokens, sink)
 
     current["stage"] = "template"
     template = None
@@ -215,6 +216,31 @@ def check_hardware(recipe: Recipe, sink: EventSink) -> None:
                     f"about {format_bytes(needed)}, more than the {format_bytes(budget)} available here",
                     "lower train.batch_size and raise train.gradient_accumulation to keep the effective batch",
                 )
+
+
+def warn_if_training_will_not_fit(recipe: Recipe, model: Any, train_tokens: Any, sink: EventSink) -> None:
+    """A warning, before the slow stages, when training will likely need more memory than is left."""
+    from fnapi.estimate import training_peak
+    from fnapi.hardware import detect_hardware, format_bytes
+
+    parameter = next(model.parameters())
+    device = "cuda" if parameter.device.type == "cuda" else "cpu"
+    longest = min(max(len(ids) for ids in train_tokens.input_ids), recipe.data.max_length)
+    peak = training_peak(recipe, model, longest, device)
+    if device == "cuda":
+        import torch
+
+        need, have = peak.total, torch.cuda.get_device_properties(parameter.device).total_memory
+    else:
+        # The weights and the runtime are already resident; what training adds must fit in what is left.
+        need = sum(t.bytes for t in peak.terms if t.name not in ("runtime", "weights"))
+        have = detect_hardware().ram_available
+    if have and need > have:
+        terms = ", ".join(f"{t.name} {format_bytes(t.bytes)}" for t in peak.biggest())
+        sink.emit(Log(level="warning", stage="hardware", message=(
+            f"training will need about {format_bytes(need)} more {device} memory but {format_bytes(have)} is "
+            f"available (biggest terms: {terms}); lower train.batch_size or data.max_length, or turn on "
+            "train.gradient_checkpointing (see `fnapi estimate`)")))
 
 
 def _memory_budget(report: Any) -> int | None:

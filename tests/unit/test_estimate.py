@@ -158,3 +158,24 @@ def test_quantized_recipe_on_cpu_exits_2(workspace, tmp_path, capsys):
 def test_parse_size():
     assert parse_size("512M") == 512 * 2**20 and parse_size("24GiB") == 24 * 2**30 and parse_size("100") == 100
     assert torch.finfo(torch.float16).max  # float16 buffers: the estimate counts 2 bytes per value
+
+
+def test_a_run_warns_before_training_that_will_not_fit(monkeypatch):
+    from types import SimpleNamespace
+
+    from fnapi import hardware
+    from fnapi.data.templating import TokenizedData
+    from fnapi.events import ListSink, Log
+    from fnapi.runner import warn_if_training_will_not_fit
+
+    recipe = Recipe.from_dict({"model": {"name": "tiny"}, "train": {"batch_size": 8}})
+    data = TokenizedData(input_ids=[[1] * 40, [1] * 12], labels=[[1] * 40, [1] * 12], truncated=0, dropped=0,
+                         template_used="plain", max_length=256, cache_key="")
+    model = tiny_model("llama")
+    for available, warned in ((64 * 2**30, False), (2**20, True)):
+        monkeypatch.setattr(hardware, "detect_hardware", lambda probe=None: SimpleNamespace(ram_available=available))
+        sink = ListSink()
+        warn_if_training_will_not_fit(recipe, model, data, sink)
+        warnings = [e.message for e in sink.of_type(Log) if e.level == "warning"]
+        assert bool(warnings) is warned
+    assert "training will need about" in warnings[0] and "activations" in warnings[0]
