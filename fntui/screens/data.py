@@ -200,8 +200,10 @@ class DataScreen(StepScreen):
             return
         self.inspected = message.key
         preview = self.previews[message.key] = message.result
+        cap = recipe.data.max_samples
+        used = f"; training uses the first {cap}" if cap and cap < preview.report.rows_kept else ""
         self.query_one("#data-status", Static).update(f"✓ {preview.report.rows_kept} examples read from "
-                                                     f"{recipe.data.path}")
+                                                     f"{recipe.data.path}{used}")
         self.query_one("#data-report", Static).update(report_view(preview))
         self.query_one("#data-preview", Static).update(preview_view(preview))
         self.query_one("#data-preview").display = True

@@ -62,8 +62,8 @@ class RunScreen(StepScreen):
 
     def _show_state(self) -> None:
         next_button = self.query_one("#next", Button)
-        next_button.label = {"finished": "Summary ▶", "cancelled": "Resume ▶", "failed": "Retry ▶"}.get(
-            self.state, "Start ▶")
+        next_button.label = {"finished": "Summary ▶", "cancelled": "Resume ▶", "failed": "Retry ▶",
+                             "running": "Running…", "cancelling": "Cancelling…"}.get(self.state, "Start ▶")
         next_button.disabled = self.state in ("running", "cancelling")
         self.query_one("#back", Button).disabled = self.state in ("running", "cancelling")
 

@@ -34,7 +34,8 @@ def report_view(report: ForgettingReport) -> Group:
     facts.add_column()
     retained = report.probes.retained
     facts.add_row("probes retained", "n/a" if retained is None else f"{100 * retained:.1f}%")
-    facts.add_row("KL to base model", f"{_fmt(report.kl_to_base, 4)} nats/token")
+    kl = "n/a" if report.kl_to_base is None else f"{report.kl_to_base:.3g}"
+    facts.add_row("KL to base model", f"{kl} nats/token")
     share = f" ({100 * report.trainable_parameters / report.total_parameters:.2f}%)" if report.total_parameters else ""
     facts.add_row("trainable", f"{report.trainable_parameters:,} of {report.total_parameters:,} parameters{share}")
     facts.add_row("training", f"{report.steps} steps, final loss {_fmt(report.final_loss, 4)}")
@@ -84,6 +85,11 @@ class SummaryScreen(StepScreen):
     def load(self) -> None:
         self.query_one("#next", Button).display = False
         self.query_one("#new-run", Button).focus()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "next":
+            return False  # the last step
+        return super().check_action(action, parameters)
 
     @on(Button.Pressed, "#new-run")
     def _new_run(self) -> None:

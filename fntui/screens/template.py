@@ -28,6 +28,7 @@ from fntui.messages import EngineEvent, MessageSink, WorkDone
 from fntui.screens.base import Form, StepScreen, describe_error
 from fntui.widgets.fields import Field, PathSuggester
 from fntui.widgets.progress_pane import ProgressPane
+from fntui.widgets.template_view import visible
 
 MODES = (("build", "Build one from activations (ICA)"), ("load", "Load a template file"),
          ("none", "No template: train without masks"))
@@ -44,7 +45,7 @@ def components_table(template: Any) -> Table:
                   for t in component.stats.get("top_tokens", [])[:TOKENS_SHOWN]]
         stability = "n/a" if component.stability is None else f"{component.stability:.2f}"
         table.add_row(f"#{component.id}", str(component.size), stability,
-                      Text(" ".join(repr(t)[1:-1] for t in tokens), style="dim"))
+                      Text("  ".join(visible(t) for t in tokens), style="dim"))
     return table
 
 

@@ -61,6 +61,8 @@ class TrainingScreen(StepScreen):
         yield Field("Learning rate", Input(f"{train.learning_rate:g}", id="learning-rate", compact=True),
                     key="train.learning_rate")
         yield Field("LoRA rank", Input(str(train.lora.r), id="lora-r", compact=True), key="train.lora.r")
+        yield Field("Log every", Input(str(train.logging_steps), id="logging-steps", compact=True),
+                    key="train.logging_steps", help="steps between points of the live loss curve")
         yield Static("", id="prefill-note", markup=False)
         yield Field("Task examples", Input(str(recipe.eval.task_samples), id="task-samples", compact=True),
                     key="eval.task_samples", help="held-out examples scored before and after training")
@@ -104,6 +106,11 @@ class TrainingScreen(StepScreen):
     def edited(self, control: Widget) -> None:
         if control.id == "preset":
             self.query_one("#preset-help", Static).update(presets_view(Form(self).raw("preset")))
+        elif control.id == "run-name" and "recipe-path" not in self._touched:
+            # The recipe file follows the run name until it is edited itself.
+            path = self.query_one("#recipe-path", Input)
+            with path.prevent(Input.Changed):  # not the user's edit: keep following the name
+                path.value = f"{control.value.strip() or 'run'}.yaml"
 
     def changes(self, form: Form) -> dict[str, Any]:
         preset = form.raw("preset") or "none"
@@ -122,6 +129,7 @@ class TrainingScreen(StepScreen):
             "train.gradient_accumulation": form.integer("grad-accum", minimum=1),
             "train.learning_rate": form.number("learning-rate", positive=True),
             "train.lora.r": form.integer("lora-r", minimum=1),
+            "train.logging_steps": form.integer("logging-steps", minimum=1),
             "eval.task_samples": form.integer("task-samples", minimum=1),
             "eval.probe_samples": form.integer("probe-samples", minimum=1),
             "mask.preset": preset,

@@ -106,6 +106,11 @@ def component_preview(template: Template, component: Component) -> RenderableTyp
     return Group(*parts)
 
 
+def visible(token: str) -> str:
+    """A token with its whitespace made visible: ``" the"`` -> ``"␣the"``."""
+    return token.replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥")
+
+
 def token_line(entry: object) -> Text:
     """One top token shown at the end of the text before it, with its activation."""
     if not isinstance(entry, dict):

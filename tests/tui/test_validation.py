@@ -23,7 +23,7 @@ async def enter(pilot, control_id: str, text: str) -> None:
     field = pilot.app.screen.query_one(f"#{control_id}", Input)
     field.focus()
     field.value = text
-    await pilot.pause()
+    await settle(pilot)
 
 
 async def test_invalid_numbers_block_next_until_fixed(drafts):

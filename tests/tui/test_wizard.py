@@ -31,7 +31,7 @@ async def type_into(pilot, selector: str, text: str, *, by_keys: bool = False) -
         await pilot.press("ctrl+u", *text)
     else:
         field.value = text
-        await pilot.pause()
+    await settle(pilot)
 
 
 async def next_step(pilot, expected: str) -> None:
@@ -76,15 +76,17 @@ async def test_wizard_writes_a_recipe_that_replays_to_the_same_template_and_loss
         await type_into(pilot, "#grad-accum", "1")
         await type_into(pilot, "#task-samples", "4")
         await type_into(pilot, "#probe-samples", "8")
+        await type_into(pilot, "#logging-steps", "1")
         app.screen.query_one("#preset").focus()
         await pilot.press("down", "enter")  # none -> protect
         await type_into(pilot, "#run-name", "wizard-run")
-        await type_into(pilot, "#recipe-path", "wizard-run.yaml")
+        assert app.screen.query_one("#recipe-path", Input).value == "wizard-run.yaml"  # follows the name
         await next_step(pilot, "run")
 
         await pilot.press("ctrl+n")  # start
         await settle(pilot)
         assert app.screen.state == "finished", text_of(app.screen.query_one("#banner"))
+        assert [step for step, _ in app.screen.query_one("LossPlot").points] == [1.0, 2.0, 3.0]
         await next_step(pilot, "summary")
         wizard_run = Path(app.draft.extras["run_dir"])
 
@@ -95,7 +97,8 @@ async def test_wizard_writes_a_recipe_that_replays_to_the_same_template_and_loss
         "name": "wizard-run", "model.name": TINY_MODEL, "data.path": "builtin:skill", "data.max_length": 64,
         "data.max_samples": 24, "template.components": 3, "template.samples": 8, "template.runs": 2,
         "template.max_length": 32, "template.data": ["builtin:text"], "mask.preset": "protect",
-        "mask.components": [0], "train.steps": 3, "train.batch_size": 2, "train.gradient_accumulation": 1,
+        "mask.components": [0], "train.steps": 3, "train.logging_steps": 1, "train.batch_size": 2,
+        "train.gradient_accumulation": 1,
         "eval.task_samples": 4, "eval.probe_samples": 8, "model.device": "cpu", "model.dtype": "float32",
     }
     assert written == Recipe().replace(**expected, **{"template.path": template_path})
