@@ -1,5 +1,5 @@
-"""Two CPU processes (gloo) under torchrun: `fnapi run` writes once and resumes, ranks agree bit for bit,
-and a template built by two processes equals a single-process build.
+"""Two CPU processes (gloo) under torchrun and accelerate launch: `fnapi run` writes once and resumes,
+ranks agree bit for bit, and a template built by two processes equals a single-process build.
 
 Each test starts torchrun on 127.0.0.1 only; the tiny model keeps every launch to seconds of work.
 """
@@ -164,3 +164,22 @@ def test_two_processes_capture_shares_and_agree_bit_for_bit(workspace):
     expected = {k: v for k, v in json.loads(json.dumps(single.to_dict())).items() if k != "created"}
     for record in ranks:
         assert {k: v for k, v in record["template"].items() if k != "created"} == expected
+
+
+def test_fnapi_run_under_accelerate_launch(workspace, tmp_path):
+    recipe = (workspace / "recipe.yaml").read_text()
+    recipe = recipe.replace("name: dist", "name: accelerated").replace("steps: 40", "steps: 4")
+    recipe = "\n".join(line for line in recipe.splitlines() if not line.startswith(("template:", "mask:")))
+    (tmp_path / "recipe.yaml").write_text(recipe + "\n")
+    command = [str(VENV_BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_ip", "127.0.0.1",
+               "--main_process_port", str(free_port()), str(VENV_BIN / "fnapi"), "run", "recipe.yaml"]
+    done = subprocess.run(command, cwd=tmp_path, env=environment(), capture_output=True, text=True,
+                          timeout=LAUNCH_TIMEOUT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run_dir = workspace / "runs" / "accelerated"
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert Counter(e["type"] for e in events)["run_started"] == 1
+    state = json.loads((run_dir / "checkpoints" / "checkpoint-4" / "fnapi_state.json").read_text())
+    assert state["processes"] == 2  # both processes trained together
+    assert json.loads((run_dir / "report.json").read_text())["steps"] == 4
