@@ -81,11 +81,12 @@ class RunScreen(StepScreen):
         return None
 
     def start(self, recipe: Recipe) -> None:
+        if self.state != "cancelled":  # a resumed run continues the curve it had drawn
+            self.query_one("#loss-plot", LossPlot).clear()
+            self.query_one("#metrics", DataTable).clear()
         self.cancel = threading.Event()
         self.state = "running"
         self.show_banner(None)
-        self.query_one("#loss-plot", LossPlot).clear()
-        self.query_one("#metrics", DataTable).clear()
         self.query_one(ProgressPane).reset("starting…")
         self._show_state()
         self.refresh_bindings()
@@ -152,7 +153,7 @@ class RunScreen(StepScreen):
             self.state = "cancelled"
             path = self.app.draft.extras.get("recipe_path", "recipe.yaml")
             self.query_one(ProgressPane).note(
-                f"Cancelled. The run folder keeps its last checkpoint: Next resumes, or later: fntui replay {path}")
+                f"Cancelled: {error.message}. Next resumes from there, or later: fntui replay {path}")
             handled = True
         else:
             self.state = "failed"

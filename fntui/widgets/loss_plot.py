@@ -58,7 +58,9 @@ class LossPlot(Widget):
         self.points: list[tuple[float, float]] = []
 
     def add(self, step: float, value: float) -> None:
-        """Append one (step, loss) point and redraw."""
+        """Add one (step, loss) point and redraw; a step seen before (a run resumed from an earlier
+        checkpoint) replaces the points from there on."""
+        self.points = [point for point in self.points if point[0] < step]
         self.points.append((float(step), float(value)))
         self.refresh()
 
