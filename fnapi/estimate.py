@@ -13,7 +13,8 @@ process; ``cuda``: GPU memory, with the capture buffer and the ICA held in host 
 * ``activations``: per token and layer ``9 h + 4 i`` values kept for the backward pass of a
   Llama-style block (norm inputs and outputs, q/k/v, attention output, four MLP tensors), or one
   block's worth plus a hidden state per layer with gradient checkpointing;
-* ``logits``: tokens x vocabulary, the logits, their log-softmax and its gradient in float32.
+* ``logits``: tokens x vocabulary, the logits, their log-softmax and its gradient in float32;
+  both per-token terms are scaled by :data:`BACKWARD_OVERHEAD` for the backward pass's temporaries.
 
 Token counts come from the recipe's data, tokenised as the run will (the captured tokens, and the
 longest training example, which makes the biggest batch); when the data cannot be read the upper
@@ -40,6 +41,9 @@ CPU_RUNTIME = 525 * MiB
 CUDA_CONTEXT = 500 * MiB
 #: Host memory of the same process on a CUDA machine (the CUDA libraries are large).
 CUDA_HOST_RUNTIME = 2500 * MiB
+#: Resident memory per byte of tensors kept for the backward pass: the backward pass's temporaries and
+#: allocator slack add about half again (measured on CPU, see benchmarks/memory_estimate.py).
+BACKWARD_OVERHEAD = 1.5
 #: Bytes per parameter of a bitsandbytes NF4 linear layer with double quantization (4 bits + scales).
 NF4_BYTES = 0.5 + 0.5 / 64 * 1.0
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -277,12 +281,13 @@ def train_terms(shape: ModelShape, *, method: str, dtype: str, quantization: str
     act = 4 if dtype == "float32" else 2
     per_layer = 9 * shape.hidden + 4 * shape.intermediate
     if gradient_checkpointing:
-        activations = tokens * (shape.num_layers * shape.hidden + per_layer) * act
+        kept = tokens * (shape.num_layers * shape.hidden + per_layer) * act
         act_detail = f"{tokens:,} tokens: one hidden state per layer + one block recomputed"
     else:
-        activations = tokens * shape.num_layers * per_layer * act
+        kept = tokens * shape.num_layers * per_layer * act
         act_detail = f"{tokens:,} tokens x {shape.num_layers} layers x {per_layer:,} values"
-    logits = tokens * shape.vocab * (act + 8)
+    activations = int(kept * BACKWARD_OVERHEAD)
+    logits = int(tokens * shape.vocab * (act + 8) * BACKWARD_OVERHEAD)
     terms = [*runtime, weights, Term("optimizer state", state, "device", state_detail),
              Term("activations", activations, "device", act_detail),
              Term("logits", logits, "device", f"{tokens:,} tokens x {shape.vocab:,} vocabulary")]
