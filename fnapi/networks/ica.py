@@ -137,11 +137,11 @@ class Standardized:
             out[rows] = chunk @ M
         return out
 
-    def rmatmul(self, Q: torch.Tensor) -> torch.Tensor:
-        """``Xs.T @ Q`` with ``Q`` of shape (n_rows, r)."""
-        out = torch.zeros(self.X.shape[1], Q.shape[1], dtype=torch.float32, device=self.device)
-        for rows, chunk in self.chunks():
-            out.addmm_(chunk.T, Q[rows])
+    def gram_matmul(self, V: torch.Tensor) -> torch.Tensor:
+        """``Xs.T @ (Xs @ V)`` with ``V`` of shape (n_features, r), in one pass over ``X``."""
+        out = torch.zeros(self.X.shape[1], V.shape[1], dtype=torch.float32, device=self.device)
+        for _, chunk in self.chunks():
+            out.addmm_(chunk.T, chunk @ V)
         return out
 
 
@@ -182,14 +182,16 @@ class RandomizedPCA:
     """Randomized PCA of the standardised columns of ``X``, computed in torch from row chunks.
 
     Parameters follow scikit-learn: ``n_components`` kept, ``oversample`` extra random directions,
-    ``power_iters`` subspace iterations (more = more accurate for slowly decaying spectra).
+    ``power_iters`` subspace iterations, one pass over ``X`` each (more = more accurate when the
+    spectrum decays slowly, as it does for standardised activations: on the embedded model the top
+    ten directions of two sketches differ by 0.26 rad after 2 iterations, 0.05 after 4, 0.007 after 6).
 
     Learned: ``mean_``, ``std_``, ``scale_`` (1/std, 0 for constant columns), ``components_``
     (n_components, n_features), ``singular_values_``, ``explained_variance_``,
     ``explained_variance_ratio_``, ``scores_`` (n_samples, n_components): the reduced data.
     """
 
-    def __init__(self, n_components: int = 64, *, oversample: int = 10, power_iters: int = 2,
+    def __init__(self, n_components: int = 64, *, oversample: int = 10, power_iters: int = 6,
                  chunk_rows: int | None = None, device: str | torch.device | None = None,
                  random_state: int | None = None) -> None:
         self.n_components = n_components
@@ -209,21 +211,20 @@ class RandomizedPCA:
         scale = torch.where(live, 1.0 / std.clamp_min(_CONSTANT_STD), torch.zeros_like(std))
         Xs = Standardized(X, mean, scale, device, chunk_rows)
 
+        # Subspace iteration on the covariance: each step is ONE pass over X (chunk.T @ (chunk @ V)),
+        # orthonormalised every time so float32 keeps the small directions.
         rank = max(1, min(self.n_components + self.oversample, n, d))
         generator = torch.Generator().manual_seed(_torch_seed(self.random_state))
-        omega = torch.randn(d, rank, generator=generator, dtype=torch.float32).to(device)
-        Q = torch.linalg.qr(Xs.matmul(omega)).Q
+        V = torch.linalg.qr(torch.randn(d, rank, generator=generator, dtype=torch.float32).to(device)).Q
         for _ in range(self.power_iters):
-            Q = torch.linalg.qr(Xs.rmatmul(Q)).Q
-            Q = torch.linalg.qr(Xs.matmul(Q)).Q
-        B = Xs.rmatmul(Q).T  # (rank, d) = Q.T @ Xs
-        Ub, S, Vt = torch.linalg.svd(B, full_matrices=False)
+            V = torch.linalg.qr(Xs.gram_matmul(V)).Q
+        U, S, Wt = torch.linalg.svd(Xs.matmul(V), full_matrices=False)  # Xs V = U S Wt
         k = min(self.n_components, S.shape[0])
-        Ub, S, Vt = Ub[:, :k], S[:k], Vt[:k]
+        U, S, Vt = U[:, :k], S[:k], (Wt[:k] @ V.T)
         # Deterministic signs (as sklearn's svd_flip): each component's largest loading is positive.
         signs = torch.sign(Vt.gather(1, Vt.abs().argmax(1, keepdim=True))).squeeze(1)
         signs[signs == 0] = 1
-        Vt, Ub = Vt * signs[:, None], Ub * signs[None, :]
+        Vt, U = Vt * signs[:, None], U * signs[None, :]
 
         n_live = int(live.sum())
         self.n_samples_, self.n_features_in_ = n, d
@@ -235,7 +236,7 @@ class RandomizedPCA:
         self.explained_variance_ = (self.singular_values_ ** 2) / max(n - 1, 1)
         total = n_live * n / max(n - 1, 1)
         self.explained_variance_ratio_ = self.explained_variance_ / total if total else self.explained_variance_ * 0
-        self.scores_ = ((Q @ Ub) * S).cpu().numpy()
+        self.scores_ = (U * S).cpu().numpy()
         return self
 
     def transform(self, X: Any) -> np.ndarray:
@@ -284,6 +285,65 @@ def run_fastica(Z: np.ndarray, n_components: int, *, random_state: int | None, f
     converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
     return ICARun(mixing=ica.mixing_, unmixing=ica.components_, mean=ica.mean_, n_iter=int(ica.n_iter_),
                   converged=converged)
+
+
+_CONTRASTS = {
+    # name: (g, g') of FastICA's non-linearities, as in scikit-learn
+    "logcosh": (np.tanh, lambda u: 1.0 - np.tanh(u) ** 2),
+    "exp": (lambda u: u * np.exp(-u * u / 2), lambda u: (1 - u * u) * np.exp(-u * u / 2)),
+    "cube": (lambda u: u ** 3, lambda u: 3 * u * u),
+}
+
+
+def refine_components(Z: np.ndarray, unmixing: np.ndarray, n_dims: int, *, fun: str = "logcosh",
+                      max_iter: int = 1000, tol: float = 1e-10) -> ICARun:
+    """Polish rough FastICA estimates into exact fixed points, one component at a time.
+
+    ``Z`` are PCA scores (columns uncorrelated, by decreasing variance); ``unmixing`` (m, p) holds
+    rough estimates (any run, any resample) as filters on ``Z``. Each is projected into the white
+    space of the first ``n_dims`` columns and iterated with the one-unit FastICA rule, in the given
+    order, each kept orthogonal to those before it (deflation). Symmetric FastICA couples all
+    components, so equal starting basins can end a little apart (IoU ~0.7 at the 98th percentile on
+    the embedded model); one-unit fixed points do not depend on the other components.
+    """
+    if fun not in _CONTRASTS:
+        raise TemplateError(f"unknown FastICA contrast {fun!r}; use {', '.join(_CONTRASTS)}")
+    g, g_prime = _CONTRASTS[fun]
+    Z = np.asarray(Z, dtype=np.float64)
+    mean = Z.mean(axis=0)
+    centered = Z - mean
+    scale = 1.0 / np.maximum(centered[:, :n_dims].std(axis=0), 1e-12)
+    white = centered[:, :n_dims] * scale  # identity covariance: PCA scores are already uncorrelated
+    n = white.shape[0]
+    start = white.T @ (centered @ np.asarray(unmixing, dtype=np.float64).T) / n  # (n_dims, m)
+    found: list[np.ndarray] = []
+    iterations, converged = 0, True
+    for column in start.T:
+        w = _deflate(column, found)
+        for step in range(max_iter):
+            u = white @ w
+            updated = _deflate(white.T @ g(u) / n - g_prime(u).mean() * w, found)
+            done = abs(1.0 - abs(updated @ w)) < tol
+            w = updated
+            if done:
+                break
+        else:
+            converged = False
+        iterations = max(iterations, step + 1)
+        found.append(w)
+    W = np.array(found)  # (m, n_dims), orthonormal
+    filters = np.zeros((W.shape[0], Z.shape[1]))
+    filters[:, :n_dims] = W * scale
+    sources = white @ W.T  # unit variance, uncorrelated
+    mixing = centered.T @ sources / n  # (p, m): least-squares map of each source onto Z
+    return ICARun(mixing=mixing, unmixing=filters, mean=mean, n_iter=iterations, converged=converged)
+
+
+def _deflate(w: np.ndarray, basis: list[np.ndarray]) -> np.ndarray:
+    for b in basis:
+        w = w - (w @ b) * b
+    norm = np.linalg.norm(w)
+    return w / norm if norm > 0 else w
 
 
 def orient_components(weights: np.ndarray) -> np.ndarray:
@@ -401,8 +461,12 @@ class BlockDecomposition:
 
 
 def default_pca_dims(n_components: int) -> int:
-    """Rank of the randomized PCA when none is given: a margin above the components kept by FastICA."""
-    return 2 * n_components + 10
+    """Rank of the randomized PCA when none is given: a margin above the components kept by FastICA.
+
+    FastICA whitens onto the top ``n_components`` directions; a sketch several times wider pins those
+    down (the spectrum of standardised activations is flat, so the margin matters).
+    """
+    return 3 * n_components + 10
 
 
 class NeuronICA(BlockDecomposition):
@@ -415,7 +479,7 @@ class NeuronICA(BlockDecomposition):
 
     def __init__(self, n_components: int = 10, *, pca_dims: int | None = None, mode: Mode = "global",
                  layer_width: int | None = None, fun: str = "logcosh", max_iter: int = 1000, tol: float = 1e-4,
-                 power_iters: int = 2, chunk_rows: int | None = None, device: str | torch.device | None = None,
+                 power_iters: int = 6, chunk_rows: int | None = None, device: str | torch.device | None = None,
                  random_state: int | None = None) -> None:
         self.n_components = n_components
         self.pca_dims = pca_dims

@@ -8,7 +8,8 @@ similarity, and scores each cluster:
 - similarity of two estimates = |Pearson correlation| of their neuron-space weight vectors;
 - clusters: agglomerative, average linkage on ``1 - similarity``, cut into ``n_components`` clusters;
 - stability index ``Iq`` = mean similarity inside the cluster - mean similarity to estimates outside;
-- representative = the centrotype, the estimate most similar to the rest of its cluster.
+- representative = the centrotype, the estimate most similar to the rest of its cluster (chosen
+  among the runs that saw all tokens, so no resample's noise ends up in the template).
 
 Two choices differ from the original and are deliberate: the intra-cluster mean leaves out each
 estimate's similarity to itself and is taken over at least ``runs`` estimates, so a component seen
@@ -37,6 +38,7 @@ from fnapi.networks.ica import (
     BlockFit,
     Mode,
     reduce,
+    refine_components,
     run_fastica,
     to_neuron_space,
 )
@@ -105,8 +107,15 @@ def cluster_estimates(sim: np.ndarray, n_clusters: int, run_of: np.ndarray, runs
 class ConsensusICA(BlockDecomposition):
     """ICASSO consensus over ``runs`` FastICA fits (seeds and, with ``bootstrap``, token resamples).
 
-    The randomized PCA is fitted once per block; each run fits FastICA on (a bootstrap resample of)
-    its scores. Learned, besides the :class:`~fnapi.networks.ica.BlockDecomposition` attributes
+    The randomized PCA is fitted once per block; each run fits FastICA on its scores from a new
+    start. With ``bootstrap`` every second run fits a bootstrap resample of the tokens instead of all
+    of them, so the stability index reflects the data's variability as well as the algorithm's; the
+    representative is the centrotype among the all-token runs (see :func:`representative`).
+
+    ``random_state`` sets the PCA sketch and the FastICA starts. The resamples come from their own
+    generator (``resample_seed``), so builds that differ only in ``random_state`` score the same
+    data variability: the stability ranking is a property of the data, not of the seed, and the
+    most stable components do not swap places when two of them are nearly tied. Learned, besides the :class:`~fnapi.networks.ica.BlockDecomposition` attributes
     (``weights_``/``filters_`` are the centrotypes'): ``stability_`` (Iq per component),
     ``cluster_size_``, ``runs_present_`` (runs that found the component), ``intra_similarity_``,
     ``extra_similarity_``, ``n_converged_`` (runs of the block that converged).
@@ -115,9 +124,9 @@ class ConsensusICA(BlockDecomposition):
 
     def __init__(self, n_components: int = 10, *, runs: int = 10, bootstrap: bool = True,
                  pca_dims: int | None = None, mode: Mode = "global", layer_width: int | None = None,
-                 fun: str = "logcosh", max_iter: int = 1000, tol: float = 1e-4, power_iters: int = 2,
+                 fun: str = "logcosh", max_iter: int = 1000, tol: float = 1e-4, power_iters: int = 6,
                  chunk_rows: int | None = None, device: str | torch.device | None = None,
-                 random_state: int | None = None, progress: Any = None) -> None:
+                 random_state: int | None = None, resample_seed: int = 0, progress: Any = None) -> None:
         self.n_components = n_components
         self.runs = runs
         self.bootstrap = bootstrap
@@ -131,33 +140,39 @@ class ConsensusICA(BlockDecomposition):
         self.chunk_rows = chunk_rows
         self.device = device
         self.random_state = random_state
+        self.resample_seed = resample_seed
         self.progress = progress
 
     def _fit_block(self, X: torch.Tensor, seed: int) -> BlockFit:
         pca, k = reduce(X, self.n_components, self.pca_dims, power_iters=self.power_iters,
                         chunk_rows=self.chunk_rows, device=self.device, seed=seed)
         Z = pca.scores_
-        rng = np.random.default_rng(seed)
-        weights, filters, offsets, run_of = [], [], [], []
+        starts = np.random.default_rng(seed)
+        resamples = np.random.default_rng(self.resample_seed)
+        runs = max(1, self.runs)
+        weights, unmixing, run_of, resampled = [], [], [], []
         converged = 0
-        for run_index in range(max(1, self.runs)):
-            rows = rng.integers(0, Z.shape[0], Z.shape[0]) if self.bootstrap else slice(None)
-            run = run_fastica(Z[rows], k, random_state=int(rng.integers(2**31 - 1)), fun=self.fun,
+        for run_index in range(runs):
+            bootstrap = self.bootstrap and run_index % 2 == 1
+            rows = resamples.integers(0, Z.shape[0], Z.shape[0]) if bootstrap else slice(None)
+            run = run_fastica(Z[rows], k, random_state=int(starts.integers(2**31 - 1)), fun=self.fun,
                               max_iter=self.max_iter, tol=self.tol)
             converged += run.converged
-            w, f, o = to_neuron_space(run, pca)
-            weights.append(w)
-            filters.append(f)
-            offsets.append(o)
-            run_of.extend([run_index] * w.shape[0])
+            weights.append(to_neuron_space(run, pca)[0])
+            unmixing.append(run.unmixing)
+            run_of.extend([run_index] * k)
+            resampled.extend([bootstrap] * k)
             if self.progress is not None:
                 self.progress()
-        W, F, O = np.concatenate(weights), np.concatenate(filters), np.concatenate(offsets)
-        clusters = cluster_estimates(similarity_matrix(W), k, np.array(run_of), max(1, self.runs))
-        picks = clusters.centrotypes
-        stability = clusters.stability if self.runs > 1 else np.full(len(picks), np.nan)
+        W = np.concatenate(weights)
+        sim = similarity_matrix(W)
+        clusters = cluster_estimates(sim, k, np.array(run_of), runs)
+        picks = np.array([representative(members, sim, ~np.array(resampled)) for members in clusters.members])
+        refined = refine_components(Z, np.concatenate(unmixing)[picks], k, fun=self.fun, max_iter=self.max_iter)
+        weights_out, filters_out, offsets_out = to_neuron_space(refined, pca)
+        stability = clusters.stability if runs > 1 else np.full(len(picks), np.nan)
         return BlockFit(
-            weights=W[picks], filters=F[picks], offsets=O[picks], pca=pca,
+            weights=weights_out, filters=filters_out, offsets=offsets_out, pca=pca,
             extra={
                 "stability_": stability,
                 "cluster_size_": np.array([len(m) for m in clusters.members]),
@@ -167,3 +182,17 @@ class ConsensusICA(BlockDecomposition):
                 "n_converged_": np.full(len(picks), converged),
             },
         )
+
+
+def representative(members: np.ndarray, sim: np.ndarray, full_data: np.ndarray) -> int:
+    """The cluster's centrotype among estimates fitted on all tokens (any member if none was).
+
+    Bootstrap estimates widen the cluster and so inform the stability index, but each carries its
+    resample's noise; the representative is the member most similar to the rest of the cluster
+    among those that saw every token.
+    """
+    scores = sim[np.ix_(members, members)].sum(axis=1)
+    eligible = full_data[members]
+    if eligible.any():
+        scores = np.where(eligible, scores, -np.inf)
+    return int(members[int(np.argmax(scores))])
