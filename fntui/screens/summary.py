@@ -1,4 +1,5 @@
-"""Step 10: the forgetting report, where the files are, and the command that replays the run."""
+"""Step 10: the forgetting report, where the files are, and the commands that replay the run
+(here, or on a SLURM cluster)."""
 
 from __future__ import annotations
 
@@ -73,6 +74,9 @@ class SummaryScreen(StepScreen):
         path = extras.get("recipe_path", "recipe.yaml")
         yield Static(Text.assemble(("Replay headless: ", "bold"), f"fntui replay {path}",
                                    ("   (or fnapi run ", "dim"), (f"{path}", "dim"), (")", "dim")), id="replay")
+        yield Static(Text.assemble(("On a cluster: ", "bold"), f"fnapi slurm {path} --time 04:00:00 --submit",
+                                   ("   (SLURM script with torchrun; memory check: fnapi estimate ", "dim"),
+                                   (f"{path}", "dim"), (")", "dim")), id="cluster")
         yield Button("New run", id="new-run", compact=True)
 
     def _report(self, run_dir: Path) -> ForgettingReport | None:
