@@ -28,9 +28,10 @@ def slurm(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="script file (default: <recipe name>.sbatch)"),
     do_submit: bool = typer.Option(False, "--submit", help="submit the script with sbatch"),
 ) -> None:
-    """Write an sbatch script that runs the recipe with torchrun (or accelerate launch) on SLURM nodes.
+    """Write a SLURM script that runs the recipe on cluster nodes.
 
-    Flags override the recipe's distributed.slurm section. Prints the script's path (and the job id
+    The script starts torchrun (or accelerate launch, for an accelerate config in the recipe) on every
+    node; the nodes meet at the first one. Flags override the recipe's distributed.slurm section. Prints the script's path (and the job id
     with --submit).
     """
     from fnapi.cluster import processes_per_node, slurm_settings, submit, write_script
@@ -57,9 +58,9 @@ def estimate(
                                                                  "(default: detected)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
-    """Predict peak memory of template capture, ICA and training for a recipe, with the biggest terms.
+    """Predict the peak memory of a recipe's stages.
 
-    Warns (and exits 1) when a stage will not fit the device's memory.
+    Lists each stage's biggest terms; warns (and exits 1) when a stage will not fit the device's memory.
     """
     import json
 
