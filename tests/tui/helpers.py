@@ -48,6 +48,7 @@ class FakeRun:
                  error: Exception | None = None, busy: float = 0.0) -> None:
         self.steps, self.gate, self.flood, self.error, self.busy = steps, gate, flood, error, busy
         self.calls: list[Any] = []
+        self.progress_sent = 0
 
     def __call__(self, recipe, *, sink=None, cancel=None, output=None):
         self.calls.append(recipe)
@@ -70,6 +71,7 @@ class FakeRun:
             for i in range(self.flood):
                 sink.emit(Progress(stage="train", completed=step - 1 + i / max(self.flood, 1), total=self.steps,
                                    time=0.0))
+            self.progress_sent += self.flood + 1
             loss = round(3.0 / step, 4)
             losses.append((step, loss))
             sink.emit(Progress(stage="train", completed=step, total=self.steps, unit="step", rate=2.0,
