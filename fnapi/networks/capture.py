@@ -207,16 +207,6 @@ def capture_activations(model: torch.nn.Module, sequences: Sequence[Sequence[int
                        sequence_index=sequence_index, positions=positions, sequences=sequences)
 
 
-def batch_plan(sequences: Sequence[Sequence[int]], *, max_length: int | None = None,
-               batch_tokens: int = BATCH_TOKENS) -> list[list[int]]:
-    """The batches :func:`capture_activations` runs, as lists of sequence indices, in row order.
-
-    Rows of the captured matrix follow these batches, so capturing any subset of them with the
-    ``batches`` argument gives exactly those rows of the full capture (same padding, same values).
-    """
-    return _batches([list(seq[:max_length]) for seq in sequences], batch_tokens)
-
-
 def capture_distributed(model: torch.nn.Module, sequences: Sequence[Sequence[int]], *,
                         max_length: int | None = None, batch_tokens: int = BATCH_TOKENS,
                         **kwargs: Any) -> Activations | None:
@@ -268,9 +258,12 @@ def _merge_shards(parts: list[Activations | None], plan: list[list[int]]) -> Act
 
 def batch_plan(sequences: Sequence[Sequence[int]], *, max_length: int | None = None,
                batch_tokens: int = BATCH_TOKENS) -> list[list[int]]:
-    """Sequence indices grouped by similar length (less padding), each batch within ``batch_tokens``.
+    """The batches :func:`capture_activations` runs, as lists of sequence indices, in row order.
 
-    Longest first; a batch's padded size is its first sequence's length (cut to ``max_length``).
+    Sequences of similar length go together (less padding), longest first, each batch within
+    ``batch_tokens`` (its padded size is its first sequence's length, cut to ``max_length``). Rows of
+    the captured matrix follow these batches, so capturing any subset of them with the ``batches``
+    argument gives exactly those rows of the full capture (same padding, same values).
     """
     lengths = [len(seq[:max_length]) for seq in sequences]
     order = sorted((i for i, length in enumerate(lengths) if length), key=lambda i: (-lengths[i], i))
