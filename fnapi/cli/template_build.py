@@ -1,0 +1,80 @@
+"""``fnapi template build``: find functional networks in a model and save them as a template.
+
+Progress goes to stderr; the template's path is the last line on stdout, so scripts can take it with
+``path=$(fnapi template build ... | tail -n1)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fnapi.models.loading import EMBEDDED_MODEL
+
+DEFAULT_DATA = "builtin:text"
+
+
+def build(
+    model: Optional[str] = typer.Option(None, "--model", "-m",
+                                        help=f"embedded name, hub id, local folder or .gguf file [default: {EMBEDDED_MODEL}]"),
+    data: Optional[list[str]] = typer.Option(None, "--data", "-d",
+                                             help=f"dataset to capture from; repeat for several [default: {DEFAULT_DATA}]"),
+    samples: Optional[int] = typer.Option(None, "--samples", min=1, help="rows per dataset [default: 64]"),
+    max_length: Optional[int] = typer.Option(None, "--max-length", min=1, help="tokens per row [default: 128]"),
+    site: Optional[str] = typer.Option(None, "--site", help="mlp.out (down-projection output) or mlp.hidden (its input)"),
+    components: Optional[int] = typer.Option(None, "--components", "-k", min=1, help="components to find [default: 10]"),
+    method: Optional[str] = typer.Option(None, "--method", help="ica or attribution [default: ica]"),
+    mode: Optional[str] = typer.Option(None, "--mode", help="global (all layers at once) or per_layer [default: global]"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="seed of the ICA runs [default: 0]"),
+    layers: Optional[str] = typer.Option(None, "--layers", help="layer filter such as '0:4,9:' [default: all]"),
+    runs: Optional[int] = typer.Option(None, "--runs", min=1, help="FastICA runs in the stability consensus [default: 10]"),
+    rule: Optional[str] = typer.Option(None, "--rule", help="neuron selection: percentile, zscore or topk"),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="percentile, z value, or neurons per layer"),
+    sign: Optional[str] = typer.Option(None, "--sign", help="abs, positive or negative weights"),
+    pca_dims: Optional[int] = typer.Option(None, "--pca-dims", min=1, help="rank of the randomized PCA before ICA"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                       help="template file [default: ica_templates/<model>/<data>/<settings>.json]"),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="take model, data, seed and template settings from a recipe"),
+) -> None:
+    """Build a template (ICA consensus over activations) and print its path last."""
+    from pydantic import ValidationError
+
+    from fnapi.errors import RecipeError
+    from fnapi.events import console_sink
+    from fnapi.models.loading import load_model
+    from fnapi.networks.build import build_template, default_template_path
+    from fnapi.recipe import Recipe, TemplateSection, format_validation_error
+
+    base = Recipe.from_yaml(recipe) if recipe else None
+    section = (base.template if base and base.template else TemplateSection())
+    overrides = {key: value for key, value in {
+        "samples": samples, "max_length": max_length, "site": site, "components": components, "method": method,
+        "mode": mode, "layers": layers, "runs": runs,
+    }.items() if value is not None}
+    chosen = {key: value for key, value in (("rule", rule), ("value", threshold), ("sign", sign)) if value is not None}
+    if chosen:
+        overrides["selection"] = {**section.selection.model_dump(), **chosen}
+    try:
+        section = TemplateSection.model_validate({**section.model_dump(), **overrides}, strict=False)
+    except ValidationError as exc:
+        raise RecipeError(format_validation_error(exc, "command line", TemplateSection)) from None
+
+    model_spec = model or (base.model if base else EMBEDDED_MODEL)
+    specs = list(data or section.data or ([base.data.path] if base else [DEFAULT_DATA]))
+    seed_value = seed if seed is not None else (base.seed if base else 0)
+    sink = console_sink()
+    loaded = load_model(model_spec, sink=sink)
+    template = build_template(loaded, section, specs, seed=seed_value, pca_dims=pca_dims, sink=sink)
+    target = out or (Path(section.out) if section.out else
+                     default_template_path(loaded.info.name, specs, section, seed_value))
+    template.save(target)
+    summary = ", ".join(f"{c.id}:{c.size}" + (f" ({c.stability:.2f})" if c.stability is not None else "")
+                        for c in template.components[:10])
+    typer.echo(f"{len(template.components)} components (id:neurons (stability)): {summary}", err=True)
+    print(target)
+
+
+def register(template_app: typer.Typer) -> None:
+    template_app.command("build")(build)
