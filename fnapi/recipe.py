@@ -93,7 +93,7 @@ class TemplateSection(Section):
     samples: int = Field(64, gt=0, description="sequences per dataset")
     max_length: int = Field(128, gt=0)
     components: int = Field(10, gt=0)
-    runs: int = Field(5, gt=0, description="ICA runs for the stability consensus")
+    runs: int = Field(10, gt=0, description="ICA runs for the stability consensus")
     selection: SelectionSection = Field(default_factory=SelectionSection)
     out: str | None = None
 
