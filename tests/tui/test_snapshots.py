@@ -62,7 +62,8 @@ def test_template_loaded(snap_compare, drafts):
 
 
 def test_template_build_settings_at_80x24(snap_compare, drafts):
-    assert snap_compare(make_app(drafts, step="template"), terminal_size=NARROW, run_before=settle)
+    settings = {"template.components": 10, "template.samples": 64, "template.max_length": 128, "template.runs": 5}
+    assert snap_compare(make_app(drafts, step="template", **settings), terminal_size=NARROW, run_before=settle)
 
 
 def test_networks_picked(snap_compare, drafts):
