@@ -114,12 +114,12 @@ class RunScreen(StepScreen):
             table = self.query_one("#metrics", DataTable)
             step = "" if event.step is None else str(event.step)
             for name, value in event.values.items():
-                row = f"{event.stage}/{name}"
+                row = f"{event.stage}/{name}"  # the key; the name alone is shown (it says enough)
                 if row in table.rows:
                     table.update_cell(row, "value", format_metric(value))
                     table.update_cell(row, "step", step)
                 else:
-                    table.add_row(row, format_metric(value), step, key=row)
+                    table.add_row(name, format_metric(value), step, key=row)
             if "loss" in event.values and event.step is not None:
                 self.query_one("#loss-plot", LossPlot).add(event.step, event.values["loss"])
         elif isinstance(event, Log):

@@ -40,7 +40,7 @@ async def test_run_fills_the_panes_and_the_summary(drafts):
         assert screen.state == "finished"
         assert screen.query_one(LossPlot).points == [(1.0, 3.0), (2.0, 1.5), (3.0, 1.0), (4.0, 0.75)]
         table = screen.query_one("#metrics", DataTable)
-        assert table.get_row("train/loss") == ["train/loss", "0.75", "4"]
+        assert table.get_row("train/loss") == ["loss", "0.75", "4"]
         metrics = [m.event for m in seen if isinstance(m, EngineEvent) and isinstance(m.event, Metric)]
         assert len(metrics) == 4  # every metric reached the screen
         assert app.draft.extras["run_dir"] == "runs/demo"
