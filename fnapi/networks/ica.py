@@ -215,10 +215,10 @@ class RandomizedPCA:
         # orthonormalised every time so float32 keeps the small directions.
         rank = max(1, min(self.n_components + self.oversample, n, d))
         generator = torch.Generator().manual_seed(_torch_seed(self.random_state))
-        V = torch.linalg.qr(torch.randn(d, rank, generator=generator, dtype=torch.float32).to(device)).Q
+        V = _orthonormal(torch.randn(d, rank, generator=generator, dtype=torch.float32).to(device))
         for _ in range(self.power_iters):
-            V = torch.linalg.qr(Xs.gram_matmul(V)).Q
-        U, S, Wt = torch.linalg.svd(Xs.matmul(V), full_matrices=False)  # Xs V = U S Wt
+            V = _orthonormal(Xs.gram_matmul(V))
+        U, S, Wt = _thin_svd(Xs.matmul(V))  # Xs V = U S Wt
         k = min(self.n_components, S.shape[0])
         U, S, Vt = U[:, :k], S[:k], (Wt[:k] @ V.T)
         # Deterministic signs (as sklearn's svd_flip): each component's largest loading is positive.
@@ -246,6 +246,22 @@ class RandomizedPCA:
         Xs = Standardized(X, torch.from_numpy(self.mean_).to(device), torch.from_numpy(self.scale_).to(device),
                           device, self.chunk_rows or default_chunk_rows(X.shape[1]))
         return Xs.matmul(torch.from_numpy(self.components_.T.copy()).to(device)).cpu().numpy()
+
+
+# Small factorisations of CPU tensors go through numpy's LAPACK: torch's CPU QR/SVD can stall for
+# a second per call when the machine is busy (its threads wait on cores other processes hold).
+
+def _orthonormal(M: torch.Tensor) -> torch.Tensor:
+    """An orthonormal basis of the columns of ``M`` (thin QR)."""
+    if M.device.type == "cpu":
+        return torch.from_numpy(np.linalg.qr(M.numpy())[0])
+    return torch.linalg.qr(M).Q
+
+
+def _thin_svd(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if M.device.type == "cpu":
+        return tuple(torch.from_numpy(part) for part in np.linalg.svd(M.numpy(), full_matrices=False))
+    return torch.linalg.svd(M, full_matrices=False)
 
 
 def _torch_seed(random_state: int | None) -> int:

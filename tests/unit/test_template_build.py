@@ -90,7 +90,8 @@ def test_cancel_stops_the_build(text_file):
 
 
 def test_attribution_method_is_delegated(text_file):
-    section = TemplateSection(**SMALL, method="attribution", selection=SelectionSection(rule="percentile", value=90.0))
+    section = TemplateSection(**{**SMALL, "samples": 3, "max_length": 12}, method="attribution",
+                              selection=SelectionSection(rule="percentile", value=90.0))
     template = build_template(_loaded("llama"), section, [str(text_file)], seed=0)
     assert template.method["name"] == "attribution"
     assert template.data["sources"] == [str(text_file)]
