@@ -86,6 +86,24 @@ def _gpu_only_features(recipe: Recipe) -> list[str]:
     return features
 
 
+def check_data_covers(recipe: Recipe, processes: int) -> None:
+    """Refuse a job with more processes than training examples (each process needs one).
+
+    Data that cannot be read here (for example a hub dataset on an offline login node) is left to
+    the run, which checks again.
+    """
+    from fnapi.data import load_data
+
+    try:
+        examples = len(load_data(recipe.data, seed=recipe.seed).train)
+    except FnapiError:
+        return
+    if examples < processes:
+        raise RecipeError(
+            f"{recipe.data.path}: {examples} training examples for {processes} processes; every process needs at "
+            "least one", f"ask for at most {examples} processes (--nodes, --gpus-per-node), or add data")
+
+
 def processes_per_node(settings: SlurmSection) -> int:
     """One process per GPU; without GPUs ``processes_per_node`` (default 1)."""
     if settings.processes_per_node is not None:

@@ -34,7 +34,7 @@ def slurm(
     node; the nodes meet at the first one. Flags override the recipe's distributed.slurm section. Prints the script's path (and the job id
     with --submit).
     """
-    from fnapi.cluster import processes_per_node, slurm_settings, submit, write_script
+    from fnapi.cluster import check_data_covers, processes_per_node, slurm_settings, submit, write_script
     from fnapi.recipe import Recipe
 
     recipe = Recipe.from_yaml(recipe_path)
@@ -42,8 +42,9 @@ def slurm(
                               cpus_per_task=cpus_per_task, mem=mem, time=time, partition=partition,
                               account=account, qos=qos, constraint=constraint, env=env, log_dir=log_dir,
                               master_port=port)
-    script = write_script(recipe_path, recipe, settings, out=out)
     total = settings.nodes * processes_per_node(settings)
+    check_data_covers(recipe, total)
+    script = write_script(recipe_path, recipe, settings, out=out)
     print(f"wrote {script} ({settings.nodes} node(s), {total} process(es), time limit {settings.time})")
     if do_submit:
         print(f"submitted job {submit(script)}")

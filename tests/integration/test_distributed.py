@@ -183,3 +183,21 @@ def test_fnapi_run_under_accelerate_launch(workspace, tmp_path):
     state = json.loads((run_dir / "checkpoints" / "checkpoint-4" / "fnapi_state.json").read_text())
     assert state["processes"] == 2  # both processes trained together
     assert json.loads((run_dir / "report.json").read_text())["steps"] == 4
+
+
+def test_more_processes_than_examples_stops_every_process_with_exit_code_2(workspace, tmp_path):
+    (tmp_path / "one.jsonl").write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n")
+    (tmp_path / "recipe.yaml").write_text(f"""version: 1
+name: too-few
+model: {{name: {workspace / 'model'}, device: cpu}}
+data: {{path: one.jsonl, validation_split: 0.0}}
+eval: {{enabled: false}}
+""")
+    done = subprocess.run(torchrun(str(VENV_BIN / "fnapi"), "run", "recipe.yaml"), cwd=tmp_path, env=environment(),
+                          capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
+    output = done.stdout + done.stderr
+    # Each fnapi process exits 2 with the reason; torchrun reports that exit code and fails itself (1).
+    assert done.returncode != 0
+    assert "one.jsonl: training examples: 1 for 2 processes; every process needs at least one" in output
+    assert "exitcode: 2" in output
+    assert not list((tmp_path / "runs" / "too-few").glob("checkpoints"))

@@ -148,6 +148,8 @@ def test_accelerate_config_launches_accelerate_on_every_node(tmp_path, monkeypat
     (("--time", "1:00:00", "--nodes", "0"), "", {}, "--nodes / distributed.slurm.nodes"),
     (("--time", "1:00:00", "--gpus-per-node", "0"), "", {"method": "qlora"}, "train.method qlora, which need CUDA"),
     (("--time", "1:00:00",), "distributed: {accelerate_config: missing.yaml}\n", {}, "missing.yaml: file not found"),
+    (("--time", "1:00:00", "--nodes", "5", "--gpus-per-node", "4"), "", {},
+     "16 training examples for 20 processes"),
 ])
 def test_bad_or_missing_settings_exit_2_and_write_nothing(tmp_path, monkeypatch, capsys, args, extra, train, message):
     monkeypatch.chdir(tmp_path)
