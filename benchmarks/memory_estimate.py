@@ -10,6 +10,7 @@ The subprocess reports its peak resident set size (``ru_maxrss``: everything the
 its worst moment, Python and libraries included), which is what the estimate predicts on CPU.
 
     python benchmarks/memory_estimate.py                      # the quickstart recipe, embedded model
+    python benchmarks/memory_estimate.py --long               # 256-token rows: capture 16k tokens, batch 4 x 256
     python benchmarks/memory_estimate.py --recipe r.yaml --set train.batch_size=2 --steps 3
 """
 
@@ -39,6 +40,17 @@ def _recipe(path: str, overrides: list[str]):
 
 def _peak_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def long_rows(path: Path, rows: int = 64) -> Path:
+    """A JSON Lines file of plain-text rows of ~25 built-in paragraphs each (well over 256 tokens)."""
+    from fnapi.data.builtin import text_paragraphs
+
+    paragraphs = text_paragraphs()
+    lines = [json.dumps({"text": " ".join(paragraphs[(i * 7 + k) % len(paragraphs)] for k in range(25))})
+             for i in range(rows)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def run_stage(stage: str, recipe_path: str, overrides: list[str], steps: int) -> dict:
@@ -100,8 +112,14 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="recipe override KEY=VALUE")
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps in the train stage")
     parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated stages to measure")
+    parser.add_argument("--long", action="store_true",
+                        help="capture and train on 256-token rows (template 64 x 256 tokens, batch 4 x 256)")
     parser.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)  # internal: run one stage here
     args = parser.parse_args()
+    if args.long:
+        data = long_rows(Path(tempfile.mkdtemp(prefix="fnapi-bench-")) / "long.jsonl")
+        args.overrides = [f"data.path={data}", "data.max_length=256", "train.batch_size=4",
+                          f"template.data=[{data}]", "template.max_length=256", *args.overrides]
     if args.stage:
         print(json.dumps(run_stage(args.stage, args.recipe, args.overrides, args.steps)))
         return
