@@ -146,12 +146,13 @@ def probe_scores(model: Any, tokenizer: Any, items: Sequence[Any], *, batch_item
 
 
 def choice_logprobs(model: Any, tokenizer: Any, items: Sequence[Any], *, batch_items: int = 16) -> list[list[float]]:
-    """The same numbers as :func:`fnapi.evaluation.choice_logprobs`, about three times faster.
+    """The same numbers as :func:`fnapi.evaluation.choice_logprobs`, with a fraction of the compute.
 
     A study scores the probes dozens of times, and most tokens of every choice are the prompt it
     shares with the item's other choices (system prompt, question, assistant header). The shared
-    prompt runs once per item (left-padded, so the last position predicts the first answer token);
-    its key/value cache is repeated for each choice, and only the answer tokens run again.
+    prompt runs once per item instead of once per choice (left-padded, so its last position
+    predicts the first answer token); its key/value cache is repeated for each choice, and only
+    the answer tokens run again.
     """
     import torch
 
