@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/fnapi demo
+	$(BIN)/fnapi run recipes/quickstart.yaml
 
 test: install
 	$(BIN)/python -m pytest -q
