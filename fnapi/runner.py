@@ -309,7 +309,6 @@ def baseline_scores(recipe: Recipe, loaded: Any, eval_set: list, rundir: RunDir,
                     cancel: threading.Event | None) -> dict[str, Any]:
     """Scores of the untouched model; stored so a resumed run does not measure them again."""
     from fnapi.drift import next_token_logprobs
-    from fnapi.evaluation import score_probes, score_task
 
     path = rundir.path / BASELINE_FILE
     scores: dict[str, Any] = {}
@@ -320,19 +319,30 @@ def baseline_scores(recipe: Recipe, loaded: Any, eval_set: list, rundir: RunDir,
         items = _probe_items(recipe)
         with stage(sink, "baseline", total=2, unit="measure", cancel=cancel,
                    description="scores of the base model") as progress:
-            if eval_set:
-                scores["task"] = score_task(model, tokenizer, eval_set, max_new_tokens=recipe.eval.max_new_tokens,
-                                            chat_template=recipe.data.chat_template)
-            progress.advance()
+            scores.update(_task_and_probe_scores(recipe, model, tokenizer, eval_set, items, progress))
             if items:
-                scores["probes"] = score_probes(model, tokenizer, items, chat_template=recipe.data.chat_template)
                 scores["probe_samples"] = len(items)
-            progress.advance()
             progress.metric({f"{k}_before": v for k, v in scores.items() if isinstance(v, float)})
         atomic_write_text(path, json.dumps(scores, indent=2))
     if recipe.eval.enabled and recipe.eval.kl_prompts:
         # Kept in memory only: the base distributions are cheap to recompute after a resume.
         scores["_reference"] = next_token_logprobs(model, _kl_prompts(recipe, tokenizer))
+    return scores
+
+
+def _task_and_probe_scores(recipe: Recipe, model: Any, tokenizer: Any, eval_set: list, items: list,
+                           progress: Any) -> dict[str, float]:
+    """Task exact match and probe accuracy of ``model`` (one progress step each)."""
+    from fnapi.evaluation import score_probes, score_task
+
+    scores: dict[str, float] = {}
+    if eval_set:
+        scores["task"] = score_task(model, tokenizer, eval_set, max_new_tokens=recipe.eval.max_new_tokens,
+                                    chat_template=recipe.data.chat_template)
+    progress.advance()
+    if items:
+        scores["probes"] = score_probes(model, tokenizer, items, chat_template=recipe.data.chat_template)
+    progress.advance()
     return scores
 
 
@@ -347,7 +357,6 @@ def final_scores(recipe: Recipe, model: Any, tokenizer: Any, spec: Any, eval_set
     import contextlib
 
     from fnapi.drift import mean_kl
-    from fnapi.evaluation import score_probes, score_task
     from fnapi.masking import mask
 
     if not recipe.eval.enabled:
@@ -358,13 +367,7 @@ def final_scores(recipe: Recipe, model: Any, tokenizer: Any, spec: Any, eval_set
     items = _probe_items(recipe)
     with context, stage(sink, "evaluate", total=3, unit="measure", cancel=cancel,
                         description="scores after fine-tuning") as progress:
-        if eval_set:
-            scores["task"] = score_task(model, tokenizer, eval_set, max_new_tokens=recipe.eval.max_new_tokens,
-                                        chat_template=recipe.data.chat_template)
-        progress.advance()
-        if items:
-            scores["probes"] = score_probes(model, tokenizer, items, chat_template=recipe.data.chat_template)
-        progress.advance()
+        scores.update(_task_and_probe_scores(recipe, model, tokenizer, eval_set, items, progress))
         if baseline.get("_reference") is not None:
             scores["kl_to_base"] = mean_kl(model, _kl_prompts(recipe, tokenizer), baseline["_reference"])
         progress.advance()

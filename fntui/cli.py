@@ -117,26 +117,9 @@ def replay(
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fntui`` script: user errors print one paragraph and exit 2 (as in ``fnapi``)."""
-    import click
+    from fnapi.cli import main as run_cli
 
-    from fnapi.errors import FnapiError
-
-    try:
-        result = app(args=argv, standalone_mode=False)
-    except FnapiError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        if exc.hint:
-            print(exc.hint, file=sys.stderr)
-        return exc.exit_code
-    except (typer.Exit, click.exceptions.Exit) as exc:
-        return exc.exit_code
-    except (typer.Abort, KeyboardInterrupt):
-        print("interrupted", file=sys.stderr)
-        return 130
-    except click.exceptions.ClickException as exc:
-        exc.show()
-        return 2
-    return result if isinstance(result, int) else 0
+    return run_cli(argv, app=app)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -51,8 +51,9 @@ for _name in COMMAND_MODULES:
     _module.register(app)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``fnapi`` script: run the app, turn user errors into exit code 2."""
+def main(argv: list[str] | None = None, app: typer.Typer = app) -> int:
+    """Entry point of the ``fnapi`` script (and of ``fntui``, which passes its own ``app``):
+    run the app, turn user errors into exit code 2."""
     from fnapi.errors import FnapiError
     from fnapi.redaction import redact
 
