@@ -15,13 +15,17 @@ Each way runs in its own subprocess, which reports its wall time and its own pea
 (``getrusage(RUSAGE_SELF).ru_maxrss``), so the two peaks are measured separately. The predecessor's
 recipe needs about 17.5 GB at ``mlp.out``; before starting it the script waits until that much
 memory is available (``--wait`` minutes at most), because other work may share the machine. At
-``mlp.hidden`` (46,080 neurons) it would need several 9.4 GB copies, so only ours runs.
+``mlp.hidden`` (46,080 neurons) it would need several 9.4 GB copies, so only ours runs. The
+predecessor's process also stops itself if the machine's available memory falls below
+``--memory-floor``; with ``--keep`` each way's result is saved, so the ways can run at different
+times (``--skip-ours`` / ``--skip-predecessor`` reuse the saved result).
 
 Prints one JSON object: per way wall seconds, peak RSS, tokens and stage times; the ratios
 ours/predecessor; and the best-match IoU of each predecessor component among ours.
 
     python benchmarks/template_build.py                 # both ways at mlp.out
     python benchmarks/template_build.py --site mlp.hidden
+    python benchmarks/template_build.py --keep DIR --skip-ours   # reuse DIR's result for ours
 """
 
 from __future__ import annotations
@@ -155,6 +159,7 @@ def run_ours(data: Path, out: Path, site: str, components: int, max_length: int,
 def child(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     if args.child == "predecessor":
+        _abort_when_memory_runs_out(args.memory_floor)
         result = run_predecessor(args.data, args.out, args.site, args.components, args.max_length)
     else:
         result = run_ours(args.data, args.out, args.site, args.components, args.max_length, args.sequences)
@@ -162,6 +167,23 @@ def child(args: argparse.Namespace) -> None:
     result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     result["load_average"] = os.getloadavg()[0]
     print(json.dumps(result))
+
+
+def _abort_when_memory_runs_out(floor_gb: float) -> None:
+    """Stop this process before the machine's memory runs out (other work shares the machine)."""
+    import threading
+
+    import psutil
+
+    def watch() -> None:
+        while True:
+            available = psutil.virtual_memory().available / 2**30
+            if available < floor_gb:
+                print(f"aborted: only {available:.1f} GB of memory left on the machine", file=sys.stderr, flush=True)
+                os._exit(3)
+            time.sleep(0.2)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 # ---- the parent: data, children, comparison -------------------------------------------------------
@@ -182,14 +204,15 @@ def wait_for_memory(gigabytes: float, minutes: float) -> float:
 def spawn(way: str, args: argparse.Namespace, data: Path, out: Path) -> dict:
     command = [sys.executable, __file__, "--child", way, "--data", str(data), "--out", str(out), "--site", args.site,
                "--components", str(args.components), "--max-length", str(args.tokens),
-               "--sequences", str(args.sequences)]
-    print(f"running {way} ...", file=sys.stderr)
+               "--sequences", str(args.sequences), "--memory-floor", str(args.memory_floor)]
+    print(f"running {way} ...", file=sys.stderr, flush=True)
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{way} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
     result["process_seconds"] = time.perf_counter() - started
+    print(f"{way}: {json.dumps(result)}", file=sys.stderr, flush=True)
     return result
 
 
@@ -199,9 +222,14 @@ def main() -> None:
     parser.add_argument("--sequences", type=int, default=100)
     parser.add_argument("--tokens", type=int, default=512, help="tokens per sequence")
     parser.add_argument("--components", type=int, default=10)
-    parser.add_argument("--skip-predecessor", action="store_true", help="only build ours")
+    parser.add_argument("--skip-predecessor", action="store_true", help="do not run the predecessor's recipe")
+    parser.add_argument("--skip-ours", action="store_true", help="do not run ours")
     parser.add_argument("--wait", type=float, default=30.0, help="minutes to wait for free memory")
-    parser.add_argument("--keep", type=Path, default=None, help="folder to keep the data and both templates in")
+    parser.add_argument("--memory-floor", type=float, default=1.0,
+                        help="GB of machine memory below which the predecessor's run stops itself")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="folder for the data, templates and results; results already there are reused "
+                             "for a way that is skipped")
     parser.add_argument("--child", choices=["predecessor", "ours"], help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -214,28 +242,37 @@ def main() -> None:
     folder = args.keep or Path(tempfile.mkdtemp(prefix="fnapi-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
     data = folder / "text.jsonl"
-    make_text(data, args.sequences, args.tokens)
+    if not data.exists():
+        make_text(data, args.sequences, args.tokens)
     report: dict = {"site": args.site, "sequences": args.sequences, "tokens_per_sequence": args.tokens,
                     "components": args.components, "cpu_count": os.cpu_count()}
-    ours = spawn("ours", args, data, folder / "ours.json")
-    report["ours"] = ours
-    run_predecessor_too = args.site == "mlp.out" and not args.skip_predecessor
-    if run_predecessor_too:
-        neurons = 30 * 576  # the embedded model's layers x hidden size
-        needed = PREDECESSOR_COPIES * args.sequences * args.tokens * neurons * 4 / 2**30 + 1.5
-        available = wait_for_memory(needed, args.wait)
-        report["memory_available_gb_before_predecessor"] = round(available, 1)
-        theirs = spawn("predecessor", args, data, folder / "predecessor.json")
-        report["predecessor"] = theirs
+    results: dict[str, dict] = {}
+    for way in ("ours", "predecessor"):
+        saved = folder / f"{way}.{args.site}.result.json"
+        if not getattr(args, f"skip_{way}"):
+            if way == "predecessor":
+                if args.site != "mlp.out":
+                    report["predecessor"] = "not run: its float32 copies of a 46,080-neuron matrix do not fit in memory"
+                    continue
+                neurons = 30 * 576  # the embedded model's layers x hidden size
+                needed = PREDECESSOR_COPIES * args.sequences * args.tokens * neurons * 4 / 2**30 + 1.5
+                report["memory_available_gb_before_predecessor"] = round(wait_for_memory(needed, args.wait), 1)
+            results[way] = spawn(way, args, data, folder / f"{way}.{args.site}.json")
+            saved.write_text(json.dumps(results[way]))
+        elif saved.exists():
+            results[way] = {**json.loads(saved.read_text()), "reused_from": str(saved)}
+        if way in results:
+            report[way] = results[way]
+    if "ours" in results and "predecessor" in results:
+        ours, theirs = results["ours"], results["predecessor"]
         report["time_ratio"] = round(ours["wall_seconds"] / theirs["wall_seconds"], 3)
         report["peak_rss_ratio"] = round(ours["peak_rss_bytes"] / theirs["peak_rss_bytes"], 3)
         from fnapi.networks.template import Template, compare
 
-        comparison = compare(Template.load(folder / "predecessor.json"), Template.load(folder / "ours.json"))
+        comparison = compare(Template.load(folder / f"predecessor.{args.site}.json"),
+                             Template.load(folder / f"ours.{args.site}.json"))
         report["best_match_iou"] = [round(m["iou"], 3) for m in comparison.best_matches]
         report["mean_best_match_iou"] = round(comparison.mean_best_iou, 3)
-    elif args.site == "mlp.hidden":
-        report["predecessor"] = "not run: its dense float32 copies of a 46,080-neuron matrix do not fit in memory"
     report["files"] = str(folder)
     print(json.dumps(report, indent=2))
 

@@ -125,8 +125,9 @@ def _fit_ica(acts: Activations, buffer_dtype: str, data: Any, section: TemplateS
         method={
             "name": "ica", "mode": section.mode, "components": section.components,
             "selection": {"rule": selection.rule, "value": selection.value, "sign": selection.sign},
-            "runs": section.runs, "bootstrap": True, "seed": seed,
-            "pca_dims": int(consensus.pca_dims_[0]), "stability": "icasso-iq",
+            "runs": section.runs, "bootstrap": consensus.bootstrap, "resample_seed": consensus.resample_seed,
+            "seed": seed, "pca_dims": int(consensus.pca_dims_[0]), "power_iters": consensus.power_iters,
+            "stability": "icasso-iq",
             "explained_variance": [round(v, 4) for v in consensus.explained_variance_ratio_],
             "capture": {"buffer": buffer_dtype, "autocast": str(autocast).replace("torch.", "") if autocast else None},
         },

@@ -149,8 +149,9 @@ def column_moments(X: Any, *, chunk_rows: int | None = None, device: str | torch
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-column mean and standard deviation (population, like StandardScaler) in one chunked pass.
 
-    Sums are shifted by the first row and accumulated in float64, so low-precision input and many
-    rows do not lose the variance. Non-finite values raise :class:`TemplateError` naming the column.
+    Values are shifted by the first row (so the mean does not swamp the variance), summed per
+    chunk in float32 and accumulated over chunks in float64, keeping the working memory at two
+    float32 chunks. Non-finite values raise :class:`TemplateError` naming the column.
     """
     X = as_matrix(X)
     device = _resolve_device(device, X)
@@ -158,13 +159,14 @@ def column_moments(X: Any, *, chunk_rows: int | None = None, device: str | torch
     if n < 2:
         raise TemplateError(f"need at least 2 token rows to estimate components, got {n}")
     chunk_rows = chunk_rows or default_chunk_rows(d)
-    shift = X[0].to(device=device, dtype=torch.float64)
+    shift32 = X[0].to(device=device, dtype=torch.float32)
     s1 = torch.zeros(d, dtype=torch.float64, device=device)
     s2 = torch.zeros(d, dtype=torch.float64, device=device)
     for rows in _row_chunks(n, chunk_rows):
-        chunk = X[rows].to(device=device, dtype=torch.float64) - shift
+        chunk = X[rows].to(device=device, dtype=torch.float32, copy=True).sub_(shift32)
         s1 += chunk.sum(0)
-        s2 += (chunk * chunk).sum(0)
+        s2 += chunk.mul_(chunk).sum(0)
+    shift = shift32.double()
     bad = ~(torch.isfinite(s1) & torch.isfinite(s2))
     if bool(bad.any()):
         column = int(torch.nonzero(bad)[0])
