@@ -93,36 +93,102 @@ def score_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, conve
 
 def choice_logprobs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence[ProbeItem], *,
                     batch_size: int = 16, chat_template: str = "auto") -> list[list[float]]:
-    """Summed log-probability of each choice of each item (answer tokens and end-of-turn token)."""
+    """Summed log-probability of each choice of each item (answer tokens and end-of-turn token).
+
+    Most tokens of every choice are the prompt it shares with the item's other choices (system
+    prompt, question, assistant header), so the shared prompt runs once per item (left-padded, so
+    its last position predicts the first answer token), its key/value cache is repeated for each
+    choice, and only the answer tokens run again. ``batch_size`` counts items. Models whose cache
+    cannot be repeated per choice are scored one full sequence per choice instead.
+    """
     import torch
 
     template = resolve_template(tokenizer, chat_template)
-    pairs = [(i, Conversation(messages=[{"role": "user", "content": item.question},
-                                        {"role": "assistant", "content": item.reply(c)}]))
-             for i, item in enumerate(items) for c in range(len(item.choices))]
-    encoded, _ = encode([c for _, c in pairs], tokenizer, template)
-    scores = [0.0] * len(encoded)
-    order = sorted(range(len(encoded)), key=lambda k: len(encoded[k].input_ids))
-    device = _device(model)
+    conversations = [Conversation(messages=[{"role": "user", "content": item.question},
+                                            {"role": "assistant", "content": item.reply(c)}])
+                     for item in items for c in range(len(item.choices))]
+    encoded, _ = encode(conversations, tokenizer, template)
+    groups, start = [], 0
+    for item in items:
+        group = encoded[start: start + len(item.choices)]
+        start += len(item.choices)
+        groups.append((_shared_prompt_length(group), group))
+    pad, device = _pad_id(tokenizer), _device(model)
+    result: list[list[float]] = []
     with _eval_mode(model), torch.no_grad():
-        for start in range(0, len(order), batch_size):
-            batch = order[start: start + batch_size]
-            features = [{"input_ids": encoded[k].input_ids, "labels": encoded[k].labels} for k in batch]
-            tensors = collate(features, _pad_id(tokenizer))
-            logits = model(input_ids=tensors["input_ids"].to(device),
-                           attention_mask=tensors["attention_mask"].to(device)).logits.float()
-            # Position t predicts token t+1.
-            targets = tensors["labels"][:, 1:].to(device)
-            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
-            mask = targets != IGNORE_INDEX
-            picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-            sums = (picked * mask).sum(dim=-1)
-            for row, k in enumerate(batch):
-                scores[k] = float(sums[row])
-    result: list[list[float]] = [[] for _ in items]
-    for (i, _), score in zip(pairs, scores):
-        result[i].append(score)
+        for first in range(0, len(groups), batch_size):
+            batch = groups[first: first + batch_size]
+            sums = _score_shared_prompts(model, batch, pad, device)
+            if sums is None:
+                sums = _score_full_sequences(model, [e for _, group in batch for e in group], pad, device)
+            for _, group in batch:
+                result.append(sums[: len(group)])
+                sums = sums[len(group):]
     return result
+
+
+def _shared_prompt_length(group: Sequence) -> int:
+    """Tokens every encoding of an item starts with, ending before its first scored token."""
+    shared = min(next(i for i, label in enumerate(e.labels) if label != IGNORE_INDEX) for e in group)
+    for e in group[1:]:
+        differ = next((i for i, (a, b) in enumerate(zip(group[0].input_ids, e.input_ids)) if a != b), shared)
+        shared = min(shared, differ)
+    return shared
+
+
+def _score_shared_prompts(model, batch: Sequence, pad: int, device) -> list[float] | None:
+    """Summed answer log-probabilities of a batch of ``(shared, encodings)`` items, or ``None``
+    when the model's cache cannot be repeated per choice."""
+    import torch
+
+    if any(shared < 1 for shared, _ in batch):
+        return None
+    width = max(shared for shared, _ in batch)
+    prompt_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    prompt_mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, (shared, group) in enumerate(batch):
+        prompt_ids[row, width - shared:] = torch.tensor(group[0].input_ids[:shared])
+        prompt_mask[row, width - shared:] = 1
+    out = model(input_ids=prompt_ids.to(device), attention_mask=prompt_mask.to(device),
+                position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0).to(device), use_cache=True)
+    cache = getattr(out, "past_key_values", None)
+    if cache is None or not hasattr(cache, "batch_select_indices"):
+        return None
+    next_logprobs = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+    owners = [row for row, (_, group) in enumerate(batch) for _ in group]
+    cache.batch_select_indices(torch.tensor(owners, device=device))
+    rests = [(shared, e) for shared, group in batch for e in group]
+    rest_width = max(len(e.input_ids) - shared for shared, e in rests)
+    rest_ids = torch.full((len(rests), rest_width), pad, dtype=torch.long)
+    rest_mask = torch.zeros((len(rests), rest_width), dtype=torch.long)
+    labels = torch.full((len(rests), rest_width), IGNORE_INDEX, dtype=torch.long)
+    for row, (shared, e) in enumerate(rests):
+        n = len(e.input_ids) - shared
+        rest_ids[row, :n] = torch.tensor(e.input_ids[shared:])
+        rest_mask[row, :n] = 1
+        labels[row, :n] = torch.tensor(e.labels[shared:])
+    positions = torch.tensor([shared for shared, _ in rests]).unsqueeze(1) + torch.arange(rest_width)
+    logits = model(input_ids=rest_ids.to(device), past_key_values=cache, use_cache=True,
+                   attention_mask=torch.cat([prompt_mask[owners], rest_mask], dim=1).to(device),
+                   position_ids=positions.to(device)).logits.float()
+    # Token t of the rest is predicted by the prompt's last position (t = 0) or by rest position t - 1.
+    logprobs = torch.cat([next_logprobs[owners].unsqueeze(1), torch.log_softmax(logits[:, :-1], dim=-1)], dim=1)
+    labels = labels.to(device)
+    picked = logprobs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (picked * (labels != IGNORE_INDEX)).sum(dim=-1).tolist()
+
+
+def _score_full_sequences(model, encodings: Sequence, pad: int, device) -> list[float]:
+    """Summed answer log-probabilities, one whole sequence per encoding."""
+    import torch
+
+    tensors = collate([{"input_ids": e.input_ids, "labels": e.labels} for e in encodings], pad)
+    logits = model(input_ids=tensors["input_ids"].to(device),
+                   attention_mask=tensors["attention_mask"].to(device)).logits.float()
+    # Position t predicts token t+1.
+    targets = tensors["labels"][:, 1:].to(device)
+    picked = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (picked * (targets != IGNORE_INDEX)).sum(dim=-1).tolist()
 
 
 def score_probes(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence[ProbeItem], *,

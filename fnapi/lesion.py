@@ -139,82 +139,12 @@ def random_neurons(per_layer: dict[int, int], width: int, *, seed: int, componen
 
 def probe_scores(model: Any, tokenizer: Any, items: Sequence[Any], *, batch_items: int = 16) -> dict[str, float]:
     """``accuracy`` and mean right-answer ``logprob`` of ``model`` on probe ``items``, in one pass."""
-    scores = choice_logprobs(model, tokenizer, items, batch_items=batch_items)
+    from fnapi.evaluation import choice_logprobs
+
+    scores = choice_logprobs(model, tokenizer, items, batch_size=batch_items)
     right = [max(range(len(s)), key=s.__getitem__) == item.answer for item, s in zip(items, scores)]
     return {"accuracy": sum(right) / len(items),
             "logprob": statistics.fmean(s[item.answer] for item, s in zip(items, scores))}
-
-
-def choice_logprobs(model: Any, tokenizer: Any, items: Sequence[Any], *, batch_items: int = 16) -> list[list[float]]:
-    """The same numbers as :func:`fnapi.evaluation.choice_logprobs`, with a fraction of the compute.
-
-    A study scores the probes dozens of times, and most tokens of every choice are the prompt it
-    shares with the item's other choices (system prompt, question, assistant header). The shared
-    prompt runs once per item instead of once per choice (left-padded, so its last position
-    predicts the first answer token); its key/value cache is repeated for each choice, and only
-    the answer tokens run again.
-    """
-    import torch
-
-    from fnapi.data.formats import Conversation
-    from fnapi.data.templating import IGNORE_INDEX, encode, resolve_template
-    from fnapi.evaluation import _device, _eval_mode, _pad_id
-
-    conversations = [Conversation(messages=[{"role": "user", "content": item.question},
-                                            {"role": "assistant", "content": item.reply(choice)}])
-                     for item in items for choice in range(len(item.choices))]
-    encoded, _ = encode(conversations, tokenizer, resolve_template(tokenizer, "auto"))
-    groups, start = [], 0
-    for item in items:
-        group = encoded[start: start + len(item.choices)]
-        start += len(item.choices)
-        # The shared prompt ends before the first scored token of any choice and where the ids part.
-        shared = min(next(i for i, label in enumerate(e.labels) if label != IGNORE_INDEX) for e in group)
-        for e in group[1:]:
-            shared = min(shared, next((i for i, (a, b) in enumerate(zip(group[0].input_ids, e.input_ids)) if a != b),
-                                      shared))
-        groups.append((shared, group))
-    pad, device = _pad_id(tokenizer), _device(model)
-    result: list[list[float]] = []
-    with _eval_mode(model), torch.no_grad():
-        for first in range(0, len(groups), batch_items):
-            batch = groups[first: first + batch_items]
-            width = max(shared for shared, _ in batch)
-            prompt_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            prompt_mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, (shared, group) in enumerate(batch):
-                prompt_ids[row, width - shared:] = torch.tensor(group[0].input_ids[:shared])
-                prompt_mask[row, width - shared:] = 1
-            out = model(input_ids=prompt_ids.to(device), attention_mask=prompt_mask.to(device),
-                        position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0).to(device), use_cache=True,
-                        logits_to_keep=1)
-            next_logprobs = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
-            owners = [row for row, (_, group) in enumerate(batch) for _ in group]
-            cache = out.past_key_values
-            cache.batch_select_indices(torch.tensor(owners, device=device))
-            rests = [(shared, e) for shared, group in batch for e in group]
-            rest_width = max(len(e.input_ids) - shared for shared, e in rests)
-            rest_ids = torch.full((len(rests), rest_width), pad, dtype=torch.long)
-            rest_mask = torch.zeros((len(rests), rest_width), dtype=torch.long)
-            labels = torch.full((len(rests), rest_width), IGNORE_INDEX, dtype=torch.long)
-            for row, (shared, e) in enumerate(rests):
-                n = len(e.input_ids) - shared
-                rest_ids[row, :n] = torch.tensor(e.input_ids[shared:])
-                rest_mask[row, :n] = 1
-                labels[row, :n] = torch.tensor(e.labels[shared:])
-            positions = torch.tensor([shared for shared, _ in rests]).unsqueeze(1) + torch.arange(rest_width)
-            logits = model(input_ids=rest_ids.to(device), past_key_values=cache, use_cache=True,
-                           attention_mask=torch.cat([prompt_mask[owners], rest_mask], dim=1).to(device),
-                           position_ids=positions.to(device)).logits.float()
-            # Row t of the rest is predicted by the prompt's last position (t = 0) or by rest position t - 1.
-            logprobs = torch.cat([next_logprobs[owners].unsqueeze(1), torch.log_softmax(logits[:, :-1], dim=-1)], dim=1)
-            labels = labels.to(device)
-            picked = logprobs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-            sums = (picked * (labels != IGNORE_INDEX)).sum(dim=-1).tolist()
-            for _, group in batch:
-                result.append(sums[: len(group)])
-                sums = sums[len(group):]
-    return result
 
 
 def parse_component_ids(text: str) -> list[int]:

@@ -8,6 +8,8 @@ import torch
 from fnapi.data import Conversation, ProbeItem, prompt_and_answer, resolve_template
 from fnapi.data.templating import IGNORE_INDEX, encode
 from fnapi.evaluation import choice_logprobs, exact_match, generate_answers, score_probes, score_task
+from fnapi.data.builtin import probe_items
+from fnapi.models.registry import SUPPORTED_FAMILIES
 from fnapi.models.tiny import tiny_model, tiny_tokenizer
 
 QUESTIONS = [("What is 2 + 2?", "4"), ("Name a colour.", "blue sky"), ("Say hello.", "hello there friend")]
@@ -76,21 +78,51 @@ ITEMS = [ProbeItem("What is the capital of France?", ("Paris", "Rome", "New Delh
          ProbeItem("What is 3 + 4?", ("6", "7", "8", "17"), 1, "arithmetic")]
 
 
-def test_choice_logprobs_equal_an_unbatched_computation(model, tokenizer):
-    batched = choice_logprobs(model, tokenizer, ITEMS, batch_size=3)
+def _one_sequence_at_a_time(model, tokenizer, items):
     template = resolve_template(tokenizer)
-    for item, scores in zip(ITEMS, batched):
-        assert len(scores) == len(item.choices)
-        for choice, score in zip(item.choices, scores):
+    result = []
+    for item in items:
+        row = []
+        for choice in range(len(item.choices)):
             conversation = Conversation(messages=[{"role": "user", "content": item.question},
-                                                  {"role": "assistant", "content": choice}])
+                                                  {"role": "assistant", "content": item.reply(choice)}])
             (example,), _ = encode([conversation], tokenizer, template)
             ids = torch.tensor([example.input_ids])
             with torch.no_grad():
                 logprobs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
-            expected = sum(logprobs[t - 1, label].item() for t, label in enumerate(example.labels)
-                           if t > 0 and label != IGNORE_INDEX)
-            assert score == pytest.approx(expected, abs=1e-4)
+            row.append(sum(logprobs[t - 1, label].item() for t, label in enumerate(example.labels)
+                           if t > 0 and label != IGNORE_INDEX))
+        result.append(row)
+    return result
+
+
+def test_choice_logprobs_equal_an_unbatched_computation(model, tokenizer):
+    batched = choice_logprobs(model, tokenizer, ITEMS, batch_size=3)
+    assert [len(s) for s in batched] == [len(item.choices) for item in ITEMS]
+    expected = _one_sequence_at_a_time(model, tokenizer, ITEMS)
+    assert [x for row in batched for x in row] == pytest.approx([x for row in expected for x in row], abs=1e-4)
+
+
+@pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
+def test_shared_prompt_scoring_matches_whole_sequences_for_every_family(family, tokenizer):
+    items = probe_items(12)  # answer templates share words across choices; some items have three choices
+    assert {len(item.choices) for item in items} == {3, 4}
+    model = tiny_model(family, seed=1).eval()
+    fast = choice_logprobs(model, tokenizer, items, batch_size=5)
+    expected = _one_sequence_at_a_time(model, tokenizer, items)
+    assert [len(row) for row in fast] == [len(item.choices) for item in items]
+    assert [x for row in fast for x in row] == pytest.approx([x for row in expected for x in row], abs=1e-3)
+
+
+def test_models_without_a_repeatable_cache_are_scored_whole(monkeypatch, tokenizer):
+    import fnapi.evaluation as evaluation
+
+    model = tiny_model("llama", seed=2).eval()
+    items = probe_items(6)
+    fast = choice_logprobs(model, tokenizer, items)
+    monkeypatch.setattr(evaluation, "_score_shared_prompts", lambda *args: None)
+    whole = choice_logprobs(model, tokenizer, items, batch_size=4)
+    assert [x for row in whole for x in row] == pytest.approx([x for row in fast for x in row], abs=1e-4)
 
 
 def test_score_probes_counts_items_whose_answer_is_most_likely(model, tokenizer):

@@ -11,8 +11,7 @@ from fnapi.cli import main
 from fnapi.data.builtin import probe_items
 from fnapi.data.templating import collate, encode, resolve_template
 from fnapi.errors import TemplateError
-from fnapi.evaluation import choice_logprobs as plain_choice_logprobs
-from fnapi.lesion import Measure, choice_logprobs, lesion_study, parse_component_ids, probe_scores, random_neurons
+from fnapi.lesion import Measure, lesion_study, parse_component_ids, probe_scores, random_neurons
 from fnapi.masking import mask
 from fnapi.models.loading import LoadedModel, describe
 from fnapi.models.registry import get_adapter
@@ -105,17 +104,6 @@ def test_scores_and_ratios_come_from_real_measurements(planted, study):
     data = json.loads(json.dumps(study.to_dict()))
     assert data["components"][0]["logprob"]["ratio"] == pytest.approx(m.ratio)
     assert data["summary"]["logprob"]["ratio"] == pytest.approx(summary["ratio"])
-
-
-@pytest.mark.parametrize("family", ["llama", "gpt2", "opt"])
-def test_shared_prompt_scoring_equals_plain_scoring(family):
-    items = probe_items(12)  # includes plural items with three choices instead of four
-    assert {len(item.choices) for item in items} == {3, 4}
-    model, tokenizer = tiny_model(family, seed=1).eval(), tiny_tokenizer()
-    fast = choice_logprobs(model, tokenizer, items, batch_items=5)
-    plain = plain_choice_logprobs(model, tokenizer, items)
-    assert [len(row) for row in fast] == [len(item.choices) for item in items]
-    assert [x for row in fast for x in row] == pytest.approx([x for row in plain for x in row], abs=1e-3)
 
 
 def test_ratio_is_undefined_when_random_lesions_do_not_hurt():
