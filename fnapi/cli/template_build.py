@@ -41,6 +41,7 @@ def build(
     """Build a template (ICA consensus over activations) and print its path last."""
     from pydantic import ValidationError
 
+    from fnapi import distributed
     from fnapi.errors import RecipeError
     from fnapi.events import console_sink
     from fnapi.models.loading import load_model
@@ -69,6 +70,8 @@ def build(
     template = build_template(loaded, section, specs, seed=seed_value, pca_dims=pca_dims, sink=sink)
     target = out or (Path(section.out) if section.out else
                      default_template_path(loaded.info.name, specs, section, seed_value))
+    if not distributed.is_main_process():
+        return  # under torchrun every process captured its share; the main process writes and reports
     template.save(target)
     summary = ", ".join(f"{c.id}:{c.size}" + (f" ({c.stability:.2f})" if c.stability is not None else "")
                         for c in template.components[:10])

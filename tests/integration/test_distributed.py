@@ -185,6 +185,19 @@ def test_fnapi_run_under_accelerate_launch(workspace, tmp_path):
     assert json.loads((run_dir / "report.json").read_text())["steps"] == 4
 
 
+def test_template_build_on_two_processes_saves_once(workspace, tmp_path):
+    out = tmp_path / "two.json"
+    done = subprocess.run(torchrun(str(VENV_BIN / "fnapi"), "template", "build", "--model", str(workspace / "model"),
+                                   "--data", str(workspace / "capture.jsonl"), "--samples", "16", "--max-length", "32",
+                                   "--components", "3", "--runs", "2", "--out", str(out)),
+                          cwd=tmp_path, env=environment(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # One process prints the path, nobody else.
+    assert done.stdout.strip().splitlines() == [str(out)], done.stdout[-3000:] + done.stderr[-3000:]
+    assert json.loads(out.read_text())["components"]
+    assert [p.name for p in tmp_path.iterdir()] == ["two.json"]  # no stray temp files from other ranks
+
+
 def test_more_processes_than_examples_stops_every_process_with_exit_code_2(workspace, tmp_path):
     (tmp_path / "one.jsonl").write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n")
     (tmp_path / "recipe.yaml").write_text(f"""version: 1
