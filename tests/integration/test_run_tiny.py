@@ -117,3 +117,22 @@ def test_changed_recipe_on_interrupted_run_is_refused(tmp_path, tiny_dir):
     assert "different recipe" in out.stderr
     assert "Traceback" not in out.stderr
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints", "recipe.yaml"]
+
+
+def test_a_batch_too_big_for_the_memory_is_refused_before_training(tmp_path, tiny_dir):
+    recipe = _recipe(tmp_path, tiny_dir)
+    recipe.write_text(recipe.read_text().replace("batch_size: 4", "batch_size: 4000000"))
+    run_dir = tmp_path / "run"
+    out = subprocess.run([sys.executable, "-m", "fnapi", "run", str(recipe), "--output", str(run_dir)],
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr
+    assert "train.batch_size 4000000" in out.stderr and "gradient_accumulation" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "report.json").exists()
+    # What the refused run wrote stays; a changed recipe does not take its directory over.
+    kept = sorted(p.name for p in run_dir.iterdir())
+    recipe.write_text(recipe.read_text().replace("batch_size: 4000000", "batch_size: 4"))
+    again = subprocess.run([sys.executable, "-m", "fnapi", "run", str(recipe), "--output", str(run_dir)],
+                           env=_env(), capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "different recipe" in again.stderr, again.stderr
+    assert sorted(p.name for p in run_dir.iterdir()) == kept

@@ -161,22 +161,33 @@ def test_parse_size():
     assert torch.finfo(torch.float16).max  # float16 buffers: the estimate counts 2 bytes per value
 
 
-def test_a_run_warns_before_training_that_will_not_fit(monkeypatch):
+def test_a_run_refuses_training_that_cannot_fit_and_warns_when_tight(monkeypatch):
     from types import SimpleNamespace
 
     from fnapi import hardware
     from fnapi.data.templating import TokenizedData
+    from fnapi.errors import HardwareError
     from fnapi.events import ListSink, Log
-    from fnapi.runner import warn_if_training_will_not_fit
+    from fnapi.estimate import training_peak
+    from fnapi.runner import check_training_fits
 
     recipe = Recipe.from_dict({"model": {"name": "tiny"}, "train": {"batch_size": 8}})
     data = TokenizedData(input_ids=[[1] * 40, [1] * 12], labels=[[1] * 40, [1] * 12], truncated=0, dropped=0,
                          template_used="plain", max_length=256, cache_key="")
     model = tiny_model("llama")
-    for available, warned in ((64 * 2**30, False), (2**20, True)):
+    peak = training_peak(recipe, model, 40, "cpu")
+    need = sum(t.bytes for t in peak.terms if t.name not in ("runtime", "weights"))
+
+    def with_ram(available):
         monkeypatch.setattr(hardware, "detect_hardware", lambda probe=None: SimpleNamespace(ram_available=available))
         sink = ListSink()
-        warn_if_training_will_not_fit(recipe, model, data, sink)
-        warnings = [e.message for e in sink.of_type(Log) if e.level == "warning"]
-        assert bool(warnings) is warned
-    assert "training will need about" in warnings[0] and "activations" in warnings[0]
+        check_training_fits(recipe, model, data, sink)
+        return [e.message for e in sink.of_type(Log) if e.level == "warning"]
+
+    assert with_ram(64 * 2**30) == []
+    tight = with_ram(int(need * 1.05))
+    assert len(tight) == 1 and "memory is tight" in tight[0] and "batch_size 8" in tight[0]
+    with pytest.raises(HardwareError) as refused:
+        with_ram(need // 2)
+    assert "train.batch_size 8 with rows of 40 tokens" in str(refused.value)
+    assert "activations" in str(refused.value) and refused.value.exit_code == 2
