@@ -13,7 +13,7 @@ that both ways read. Site ``mlp.out`` (or ``--site mlp.hidden``), 10 components,
 
 Each way runs in its own subprocess, which reports its wall time and its own peak RSS
 (``getrusage(RUSAGE_SELF).ru_maxrss``), so the two peaks are measured separately. The predecessor's
-recipe needs about 17.5 GB at ``mlp.out``; before starting it the script waits until that much
+recipe needs 17.5-21 GB at ``mlp.out`` (20.8 GB peak RSS in the last run); before starting it the script waits until that much
 memory is available (``--wait`` minutes at most), because other work may share the machine. At
 ``mlp.hidden`` (46,080 neurons) it would need several 9.4 GB copies, so only ours runs. The
 predecessor's process also stops itself if the machine's available memory falls below
@@ -42,7 +42,7 @@ from pathlib import Path
 
 SEED = 0
 #: Float32 copies of the token-by-neuron matrix the predecessor's recipe holds at its peak (measured:
-#: 17.5 GB at 100 x 512 tokens x 17,280 neurons, i.e. about five 3.5 GB copies).
+#: 17.5-20.8 GB at 100 x 512 tokens x 17,280 neurons, i.e. five to six 3.5 GB copies).
 PREDECESSOR_COPIES = 5
 
 

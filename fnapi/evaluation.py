@@ -115,10 +115,14 @@ def choice_logprobs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
         groups.append((_shared_prompt_length(group), group))
     pad, device = _pad_id(tokenizer), _device(model)
     result: list[list[float]] = []
+    shared_prompts = True  # until the model shows that its cache cannot be repeated per choice
     with _eval_mode(model), torch.no_grad():
         for first in range(0, len(groups), batch_size):
             batch = groups[first: first + batch_size]
-            sums = _score_shared_prompts(model, batch, pad, device)
+            sums = None
+            if shared_prompts and all(shared > 0 for shared, _ in batch):
+                sums = _score_shared_prompts(model, batch, pad, device)
+                shared_prompts = sums is not None
             if sums is None:
                 sums = _score_full_sequences(model, [e for _, group in batch for e in group], pad, device)
             for _, group in batch:
@@ -137,12 +141,10 @@ def _shared_prompt_length(group: Sequence) -> int:
 
 
 def _score_shared_prompts(model, batch: Sequence, pad: int, device) -> list[float] | None:
-    """Summed answer log-probabilities of a batch of ``(shared, encodings)`` items, or ``None``
-    when the model's cache cannot be repeated per choice."""
+    """Summed answer log-probabilities of a batch of ``(shared, encodings)`` items (every ``shared``
+    at least 1), or ``None`` when the model's cache cannot be repeated per choice."""
     import torch
 
-    if any(shared < 1 for shared, _ in batch):
-        return None
     width = max(shared for shared, _ in batch)
     prompt_ids = torch.full((len(batch), width), pad, dtype=torch.long)
     prompt_mask = torch.zeros((len(batch), width), dtype=torch.long)

@@ -137,11 +137,11 @@ def random_neurons(per_layer: dict[int, int], width: int, *, seed: int, componen
             for layer, count in sorted(per_layer.items())}
 
 
-def probe_scores(model: Any, tokenizer: Any, items: Sequence[Any], *, batch_items: int = 16) -> dict[str, float]:
+def probe_scores(model: Any, tokenizer: Any, items: Sequence[Any], *, batch_size: int = 16) -> dict[str, float]:
     """``accuracy`` and mean right-answer ``logprob`` of ``model`` on probe ``items``, in one pass."""
     from fnapi.evaluation import choice_logprobs
 
-    scores = choice_logprobs(model, tokenizer, items, batch_size=batch_items)
+    scores = choice_logprobs(model, tokenizer, items, batch_size=batch_size)
     right = [max(range(len(s)), key=s.__getitem__) == item.answer for item, s in zip(items, scores)]
     return {"accuracy": sum(right) / len(items),
             "logprob": statistics.fmean(s[item.answer] for item, s in zip(items, scores))}

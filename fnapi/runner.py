@@ -181,14 +181,9 @@ def _run_stages(recipe: Recipe, rundir: RunDir, sink: EventSink, cancel: threadi
 # ---- stages ----------------------------------------------------------------------------------
 
 def check_hardware(recipe: Recipe, sink: EventSink) -> None:
-    """Refuse CUDA-only features and batches that cannot fit before anything slow starts."""
-    from fnapi.hardware import (
-        EMBEDDED_MODEL_PARAMETERS,
-        check_quantization_supported,
-        detect_hardware,
-        estimate_training_memory,
-        format_bytes,
-    )
+    """Refuse CUDA-only features the machine lacks before anything slow starts (whether the batch fits
+    is checked once the model is loaded, by :func:`check_training_fits`)."""
+    from fnapi.hardware import check_quantization_supported, detect_hardware, format_bytes
     from fnapi.training import check_method_supported
 
     with stage(sink, "hardware", description="devices and memory") as progress:
@@ -204,19 +199,6 @@ def check_hardware(recipe: Recipe, sink: EventSink) -> None:
         if recipe.model.device == "cuda" and not report.has_cuda:
             raise HardwareError("model.device is cuda but this machine has no CUDA device",
                                 "set model.device: auto (or cpu)")
-        if recipe.model.name == "smollm2-135m-instruct":
-            parameters = EMBEDDED_MODEL_PARAMETERS
-            weight_format = "float32" if device == "cpu" else "bfloat16"
-            needed = estimate_training_memory(parameters, weight_format=weight_format,
-                                              method="full" if recipe.train.method == "full" else "lora",
-                                              batch_size=recipe.train.batch_size, seq_len=recipe.data.max_length)
-            budget = _memory_budget(report)
-            if budget and needed > budget:
-                raise HardwareError(
-                    f"train.batch_size {recipe.train.batch_size} at data.max_length {recipe.data.max_length} needs "
-                    f"about {format_bytes(needed)}, more than the {format_bytes(budget)} available here",
-                    "lower train.batch_size and raise train.gradient_accumulation to keep the effective batch",
-                )
 
 
 #: Warn when training is predicted to need more than this share of the memory left (the estimate
@@ -252,13 +234,6 @@ def check_training_fits(recipe: Recipe, model: Any, train_tokens: Any, sink: Eve
     if need > have:
         raise HardwareError(what, fix)
     sink.emit(Log(level="warning", stage="hardware", message=f"memory is tight: {what}; if training fails, {fix}"))
-
-
-def _memory_budget(report: Any) -> int | None:
-    gpu = report.best_cuda_device()
-    if gpu is not None:
-        return int(gpu.total_memory * 0.95)
-    return report.ram_available
 
 
 def obtain_template(recipe: Recipe, loaded: Any, rundir: RunDir, sink: EventSink,
