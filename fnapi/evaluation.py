@@ -95,14 +95,27 @@ def choice_logprobs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
                     batch_size: int = 16, chat_template: str = "auto") -> list[list[float]]:
     """Summed log-probability of each choice of each item (answer tokens and end-of-turn token).
 
-    Most tokens of every choice are the prompt it shares with the item's other choices (system
-    prompt, question, assistant header), so the shared prompt runs once per item (left-padded, so
-    its last position predicts the first answer token), its key/value cache is repeated for each
-    choice, and only the answer tokens run again. ``batch_size`` counts items. Models whose cache
-    cannot be repeated per choice are scored one full sequence per choice instead.
+    Almost every token of every choice is shared, so each shared piece runs once:
+
+    - the *common prefix* of every item in the call (the chat template's system prompt and the
+      user-turn header) runs once per call, and its key/value cache is repeated for each batch;
+    - the rest of each item's *shared prompt* (question, assistant header and the reply's words that
+      every choice starts with, such as "The capital of Peru is") runs once per item, right-aligned
+      after the prefix so that its last position predicts the first token where the choices differ;
+      log-probabilities of answer tokens inside it count once for every choice;
+    - that cache is repeated for each choice and only the tokens where choices differ run again, up
+      to the last scored token (the end-of-turn token is a target, never an input).
+
+    Only the positions that predict a scored token get log-probabilities (a log-sum-exp over the
+    vocabulary and one gathered logit each), and the shared prompt keeps only the logits it needs.
+    The result equals scoring each choice as one whole sequence (up to float rounding).
+    ``batch_size`` counts items. Models whose cache cannot be repeated per choice are scored one
+    whole sequence per choice instead.
     """
     import torch
 
+    if not items:
+        return []
     template = resolve_template(tokenizer, chat_template)
     conversations = [Conversation(messages=[{"role": "user", "content": item.question},
                                             {"role": "assistant", "content": item.reply(c)}])
@@ -112,85 +125,200 @@ def choice_logprobs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     for item in items:
         group = encoded[start: start + len(item.choices)]
         start += len(item.choices)
-        groups.append((_shared_prompt_length(group), group))
+        groups.append(_Plan(group))
     pad, device = _pad_id(tokenizer), _device(model)
-    result: list[list[float]] = []
-    shared_prompts = True  # until the model shows that its cache cannot be repeated per choice
+    # Items of similar lengths share a batch, so little padding runs through the model.
+    order = sorted(range(len(groups)), key=lambda i: (groups[i].rest_width, groups[i].shared))
+    result: list[list[float]] = [[] for _ in groups]
+    shared_prompts = all(plan.shared > 0 for plan in groups)
     with _eval_mode(model), torch.no_grad():
-        for first in range(0, len(groups), batch_size):
-            batch = groups[first: first + batch_size]
+        prefix = _common_prefix(model, groups, device) if shared_prompts else None
+        for first in range(0, len(order), batch_size):
+            batch = [groups[i] for i in order[first: first + batch_size]]
             sums = None
-            if shared_prompts and all(shared > 0 for shared, _ in batch):
-                sums = _score_shared_prompts(model, batch, pad, device)
-                shared_prompts = sums is not None
+            if shared_prompts:
+                sums = _score_shared_prompts(model, batch, prefix, pad, device)
+                shared_prompts = sums is not None  # the model showed that its cache cannot be repeated
             if sums is None:
-                sums = _score_full_sequences(model, [e for _, group in batch for e in group], pad, device)
-            for _, group in batch:
-                result.append(sums[: len(group)])
-                sums = sums[len(group):]
+                sums = _score_full_sequences(model, [e for plan in batch for e in plan.encodings], pad, device)
+            for i, plan in zip(order[first: first + batch_size], batch):
+                result[i] = sums[: len(plan.encodings)]
+                sums = sums[len(plan.encodings):]
     return result
 
 
-def _shared_prompt_length(group: Sequence) -> int:
-    """Tokens every encoding of an item starts with, ending before its first scored token."""
-    shared = min(next(i for i, label in enumerate(e.labels) if label != IGNORE_INDEX) for e in group)
-    for e in group[1:]:
-        differ = next((i for i, (a, b) in enumerate(zip(group[0].input_ids, e.input_ids)) if a != b), shared)
-        shared = min(shared, differ)
-    return shared
+class _Plan:
+    """How one item's choices split into a shared prompt and the tokens where they differ.
+
+    ``shared``: tokens (ids and labels) every choice starts with, at most each choice's last scored
+    position (0 when a choice has nothing to score). ``keep``: the first position of the shared
+    prompt whose logits are needed (it predicts the first scored token, or the first token after the
+    shared prompt). ``ends``: per choice, the position of its last scored token.
+    """
+
+    def __init__(self, encodings: Sequence) -> None:
+        self.encodings = list(encodings)
+        scored = [[i for i, label in enumerate(e.labels) if label != IGNORE_INDEX and i > 0] for e in self.encodings]
+        if not all(scored):
+            self.shared = self.keep = self.rest_width = 0
+            self.ends = []
+            return
+        self.ends = [positions[-1] for positions in scored]
+        first = min(positions[0] for positions in scored)
+        head = self.encodings[0]
+        common = min(len(e.input_ids) for e in self.encodings)
+        for e in self.encodings[1:]:
+            pairs = zip(zip(head.input_ids, head.labels), zip(e.input_ids, e.labels))
+            common = min(common, next((i for i, (a, b) in enumerate(pairs) if a != b), common))
+        self.shared = min(common, *self.ends)
+        self.keep = min(first, self.shared) - 1
+        self.rest_width = max(end - self.shared for end in self.ends)
 
 
-def _score_shared_prompts(model, batch: Sequence, pad: int, device) -> list[float] | None:
-    """Summed answer log-probabilities of a batch of ``(shared, encodings)`` items (every ``shared``
-    at least 1), or ``None`` when the model's cache cannot be repeated per choice."""
+def _forward_parameters(model) -> set[str]:
+    """Names ``model.forward`` accepts (a PEFT wrapper passes its keywords on to the base model)."""
+    import inspect
+
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return set(inspect.signature(target.forward).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+def _run(model, *, cache=None, keep: int = 0, **inputs):
+    """``model(**inputs)`` with a key/value cache in and out, keeping only the last ``keep`` logits
+    (all when ``keep`` is 0 or the model cannot keep fewer). Returns ``(logits, cache)``."""
+    accepted = _forward_parameters(model)
+    cache_name = "cache" if "cache" in accepted else "past_key_values"
+    if cache is not None:
+        inputs[cache_name] = cache
+    if keep and "logits_to_keep" in accepted:
+        inputs["logits_to_keep"] = keep
+    out = model(**inputs, use_cache=True)
+    logits = out.logits if not keep else out.logits[:, -keep:]
+    cache = getattr(out, "cache", None)
+    if cache is None:
+        cache = getattr(out, "past_key_values", None)
+    return logits, cache
+
+
+def _repeatable(cache) -> bool:
+    return cache is not None and hasattr(cache, "batch_select_indices") and hasattr(cache, "batch_repeat_interleave")
+
+
+def _common_prefix(model, plans: Sequence[_Plan], device):
+    """``(length, cache)`` of the tokens every item starts with (the system prompt), run once, or
+    ``None`` when there is none (or the model's cache cannot be repeated)."""
     import torch
 
-    width = max(shared for shared, _ in batch)
-    prompt_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-    prompt_mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, (shared, group) in enumerate(batch):
-        prompt_ids[row, width - shared:] = torch.tensor(group[0].input_ids[:shared])
-        prompt_mask[row, width - shared:] = 1
-    out = model(input_ids=prompt_ids.to(device), attention_mask=prompt_mask.to(device),
-                position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0).to(device), use_cache=True)
-    cache = getattr(out, "past_key_values", None)
-    if cache is None or not hasattr(cache, "batch_select_indices"):
+    head = plans[0].encodings[0].input_ids
+    length = min(plan.keep for plan in plans)
+    for plan in plans:
+        ids = plan.encodings[0].input_ids
+        length = next((i for i in range(length) if ids[i] != head[i]), length)
+    if length < 1:
         return None
-    next_logprobs = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
-    owners = [row for row, (_, group) in enumerate(batch) for _ in group]
+    ids = torch.tensor([head[:length]], device=device)
+    _, cache = _run(model, keep=1, input_ids=ids, attention_mask=torch.ones_like(ids),
+                    position_ids=torch.arange(length, device=device).unsqueeze(0))
+    return (length, cache) if _repeatable(cache) else None
+
+
+def _add_logprobs(totals, logits, picks: Sequence[tuple[int, int, int, int]]) -> None:
+    """For each ``(total, row, column, target)``: ``totals[total] += log p(target)`` at ``logits[row,
+    column]``, computed as the gathered logit minus the log-sum-exp over the vocabulary (no full
+    log-softmax)."""
+    import torch
+
+    if not picks:
+        return
+    into, rows, columns, targets = torch.tensor(picks, device=totals.device).unbind(1)
+    selected = logits[rows, columns].float()
+    picked = selected.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(selected, dim=-1)
+    totals.index_add_(0, into, picked.double())
+
+
+def _score_shared_prompts(model, batch: Sequence[_Plan], prefix, pad: int, device) -> list[float] | None:
+    """Summed answer log-probabilities of a batch of items (every ``shared`` at least 1), the
+    choices in order, or ``None`` when the model's cache cannot be repeated per choice. ``prefix``
+    is ``(length, cache)`` from :func:`_common_prefix` or ``None``."""
+    import copy
+
+    import torch
+
+    start = 0 if prefix is None else prefix[0]
+    width = max(plan.shared - start for plan in batch)
+    keep = max(plan.shared - plan.keep for plan in batch)
+    rows = len(batch)
+    prompt_ids = torch.full((rows, width), pad, dtype=torch.long)
+    prompt_mask = torch.zeros((rows, start + width), dtype=torch.long)
+    prompt_mask[:, :start] = 1
+    positions = torch.zeros((rows, width), dtype=torch.long)
+    for row, plan in enumerate(batch):  # right-aligned after the common prefix, padding in between
+        n = plan.shared - start
+        prompt_ids[row, width - n:] = torch.tensor(plan.encodings[0].input_ids[start: plan.shared])
+        prompt_mask[row, start + width - n:] = 1
+        positions[row, width - n:] = torch.arange(start, plan.shared)
+    cache = None
+    if prefix is not None:
+        cache = copy.deepcopy(prefix[1])
+        cache.batch_repeat_interleave(rows)
+    logits, cache = _run(model, cache=cache, keep=keep, input_ids=prompt_ids.to(device),
+                         attention_mask=prompt_mask.to(device), position_ids=positions.to(device))
+    if not _repeatable(cache):
+        return None
+    owners = [row for row, plan in enumerate(batch) for _ in plan.encodings]
+    choices = [(plan, e, end) for plan in batch for e, end in zip(plan.encodings, plan.ends)]
+    # Kept column k of a row is position shared - keep + k, which predicts token shared - keep + k + 1.
+    # Scored tokens inside the shared prompt count once per item, then once for each of its choices.
+    shared_totals = torch.zeros(rows, dtype=torch.float64, device=device)
+    _add_logprobs(shared_totals, logits, [
+        (row, row, position - plan.shared + keep, plan.encodings[0].labels[position + 1])
+        for row, plan in enumerate(batch) for position in range(plan.keep, plan.shared - 1)
+        if plan.encodings[0].labels[position + 1] != IGNORE_INDEX])
+    totals = shared_totals[torch.tensor(owners, device=device)]
+    # The shared prompt's last position predicts each choice's first token after it.
+    _add_logprobs(totals, logits, [(n, owners[n], keep - 1, e.labels[plan.shared])
+                                   for n, (plan, e, _) in enumerate(choices) if e.labels[plan.shared] != IGNORE_INDEX])
+    rest_width = max(end - plan.shared for plan, _, end in choices)
+    if rest_width == 0:
+        return totals.tolist()
+    # Each choice's own tokens, up to (not including) its last scored token, after its item's cache.
     cache.batch_select_indices(torch.tensor(owners, device=device))
-    rests = [(shared, e) for shared, group in batch for e in group]
-    rest_width = max(len(e.input_ids) - shared for shared, e in rests)
-    rest_ids = torch.full((len(rests), rest_width), pad, dtype=torch.long)
-    rest_mask = torch.zeros((len(rests), rest_width), dtype=torch.long)
-    labels = torch.full((len(rests), rest_width), IGNORE_INDEX, dtype=torch.long)
-    for row, (shared, e) in enumerate(rests):
-        n = len(e.input_ids) - shared
-        rest_ids[row, :n] = torch.tensor(e.input_ids[shared:])
-        rest_mask[row, :n] = 1
-        labels[row, :n] = torch.tensor(e.labels[shared:])
-    positions = torch.tensor([shared for shared, _ in rests]).unsqueeze(1) + torch.arange(rest_width)
-    logits = model(input_ids=rest_ids.to(device), past_key_values=cache, use_cache=True,
-                   attention_mask=torch.cat([prompt_mask[owners], rest_mask], dim=1).to(device),
-                   position_ids=positions.to(device)).logits.float()
-    # Token t of the rest is predicted by the prompt's last position (t = 0) or by rest position t - 1.
-    logprobs = torch.cat([next_logprobs[owners].unsqueeze(1), torch.log_softmax(logits[:, :-1], dim=-1)], dim=1)
-    labels = labels.to(device)
-    picked = logprobs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (picked * (labels != IGNORE_INDEX)).sum(dim=-1).tolist()
+    rest_ids = torch.full((len(choices), rest_width), pad, dtype=torch.long)
+    rest_mask = torch.zeros((len(choices), rest_width), dtype=torch.long)
+    for n, (plan, e, end) in enumerate(choices):
+        rest_ids[n, : end - plan.shared] = torch.tensor(e.input_ids[plan.shared: end])
+        rest_mask[n, : end - plan.shared] = 1
+    rest_positions = torch.tensor([plan.shared for plan, _, _ in choices]).unsqueeze(1) + torch.arange(rest_width)
+    logits, _ = _run(model, cache=cache, input_ids=rest_ids.to(device),
+                     attention_mask=torch.cat([prompt_mask[torch.tensor(owners)], rest_mask], dim=1).to(device),
+                     position_ids=rest_positions.to(device))
+    # Rest column t predicts token shared + t + 1.
+    _add_logprobs(totals, logits, [(n, n, t, e.labels[plan.shared + t + 1])
+                                   for n, (plan, e, end) in enumerate(choices) for t in range(end - plan.shared)
+                                   if e.labels[plan.shared + t + 1] != IGNORE_INDEX])
+    return totals.tolist()
 
 
 def _score_full_sequences(model, encodings: Sequence, pad: int, device) -> list[float]:
-    """Summed answer log-probabilities, one whole sequence per encoding."""
+    """Summed answer log-probabilities, one whole sequence per encoding (cut after its last scored token)."""
     import torch
 
-    tensors = collate([{"input_ids": e.input_ids, "labels": e.labels} for e in encodings], pad)
+    features = []
+    for e in encodings:
+        end = max((i for i, label in enumerate(e.labels) if label != IGNORE_INDEX), default=0) + 1
+        features.append({"input_ids": e.input_ids[:end], "labels": e.labels[:end]})
+    tensors = collate(features, pad)
     logits = model(input_ids=tensors["input_ids"].to(device),
-                   attention_mask=tensors["attention_mask"].to(device)).logits.float()
+                   attention_mask=tensors["attention_mask"].to(device)).logits
     # Position t predicts token t+1.
-    targets = tensors["labels"][:, 1:].to(device)
-    picked = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (picked * (targets != IGNORE_INDEX)).sum(dim=-1).tolist()
+    labels = tensors["labels"].tolist()
+    totals = torch.zeros(len(encodings), dtype=torch.float64, device=device)
+    _add_logprobs(totals, logits, [(n, n, t - 1, label) for n, row in enumerate(labels)
+                                   for t, label in enumerate(row) if t > 0 and label != IGNORE_INDEX])
+    return totals.tolist()
 
 
 def score_probes(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence[ProbeItem], *,

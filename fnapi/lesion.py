@@ -22,6 +22,21 @@ mean drop of its random draws; it is ``None`` when the random lesions did not hu
 ratio against zero or a gain says nothing). The summary ratio divides the mean drop over the studied
 components by the mean random drop over them.
 
+**Defaults and their cost.** A study runs ``1 + components x (1 + draws)`` evaluations, each one
+:func:`~fnapi.evaluation.choice_logprobs` pass over the probe items. The defaults,
+:data:`DEFAULT_PROBE_SAMPLES` = 200 items and :data:`DEFAULT_DRAWS` = 3 draws, keep a study of a
+10-component template at 41 evaluations of about 8 s each for the embedded SmolLM2-135M on two
+CPU cores: about 5.5 minutes (measured), under 15 even when other work slows the cores 2.5-fold
+(``benchmarks/lesion_speed.py`` measures it). The 200 items are a fixed subset, the first 200 of
+:func:`~fnapi.data.builtin.probe_items` (shuffled once with a fixed seed, so they mix every
+category): the same items for every lesion and every study, however large the probe set grows.
+Three draws are the fewest that still give each component a spread (``random_std``); the summary
+pools the draws of every component (30 for ten components). Random drops are heavy-tailed (in a
+default study of the embedded model 4 of the 30 draws hurt 10-100 times more than the rest), so
+with few draws one component's ratio is rough and the summary is the steadier number.
+More draws (``draws=``, ``--random-draws``) tighten each component's random mean; each extra draw
+costs one evaluation per component.
+
 >>> study = lesion_study(loaded, Template.load("t.json"), draws=5)  # doctest: +SKIP
 >>> study.summary["logprob"]["ratio"]                                # doctest: +SKIP
 """
@@ -40,6 +55,10 @@ from fnapi.events import EventSink, stage
 from fnapi.masking import NeuronMask, mask
 
 MEASURES = ("accuracy", "logprob")
+#: Random lesions per component by default: the fewest that still give each component a spread.
+DEFAULT_DRAWS = 3
+#: Probe items scored by default: the first 200 of ``probe_items()``, a fixed mix of every category.
+DEFAULT_PROBE_SAMPLES = 200
 
 
 @dataclass
@@ -158,14 +177,16 @@ def parse_component_ids(text: str) -> list[int]:
     return ids
 
 
-def lesion_study(loaded: Any, template: Any, *, components: Sequence[int] | None = None, draws: int = 5,
-                 probe_samples: int = 200, seed: int = 0, sink: EventSink | None = None,
-                 cancel: threading.Event | None = None) -> LesionStudy:
+def lesion_study(loaded: Any, template: Any, *, components: Sequence[int] | None = None,
+                 draws: int = DEFAULT_DRAWS, probe_samples: int = DEFAULT_PROBE_SAMPLES, seed: int = 0,
+                 sink: EventSink | None = None, cancel: threading.Event | None = None) -> LesionStudy:
     """Probe scores of ``loaded`` (a ``LoadedModel``) with each of ``template``'s components lesioned,
     against ``draws`` random lesions of the same size per layer (see the module docstring).
 
-    ``components`` defaults to every component of the template. Raises :class:`TemplateError` for
-    component ids the template lacks and for a template made for another model shape.
+    ``components`` defaults to every component of the template; ``draws`` and ``probe_samples``
+    default to :data:`DEFAULT_DRAWS` and :data:`DEFAULT_PROBE_SAMPLES` (see the module docstring for
+    why and what they cost). Raises :class:`TemplateError` for component ids the template lacks and
+    for a template made for another model shape.
     """
     from fnapi.data.builtin import probe_items
 

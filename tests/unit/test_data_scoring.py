@@ -133,3 +133,67 @@ def test_score_probes_counts_items_whose_answer_is_most_likely(model, tokenizer)
     assert score_probes(model, tokenizer, right) == 1.0
     assert score_probes(model, tokenizer, wrong) == 0.0
     assert score_probes(model, tokenizer, [right[0], wrong[1]], batch_size=1) == 0.5
+
+
+SYSTEM_TEMPLATE = ("{%- if messages[0]['role'] != 'system' -%}"
+                   "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' -}}{%- endif -%}"
+                   + tiny_tokenizer().chat_template)
+
+# Prompts of very different lengths; bare answers that differ at their first token; one choice that
+# is the start of another ("New" / "New Delhi"); a reply template whose shared words are scored.
+ODD_ITEMS = [ProbeItem("Capital?", ("New", "New Delhi", "Rome"), 1, "capitals"),
+             ProbeItem("In one word, and please think about it carefully before you answer: what colour is the "
+                       "sky on a clear day at noon?", ("blue", "green"), 0, "colours", "The sky is {}."),
+             ProbeItem("What is 3 + 4?", ("6", "7", "8", "17"), 1, "arithmetic", "3 + 4 = {}."),
+             ProbeItem("Say hello.", ("hello there friend", "hello"), 0, "greetings", "{}")]
+
+
+@pytest.fixture(scope="module")
+def system_tokenizer():
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = SYSTEM_TEMPLATE
+    return tokenizer
+
+
+@pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
+def test_a_system_prompt_shared_by_every_item_runs_once_and_changes_nothing(family, system_tokenizer, monkeypatch):
+    import fnapi.evaluation as evaluation
+
+    prefixes = []
+    common_prefix = evaluation._common_prefix
+    monkeypatch.setattr(evaluation, "_common_prefix", lambda *a: prefixes.append(common_prefix(*a)) or prefixes[-1])
+    model = tiny_model(family, seed=3).eval()
+    items = ODD_ITEMS + probe_items(7)
+    fast = choice_logprobs(model, system_tokenizer, items, batch_size=3)
+    system = len(system_tokenizer("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n",
+                                  add_special_tokens=False)["input_ids"])
+    assert prefixes and prefixes[0] is not None and prefixes[0][0] >= system - 1  # the system prompt ran once
+    expected = _one_sequence_at_a_time(model, system_tokenizer, items)
+    assert [len(row) for row in fast] == [len(item.choices) for item in items]
+    assert [x for row in fast for x in row] == pytest.approx([x for row in expected for x in row], abs=1e-3)
+    # Neither the batch size nor the items beside an item change its scores.
+    alone = [choice_logprobs(model, system_tokenizer, [item], batch_size=1)[0] for item in ODD_ITEMS]
+    assert [x for row in alone for x in row] == pytest.approx([x for row in fast[: len(ODD_ITEMS)] for x in row],
+                                                              abs=1e-3)
+
+
+def test_whole_sequence_fallback_matches_one_sequence_scoring(system_tokenizer, monkeypatch):
+    import fnapi.evaluation as evaluation
+
+    model = tiny_model("gpt2", seed=4).eval()
+    monkeypatch.setattr(evaluation, "_score_shared_prompts", lambda *args: None)
+    whole = choice_logprobs(model, system_tokenizer, ODD_ITEMS, batch_size=2)
+    expected = _one_sequence_at_a_time(model, system_tokenizer, ODD_ITEMS)
+    assert [x for row in whole for x in row] == pytest.approx([x for row in expected for x in row], abs=1e-4)
+
+
+def test_a_lora_model_is_scored_like_its_merged_weights(tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny_model("llama", seed=5), LoraConfig(r=4, target_modules=["q_proj", "down_proj"],
+                                                                  init_lora_weights=False)).eval()
+    items = probe_items(6)
+    fast = choice_logprobs(model, tokenizer, items, batch_size=4)
+    expected = _one_sequence_at_a_time(model, tokenizer, items)
+    assert [x for row in fast for x in row] == pytest.approx([x for row in expected for x in row], abs=1e-3)
+    assert choice_logprobs(model, tokenizer, []) == []

@@ -174,3 +174,15 @@ def test_cli_table_and_bad_input(saved, capsys):
     assert "probe accuracy" in out and "mean log-prob of the right answer" in out and "base" in out
     assert main(["lesion-study", "--model", str(model_dir), "--template", str(template_file), "--components", "9"]) == 2
     assert "no component 9" in capsys.readouterr().err
+
+
+def test_cli_defaults_are_the_library_defaults():
+    import inspect
+
+    from fnapi.cli.study import lesion_study as command
+    from fnapi.lesion import DEFAULT_DRAWS, DEFAULT_PROBE_SAMPLES
+
+    options = inspect.signature(command).parameters
+    library = inspect.signature(lesion_study).parameters
+    assert options["draws"].default.default == library["draws"].default == DEFAULT_DRAWS >= 3
+    assert options["probe_samples"].default.default == library["probe_samples"].default == DEFAULT_PROBE_SAMPLES
