@@ -1,0 +1,403 @@
+"""Forgetting measures with 95% intervals: one code path for runs, ``fnapi eval``, ``compare`` and
+continual learning.
+
+Every measure keeps its per-item values, so an interval can be put on any mean and a *paired*
+interval on any before/after change (the same items scored twice: the item-to-item spread cancels
+and the interval is much narrower than the two separate intervals suggest).
+
+- :func:`measure_probes` — multiple-choice probes: accuracy (right choice most likely) and the
+  summed log-probability of the right answer, per item.
+- :func:`measure_task` — task score per conversation (greedy generation, exact match).
+- :func:`measure_text` — held-out general text: mean NLL per token per paragraph, and, given the
+  base model's distributions, the KL divergence to them per paragraph.
+
+Intervals over items are percentile bootstraps (:func:`bootstrap`, 2,000 resamples, seeded: the same
+values always give the same interval). Intervals over seeds are Student-t intervals
+(:func:`seed_interval`): with 3 seeds a bootstrap would only ever see 10 distinct resamples.
+
+>>> Estimate.of([1, 0, 1, 1]).mean
+0.75
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+
+from fnapi.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
+
+    from fnapi.data.builtin import ProbeItem
+    from fnapi.data.formats import Conversation
+
+RESAMPLES = 2000
+LEVEL = 0.95
+_SEED = 20240917
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean with its 95% interval and the number of values behind it."""
+
+    mean: float
+    ci95: tuple[float, float]
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> "Estimate":
+        """Mean of ``values`` with a bootstrap interval over them."""
+        return bootstrap(values)
+
+    def to_dict(self, digits: int = 6) -> dict[str, Any]:
+        return {"mean": round(self.mean, digits), "ci95": [round(self.ci95[0], digits), round(self.ci95[1], digits)],
+                "n": self.n}
+
+    def __str__(self) -> str:
+        return f"{self.mean:.3f} [{self.ci95[0]:.3f}, {self.ci95[1]:.3f}]"
+
+
+def _resample_indices(n: int, resamples: int, seed: int) -> np.ndarray:
+    return np.random.default_rng([_SEED, seed, n]).integers(0, n, size=(resamples, n))
+
+
+def bootstrap(values: Sequence[float], *, weights: Sequence[float] | None = None, resamples: int = RESAMPLES,
+              seed: int = 0) -> Estimate:
+    """Mean of ``values`` (weighted by ``weights`` if given, for example tokens per paragraph) and
+    its percentile-bootstrap 95% interval, resampling the items."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        raise DataError("no values to estimate a mean from")
+    w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != x.shape:
+        raise ValueError(f"{x.size} values but {w.size} weights")
+    mean = float((x * w).sum() / w.sum())
+    if x.size == 1:
+        return Estimate(mean, (mean, mean), 1)
+    idx = _resample_indices(x.size, resamples, seed)
+    means = (x[idx] * w[idx]).sum(axis=1) / np.maximum(w[idx].sum(axis=1), 1e-300)
+    low, high = np.quantile(means, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
+    return Estimate(mean, (float(low), float(high)), int(x.size))
+
+
+def paired_change(before: Sequence[float], after: Sequence[float], *, weights: Sequence[float] | None = None,
+                  resamples: int = RESAMPLES, seed: int = 0) -> Estimate:
+    """``mean(after) - mean(before)`` over the same items, with a paired bootstrap interval."""
+    if len(before) != len(after):
+        raise ValueError(f"paired change needs the same items before and after ({len(before)} vs {len(after)})")
+    diff = np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64)
+    return bootstrap(diff, weights=weights, resamples=resamples, seed=seed)
+
+
+def seed_interval(values: Sequence[float]) -> Estimate:
+    """Mean over seeds with a Student-t 95% interval (a single seed gives a zero-width interval)."""
+    from scipy import stats
+
+    x = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    if x.size == 0:
+        raise DataError("no values to estimate a mean from")
+    mean = float(x.mean())
+    if x.size == 1:
+        return Estimate(mean, (mean, mean), 1)
+    half = float(stats.t.ppf((1 + LEVEL) / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+    return Estimate(mean, (mean - half, mean + half), int(x.size))
+
+
+# ---- per-item measures -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ProbeMeasure:
+    """Per-item probe results: ``correct`` 1.0/0.0 and ``logprob`` of the right answer."""
+
+    source: str
+    correct: tuple[float, ...]
+    logprob: tuple[float, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.correct)
+
+    @property
+    def accuracy(self) -> Estimate:
+        return bootstrap(self.correct)
+
+    @property
+    def mean_logprob(self) -> Estimate:
+        return bootstrap(self.logprob)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "correct": list(self.correct), "logprob": [round(v, 5) for v in self.logprob]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ProbeMeasure":
+        return cls(str(data["source"]), tuple(float(v) for v in data["correct"]),
+                   tuple(float(v) for v in data["logprob"]))
+
+    def summary(self) -> dict[str, Any]:
+        acc, lp = self.accuracy, self.mean_logprob
+        return {"source": self.source, "n": self.n, "accuracy": acc.mean, "ci95": list(acc.ci95),
+                "logprob": lp.mean, "logprob_ci95": list(lp.ci95)}
+
+
+@dataclass(frozen=True)
+class TextMeasure:
+    """Per-paragraph held-out text results: mean NLL per token, token counts and (after training)
+    the mean KL divergence to the base model per token."""
+
+    source: str
+    nll: tuple[float, ...]
+    tokens: tuple[int, ...]
+    kl: tuple[float, ...] | None = None
+
+    @property
+    def mean_nll(self) -> Estimate:
+        return bootstrap(self.nll, weights=self.tokens)
+
+    @property
+    def mean_kl(self) -> Estimate | None:
+        return None if self.kl is None else bootstrap(self.kl, weights=self.tokens)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "nll": [round(v, 6) for v in self.nll], "tokens": list(self.tokens),
+                "kl": None if self.kl is None else [round(v, 6) for v in self.kl]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TextMeasure":
+        kl = data.get("kl")
+        return cls(str(data["source"]), tuple(float(v) for v in data["nll"]), tuple(int(v) for v in data["tokens"]),
+                   None if kl is None else tuple(float(v) for v in kl))
+
+    def summary(self) -> dict[str, Any]:
+        nll = self.mean_nll
+        out = {"source": self.source, "n": len(self.nll), "nll": nll.mean, "ci95": list(nll.ci95)}
+        kl = self.mean_kl
+        if kl is not None:
+            out.update(kl=kl.mean, kl_ci95=list(kl.ci95))
+        return out
+
+
+def measure_probes(model: Any, tokenizer: Any, items: Sequence[ProbeItem], *, source: str = "probes",
+                   batch_size: int = 16, chat_template: str = "auto") -> ProbeMeasure:
+    """Score every probe item once (see :func:`fnapi.evaluation.choice_logprobs`)."""
+    from fnapi.evaluation import choice_logprobs
+
+    if not items:
+        raise DataError(f"{source}: no probe items to score")
+    scores = choice_logprobs(model, tokenizer, items, batch_size=batch_size, chat_template=chat_template)
+    correct = tuple(float(max(range(len(s)), key=s.__getitem__) == item.answer) for item, s in zip(items, scores))
+    return ProbeMeasure(source, correct, tuple(float(s[item.answer]) for item, s in zip(items, scores)))
+
+
+def measure_task(model: Any, tokenizer: Any, conversations: Sequence[Conversation],
+                 scorer: Callable[[str, str], float] | None = None, *, max_new_tokens: int = 24,
+                 batch_size: int = 8, chat_template: str = "auto") -> tuple[float, ...]:
+    """Per-conversation task score of greedy answers (exact match unless ``scorer`` is given)."""
+    from fnapi.evaluation import exact_match, generate_answers
+
+    if not conversations:
+        raise DataError("no conversations to score the task on")
+    scorer = scorer or exact_match
+    answers = generate_answers(model, tokenizer, conversations, max_new_tokens=max_new_tokens,
+                               batch_size=batch_size, chat_template=chat_template)
+    return tuple(float(scorer(a, c.messages[-1]["content"])) for a, c in zip(answers, conversations))
+
+
+def text_prompts(tokenizer: Any, texts: Sequence[str], max_tokens: int = 64) -> list[list[int]]:
+    """Token ids of each paragraph, cut to ``max_tokens`` (paragraphs of fewer than 2 tokens dropped)."""
+    prompts = [tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens] for text in texts]
+    return [p for p in prompts if len(p) >= 2]
+
+
+def measure_text(model: Any, prompts: Sequence[Sequence[int]], *, source: str = "text",
+                 reference: Sequence[torch.Tensor] | None = None) -> tuple[TextMeasure, list[torch.Tensor]]:
+    """NLL per token of each prompt (and KL to ``reference``, the base model's next-token
+    log-probabilities from an earlier call); returns the measure and this model's distributions."""
+    import torch
+
+    from fnapi.drift import next_token_logprobs
+
+    if not prompts:
+        raise DataError(f"{source}: no text to measure")
+    if reference is not None and len(reference) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(reference)} reference distributions")
+    current = next_token_logprobs(model, prompts)
+    nll, tokens, kl = [], [], []
+    for i, (ids, logp) in enumerate(zip(prompts, current)):
+        targets = torch.tensor(list(ids[1:]))
+        picked = logp[:-1].float().gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        nll.append(float(-picked.mean()))
+        tokens.append(len(ids) - 1)
+        if reference is not None:
+            p_log, q_log = reference[i].float(), logp.float()
+            kl.append(float((p_log.exp() * (p_log - q_log)).sum(-1).clamp(min=0).mean()))
+    return TextMeasure(source, tuple(nll), tuple(tokens), tuple(kl) if reference is not None else None), current
+
+
+def change_summary(before: ProbeMeasure | TextMeasure, after: ProbeMeasure | TextMeasure) -> dict[str, Any]:
+    """Paired changes of one measure between two models scored on the same items."""
+    if isinstance(before, ProbeMeasure) and isinstance(after, ProbeMeasure):
+        acc, lp = paired_change(before.correct, after.correct), paired_change(before.logprob, after.logprob)
+        return {"accuracy": acc.mean, "ci95": list(acc.ci95), "logprob": lp.mean, "logprob_ci95": list(lp.ci95)}
+    if isinstance(before, TextMeasure) and isinstance(after, TextMeasure):
+        nll = paired_change(before.nll, after.nll, weights=before.tokens)
+        return {"nll": nll.mean, "ci95": list(nll.ci95)}
+    raise TypeError("change_summary needs two measures of the same kind")
+
+
+# ---- one evaluation: every measure of one model ----------------------------------------------------
+
+@dataclass(frozen=True)
+class TaskMeasure:
+    """Per-conversation task scores (1.0/0.0 for exact match) of one task source."""
+
+    source: str
+    scores: tuple[float, ...]
+
+    @property
+    def score(self) -> Estimate:
+        return bootstrap(self.scores)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "scores": list(self.scores)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TaskMeasure":
+        return cls(str(data["source"]), tuple(float(v) for v in data["scores"]))
+
+    def summary(self) -> dict[str, Any]:
+        score = self.score
+        return {"source": self.source, "n": score.n, "score": score.mean, "ci95": list(score.ci95)}
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    """What to score, each by source: task conversations, probe items, held-out text (token ids)."""
+
+    tasks: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    probes: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    texts: tuple[tuple[str, tuple[tuple[int, ...], ...]], ...] = ()
+    max_new_tokens: int = 24
+    chat_template: str = "auto"
+
+    @property
+    def steps(self) -> int:
+        """Progress steps of :func:`evaluate`: one per source."""
+        return len(self.tasks) + len(self.probes) + len(self.texts)
+
+
+@dataclass(frozen=True)
+class EvalMeasures:
+    """Every per-item result of one model under one :class:`EvalPlan`; the first source of each kind
+    is the one a run's report leads with."""
+
+    tasks: tuple[TaskMeasure, ...] = ()
+    probes: tuple[ProbeMeasure, ...] = ()
+    texts: tuple[TextMeasure, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tasks": [t.to_dict() for t in self.tasks], "probes": [p.to_dict() for p in self.probes],
+                "texts": [t.to_dict() for t in self.texts]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EvalMeasures":
+        return cls(tasks=tuple(TaskMeasure.from_dict(t) for t in data.get("tasks") or []),
+                   probes=tuple(ProbeMeasure.from_dict(p) for p in data.get("probes") or []),
+                   texts=tuple(TextMeasure.from_dict(t) for t in data.get("texts") or []))
+
+    def summary(self) -> dict[str, Any]:
+        """Means and intervals (no per-item values): what ``fnapi eval --json`` prints."""
+        return {"tasks": [t.summary() for t in self.tasks], "probes": [p.summary() for p in self.probes],
+                "texts": [t.summary() for t in self.texts]}
+
+
+def evaluate(model: Any, tokenizer: Any, plan: EvalPlan, *, reference: Sequence[Sequence[Any]] | None = None,
+             progress: Any = None) -> tuple[EvalMeasures, list[list[Any]]]:
+    """Score ``model`` on everything in ``plan``. With ``reference`` (the base model's text
+    distributions, one list per text source, as returned by an earlier call) the text measures
+    include the KL to the base. Returns the measures and this model's text distributions.
+    ``progress`` (a stage handle) is advanced once per source."""
+    def advance(message: str) -> None:
+        if progress is not None:
+            progress.advance(message=message)
+
+    tasks = []
+    for source, conversations in plan.tasks:
+        tasks.append(TaskMeasure(source, measure_task(model, tokenizer, conversations,
+                                                      max_new_tokens=plan.max_new_tokens,
+                                                      chat_template=plan.chat_template)))
+        advance(f"task {source}")
+    probes = []
+    for source, items in plan.probes:
+        probes.append(measure_probes(model, tokenizer, items, source=source, chat_template=plan.chat_template))
+        advance(f"probes {source}")
+    texts, distributions = [], []
+    for index, (source, prompts) in enumerate(plan.texts):
+        measure, current = measure_text(model, prompts, source=source,
+                                        reference=None if reference is None else reference[index])
+        texts.append(measure)
+        distributions.append(current)
+        advance(f"text {source}")
+    return EvalMeasures(tasks=tuple(tasks), probes=tuple(probes), texts=tuple(texts)), distributions
+
+
+def compare_measures(before: EvalMeasures, after: EvalMeasures) -> dict[str, Any]:
+    """Before/after means, intervals on both and paired intervals on the changes, keyed as in
+    ``report.json``: ``task``, ``probes``, ``probe_logprob``, ``text_nll`` and ``kl_to_base`` for the
+    first source of each kind, and ``tasks``, ``probe_sets`` and ``texts`` for all of them."""
+    out: dict[str, Any] = {
+        "tasks": [{"source": b.source, "score": _pair(b.scores, a.scores)} for b, a in zip(before.tasks, after.tasks)],
+        "probe_sets": [{"source": b.source, "n": b.n, "accuracy": _pair(b.correct, a.correct),
+                        "logprob": _pair(b.logprob, a.logprob)} for b, a in zip(before.probes, after.probes)],
+        "texts": [],
+    }
+    for b, a in zip(before.texts, after.texts):
+        entry: dict[str, Any] = {"source": b.source, "nll": _pair(b.nll, a.nll, weights=b.tokens)}
+        kl = a.mean_kl
+        if kl is not None:
+            entry["kl"] = {"mean": kl.mean, "ci95": list(kl.ci95), "n": kl.n}
+        out["texts"].append(entry)
+    if out["tasks"]:
+        out["task"] = out["tasks"][0]["score"]
+    if out["probe_sets"]:
+        out["probes"] = out["probe_sets"][0]["accuracy"]
+        out["probe_logprob"] = out["probe_sets"][0]["logprob"]
+    if out["texts"]:
+        out["text_nll"] = out["texts"][0]["nll"]
+        if "kl" in out["texts"][0]:
+            out["kl_to_base"] = out["texts"][0]["kl"]
+    return out
+
+
+def _pair(before: Sequence[float], after: Sequence[float], weights: Sequence[float] | None = None) -> dict[str, Any]:
+    b, a = bootstrap(before, weights=weights), bootstrap(after, weights=weights)
+    change = paired_change(before, after, weights=weights)
+    return {"before": b.mean, "after": a.mean, "n": a.n, "before_ci95": list(b.ci95), "ci95": list(a.ci95),
+            "change": change.mean, "change_ci95": list(change.ci95)}
+
+
+def build_plan(tokenizer: Any, *, tasks: Sequence[tuple[str, Sequence[Any]]] = (), probes: Sequence[str] = (),
+               probe_samples: int | None = None, texts: Sequence[str] = (), text_samples: int = 32,
+               max_new_tokens: int = 24, chat_template: str = "auto", sink: Any = None) -> EvalPlan:
+    """An :class:`EvalPlan` from sources: task conversations by name, probe sets (``builtin:probes``
+    or files, read with :func:`fnapi.data.probes.load_probes`; skipped rows are logged to ``sink``)
+    and held-out text (``builtin:text`` or files, :func:`fnapi.data.probes.load_texts`)."""
+    from fnapi.data.probes import load_probes, load_texts
+
+    sets = []
+    for source in probes:
+        probe_set = load_probes(source, limit=probe_samples)
+        if probe_set.skipped and sink is not None:
+            from fnapi.events import Log
+
+            sink.emit(Log(message=probe_set.describe(), level="warning", stage="evaluate"))
+        sets.append((source, tuple(probe_set.items)))
+    text_sets = []
+    for source in texts if text_samples else ():
+        prompts = text_prompts(tokenizer, load_texts(source, limit=text_samples))
+        text_sets.append((source, tuple(tuple(p) for p in prompts)))
+    return EvalPlan(tasks=tuple((name, tuple(c)) for name, c in tasks if c), probes=tuple(sets),
+                    texts=tuple(text_sets), max_new_tokens=max_new_tokens, chat_template=chat_template)
