@@ -65,6 +65,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal, Mapping
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -222,11 +223,25 @@ def from_template(template: Any, components: list[int] | Literal["stable"], *, p
                       width=width, source=source)
 
 
-def from_section(template: Any, section: Any) -> NeuronMask:
-    """The mask a recipe's ``mask`` section describes (``recipe.MaskSection``)."""
+def from_section(template: Any, section: Any, *, seed: int = 0) -> NeuronMask:
+    """The mask a recipe's ``mask`` section describes (``recipe.MaskSection``); with
+    ``control: random`` the networks' neurons are replaced by :func:`random_like` draws (``seed``)."""
     ablate, train = section.switches()
-    return from_template(template, section.components, preset=section.preset, ablate=ablate, train=train,
+    spec = from_template(template, section.components, preset=section.preset, ablate=ablate, train=train,
                          layers=section.layers, top_stable=section.top_stable)
+    if getattr(section, "control", "none") == "random":
+        spec = random_like(spec, template.width, seed=seed)
+    return spec
+
+
+def random_like(spec: NeuronMask, width: int, *, seed: int) -> NeuronMask:
+    """The random-neuron control of ``spec``: in every affected layer as many channels as ``spec``
+    selects there, drawn uniformly from the site's ``width`` (seeded), with the same switches."""
+    rng = np.random.default_rng([seed, 7919, width])
+    neurons = {layer: sorted(int(c) for c in rng.choice(width, size=len(channels), replace=False))
+               for layer, channels in spec.neurons.items()}
+    return dataclasses.replace(spec, neurons=neurons, width=width,
+                               source={**spec.source, "control": "random", "control_seed": seed})
 
 
 def resolve(model: nn.Module, template_or_mask: Any, *, components: list[int] | str | None = None,

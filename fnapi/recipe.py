@@ -107,6 +107,9 @@ class MaskSection(Section):
     layers: str | None = None
     ablate: Ablate | None = None
     train: TrainWhich | None = None
+    control: Literal["none", "random"] = Field(
+        "none", description="random: the same number of neurons per layer, drawn at random with the recipe's "
+                            "seed, in place of the networks (the control row of a comparison)")
 
     @model_validator(mode="after")
     def _needs_components(self) -> "MaskSection":
@@ -145,6 +148,11 @@ class TrainSection(Section):
     save_steps: int = Field(50, gt=0)
     gradient_checkpointing: bool = False
     lora: LoraSection = Field(default_factory=LoraSection)
+    task_target: float | None = Field(
+        None, gt=0, le=1, description="stop once the validation task score reaches this (checked every "
+                                      "task_check_every steps); train.steps is then the cap")
+    task_check_every: int = Field(10, gt=0)
+    task_check_samples: int = Field(40, gt=0, description="validation conversations scored at each check")
 
 
 class EvalSection(Section):
@@ -152,10 +160,22 @@ class EvalSection(Section):
 
     enabled: bool = True
     task_samples: int = Field(50, gt=0)
-    probes: str | None = Field("builtin:probes", description="general-knowledge probe set")
-    probe_samples: int = Field(200, gt=0)
-    kl_prompts: int = Field(32, ge=0)
+    probes: list[str] = Field(default_factory=lambda: ["builtin:probes"],
+                              description="probe sets: builtin:probes or multiple-choice files (generic, ARC, "
+                                          "MMLU CSV, HellaSwag layouts); the first is the report's main score")
+    probe_samples: int | None = Field(None, gt=0, description="items scored per probe set (default: all)")
+    text: str | None = Field("builtin:text", description="held-out general text for NLL and KL to the base: "
+                                                         "builtin:text or a .txt/.jsonl/.json/.csv/.parquet file")
+    kl_prompts: int = Field(32, ge=0, description="paragraphs of eval.text scored (0: none)")
     max_new_tokens: int = Field(24, gt=0)
+
+    @field_validator("probes", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        # `probes: builtin:probes` and `probes: null` read as they always did
+        if value is None:
+            return []
+        return [value] if isinstance(value, str) else value
 
 
 #: SLURM wall time: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS.
@@ -264,6 +284,14 @@ class Recipe(Section):
         if self.mask.switches() != ("none", "all") and self.template is None:
             raise ValueError("mask uses components, so the recipe needs a template section (path or build settings)")
         return self
+
+    def evaluation_files(self) -> list[tuple[str, str]]:
+        """``(yaml path, value)`` of every evaluation source that names a local file (not ``builtin:``),
+        so ``fnapi validate`` can check they exist before any weights load."""
+        sources = [(f"eval.probes[{i}]", p) for i, p in enumerate(self.eval.probes)]
+        if self.eval.text:
+            sources.append(("eval.text", self.eval.text))
+        return [(where, value) for where, value in sources if not value.startswith("builtin:")]
 
     # ---- IO -------------------------------------------------------------------------------
     @classmethod

@@ -18,12 +18,25 @@ from fnapi.redaction import redact, redact_obj
 
 @dataclass
 class Score:
-    """A before/after pair for one measurement."""
+    """A before/after pair for one measurement, with 95% intervals: ``before_ci95`` and ``ci95`` on
+    the two means (bootstrap over items), ``change_ci95`` on the paired change (the same items scored
+    before and after, see :mod:`fnapi.measures`)."""
 
     before: float | None = None
     after: float | None = None
     samples: int = 0
     metric: str = ""
+    before_ci95: list[float] | None = None
+    ci95: list[float] | None = None
+    change_ci95: list[float] | None = None
+
+    @classmethod
+    def from_pair(cls, pair: dict[str, Any] | None, metric: str) -> "Score":
+        """A score from one entry of :func:`fnapi.measures.compare_measures`."""
+        if not pair:
+            return cls(metric=metric)
+        return cls(pair["before"], pair["after"], pair["n"], metric, pair["before_ci95"], pair["ci95"],
+                   pair["change_ci95"])
 
     @property
     def change(self) -> float | None:
@@ -38,6 +51,17 @@ class Score:
             return None
         return self.after / self.before
 
+    @property
+    def retained_ci95(self) -> list[float] | None:
+        """Interval on ``retained`` from the paired change (the base score is the same model for every
+        method, so only the change varies): ``1 + change_ci95 / before``."""
+        if self.before in (None, 0) or self.change_ci95 is None:
+            return None
+        return [1 + self.change_ci95[0] / self.before, 1 + self.change_ci95[1] / self.before]
+
+
+_SCORES = ("task", "probes", "probe_logprob", "text_nll")
+
 
 @dataclass
 class ForgettingReport:
@@ -46,7 +70,14 @@ class ForgettingReport:
     name: str
     task: Score = field(default_factory=Score)
     probes: Score = field(default_factory=Score)
+    probe_logprob: Score = field(default_factory=Score)
+    text_nll: Score = field(default_factory=Score)
     kl_to_base: float | None = None
+    kl_ci95: list[float] | None = None
+    probe_sets: list[dict[str, Any]] = field(default_factory=list)
+    tasks: list[dict[str, Any]] = field(default_factory=list)
+    texts: list[dict[str, Any]] = field(default_factory=list)
+    stopped_at_task_target: float | None = None
     trainable_parameters: int = 0
     total_parameters: int = 0
     train_seconds: float = 0.0
@@ -63,10 +94,11 @@ class ForgettingReport:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        for key in ("task", "probes"):
+        for key in _SCORES:
             score: Score = getattr(self, key)
             data[key]["change"] = score.change
             data[key]["retained"] = score.retained
+            data[key]["retained_ci95"] = score.retained_ci95
         data["losses"] = [[int(s), float(v)] for s, v in self.losses]
         data["trainable_fraction"] = (
             self.trainable_parameters / self.total_parameters if self.total_parameters else None
@@ -77,10 +109,10 @@ class ForgettingReport:
     def from_dict(cls, data: dict[str, Any]) -> "ForgettingReport":
         data = dict(data)
         data.pop("trainable_fraction", None)
-        for key in ("task", "probes"):
+        for key in _SCORES:
             raw = dict(data.get(key) or {})
-            raw.pop("change", None)
-            raw.pop("retained", None)
+            for derived in ("change", "retained", "retained_ci95"):
+                raw.pop(derived, None)
             data[key] = Score(**raw)
         data["losses"] = [tuple(x) for x in data.get("losses", [])]
         return cls(**data)
@@ -92,22 +124,45 @@ class ForgettingReport:
         def pct(value: float | None) -> str:
             return "n/a" if value is None else f"{100 * value:.1f}%"
 
+        def signed(value: float | None, digits: int) -> str:
+            return "n/a" if value is None else f"{value:+.{digits}f}"
+
+        def ci(bounds: list[float] | None, digits: int) -> str:
+            return "" if not bounds else f"[{bounds[0]:.{digits}f}, {bounds[1]:.{digits}f}]"
+
         lines = [
             f"# Run report: {self.name}",
             "",
             f"Model `{self.model.get('name', '?')}`, method `{self.method}`"
             + (f", mask `{self.mask.get('preset')}`" if self.mask.get("preset") not in (None, "none") else ", no mask"),
             "",
-            "| measure | before | after | change |",
+            "| measure | before | after | change (95% interval, paired) |",
             "|---|---|---|---|",
-            f"| task ({self.task.metric or 'score'}, n={self.task.samples}) | {fmt(self.task.before)} | {fmt(self.task.after)} | {fmt(self.task.change)} |",
-            f"| general-knowledge probes ({self.probes.metric or 'accuracy'}, n={self.probes.samples}) | {fmt(self.probes.before)} | {fmt(self.probes.after)} | {fmt(self.probes.change)} |",
+        ]
+        rows = [(f"task ({self.task.metric or 'score'})", self.task, 3),
+                (f"general-knowledge probes ({self.probes.metric or 'accuracy'})", self.probes, 3),
+                ("probes: log-probability of the right answer", self.probe_logprob, 3),
+                ("held-out text: NLL per token", self.text_nll, 4)]
+        for set_ in self.probe_sets[1:]:
+            rows.append((f"probes `{set_['source']}` (accuracy)", Score.from_pair(set_["accuracy"], "accuracy"), 3))
+        for label, score, digits in rows:
+            if score.before is None and score.after is None:
+                continue
+            lines.append(f"| {label}, n={score.samples} | {fmt(score.before, digits)} | "
+                         f"{fmt(score.after, digits)} {ci(score.ci95, digits)} | "
+                         f"{signed(score.change, digits)} {ci(score.change_ci95, digits)} |")
+        lines += [
             "",
-            f"- Probe score retained: {pct(self.probes.retained)}",
-            f"- Mean KL divergence from the base model on general prompts: {fmt(self.kl_to_base, 4)} nats/token",
+            f"- Probe score retained: {pct(self.probes.retained)}"
+            + (f" (95% interval {pct(self.probes.retained_ci95[0])} to {pct(self.probes.retained_ci95[1])})"
+               if self.probes.retained_ci95 else ""),
+            f"- Mean KL divergence from the base model on held-out text: {fmt(self.kl_to_base, 4)} nats/token"
+            + (f" {ci(self.kl_ci95, 4)}" if self.kl_ci95 else ""),
             f"- Trainable parameters: {self.trainable_parameters:,} of {self.total_parameters:,}"
             + (f" ({pct(self.trainable_parameters / self.total_parameters)})" if self.total_parameters else ""),
-            f"- Training: {self.steps} steps in {self.train_seconds:.1f} s, final loss {fmt(self.final_loss, 4)}",
+            f"- Training: {self.steps} steps in {self.train_seconds:.1f} s, final loss {fmt(self.final_loss, 4)}"
+            + (f", stopped on reaching the task target {self.stopped_at_task_target}"
+               if self.stopped_at_task_target is not None else ""),
         ]
         if self.frozen_weights_unchanged is not None:
             lines.append(f"- Frozen weights bit-identical after training: {'yes' if self.frozen_weights_unchanged else 'NO'}")

@@ -41,6 +41,9 @@ from fnapi.report import ForgettingReport, Score, write_report
 from fnapi.rundir import RunDir, claim_run_dir
 
 BASELINE_FILE = "baseline.json"
+BASELINE_FORMAT = "fnapi.baseline/2"
+MEASURES_FILE = "measures.json"
+MEASURES_FORMAT = "fnapi.measures/1"
 
 
 @dataclass
@@ -137,30 +140,32 @@ def _run_stages(recipe: Recipe, rundir: RunDir, sink: EventSink, cancel: threadi
         template = obtain_template(recipe, loaded, rundir, sink, cancel)
         current["stage"] = "mask"
         if recipe.mask.switches() != ("none", "all"):
-            spec = from_section(template, recipe.mask)
+            spec = from_section(template, recipe.mask, seed=recipe.seed)
             sink.emit(Log(message=f"mask: {spec.describe()}", stage="mask"))
 
     current["stage"] = "evaluate"
     eval_set = _task_conversations(recipe, data)
+    plan = eval_plan(recipe, tokenizer, eval_set, sink)
     # The main process evaluates while the others wait; they get the scores for the report.
-    baseline = distributed.on_main(baseline_scores, recipe, loaded, eval_set, rundir, sink, cancel, share=_public)
+    baseline = distributed.on_main(baseline_scores, recipe, plan, loaded, rundir, sink, cancel, share=_public)
 
     current["stage"] = "train"
     result = train(loaded, tokenizer, train_tokens, validation_tokens, recipe.train, mask=spec,
                    output_dir=rundir.path, seed=recipe.seed, sink=sink, cancel=cancel, resume=True,
                    save_model=recipe.output.save_model, merge_lora=recipe.output.merge_lora,
                    bake_lesion=recipe.output.bake_lesion,
-                   accelerate_config=recipe.distributed.accelerate_config if recipe.distributed else None)
+                   accelerate_config=recipe.distributed.accelerate_config if recipe.distributed else None,
+                   task_check=_task_check(recipe, data, tokenizer))
 
     current["stage"] = "evaluate"
-    after = distributed.on_main(final_scores, recipe, result.model, tokenizer, spec, eval_set, baseline, sink, cancel)
+    after = distributed.on_main(final_scores, recipe, plan, result.model, tokenizer, spec, baseline, sink, cancel)
+    if after is not None:
+        distributed.on_main(write_measures, rundir, baseline["measures"], after)
 
     report = ForgettingReport(
         name=recipe.name,
-        task=Score(baseline.get("task"), after.get("task"), len(eval_set), "exact match"),
-        probes=Score(baseline.get("probes"), after.get("probes"), baseline.get("probe_samples", 0),
-                     "choice accuracy (log-likelihood)"),
-        kl_to_base=after.get("kl_to_base"),
+        **report_scores(baseline.get("measures"), after),
+        stopped_at_task_target=result.stopped_at_task_target,
         trainable_parameters=result.trainable_parameters,
         total_parameters=result.total_parameters,
         train_seconds=result.seconds,
@@ -266,70 +271,88 @@ def obtain_template(recipe: Recipe, loaded: Any, rundir: RunDir, sink: EventSink
     return template
 
 
+def _task_check(recipe: Recipe, data: Any, tokenizer: Any):
+    """The validation task score that ``train.task_target`` is checked against (None without a target)."""
+    if recipe.train.task_target is None:
+        return None
+    pool = list(data.validation or data.test or [])[: recipe.train.task_check_samples]
+    if not pool:
+        raise DataError(f"train.task_target needs validation conversations and {recipe.data.path} has none",
+                        "set data.validation_split above 0 or data.validation_path")
+
+    def check(model: Any) -> float:
+        from fnapi.measures import measure_task
+
+        scores = measure_task(model, tokenizer, pool, max_new_tokens=recipe.eval.max_new_tokens,
+                              chat_template=recipe.data.chat_template)
+        return sum(scores) / len(scores)
+
+    return check
+
+
 def _task_conversations(recipe: Recipe, data: Any) -> list:
     pool = data.test if data.test else data.validation
     return list(pool[: recipe.eval.task_samples]) if pool else []
 
 
-def _probe_items(recipe: Recipe) -> list:
-    if not recipe.eval.probes:
-        return []
-    from fnapi.data.builtin import probe_items
+def eval_plan(recipe: Recipe, tokenizer: Any, eval_set: list, sink: EventSink | None = None):
+    """What the forgetting report scores before and after training (one plan for both)."""
+    from fnapi.measures import build_plan
 
-    if recipe.eval.probes != "builtin:probes":
-        raise DataError(f"eval.probes: {recipe.eval.probes!r} is not a probe set; use builtin:probes or null")
-    return probe_items(recipe.eval.probe_samples)
-
-
-def _kl_prompts(recipe: Recipe, tokenizer: Any) -> list[list[int]]:
-    from fnapi.data.builtin import text_paragraphs
-
-    count = recipe.eval.kl_prompts
-    if count == 0:
-        return []
-    # Paragraphs far from the training task: drift on them is what "forgetting" means.
-    return [tokenizer(text, add_special_tokens=False)["input_ids"][:64] for text in text_paragraphs()[-count:]]
+    section = recipe.eval
+    return build_plan(tokenizer, tasks=[(recipe.data.path, eval_set)], probes=section.probes,
+                      probe_samples=section.probe_samples, texts=[section.text] if section.text else [],
+                      text_samples=section.kl_prompts, max_new_tokens=section.max_new_tokens,
+                      chat_template=recipe.data.chat_template, sink=sink)
 
 
-def baseline_scores(recipe: Recipe, loaded: Any, eval_set: list, rundir: RunDir, sink: EventSink,
+def baseline_scores(recipe: Recipe, plan: Any, loaded: Any, rundir: RunDir, sink: EventSink,
                     cancel: threading.Event | None) -> dict[str, Any]:
-    """Scores of the untouched model; stored so a resumed run does not measure them again."""
+    """Per-item scores of the untouched model, stored so a resumed run does not measure them again;
+    the base model's text distributions (for the KL after training) are kept in memory only."""
     from fnapi.drift import next_token_logprobs
+    from fnapi.measures import EvalMeasures, evaluate
 
+    if not recipe.eval.enabled:
+        return {}
     path = rundir.path / BASELINE_FILE
-    scores: dict[str, Any] = {}
-    if path.exists():
-        scores = json.loads(path.read_text())
     model, tokenizer = loaded.model, loaded.tokenizer
-    if recipe.eval.enabled and not scores:
-        items = _probe_items(recipe)
-        with stage(sink, "baseline", total=2, unit="measure", cancel=cancel,
+    stored = _read_baseline(path)
+    if stored is not None:
+        measures = EvalMeasures.from_dict(stored)
+        reference = [next_token_logprobs(model, prompts) for _, prompts in plan.texts]
+    else:
+        with stage(sink, "baseline", total=plan.steps, unit="measure", cancel=cancel,
                    description="scores of the base model") as progress:
-            scores.update(_task_and_probe_scores(recipe, model, tokenizer, eval_set, items, progress))
-            if items:
-                scores["probe_samples"] = len(items)
-            progress.metric({f"{k}_before": v for k, v in scores.items() if isinstance(v, float)})
-        atomic_write_text(path, json.dumps(scores, indent=2))
-    if recipe.eval.enabled and recipe.eval.kl_prompts:
-        # Kept in memory only: the base distributions are cheap to recompute after a resume.
-        scores["_reference"] = next_token_logprobs(model, _kl_prompts(recipe, tokenizer))
-    return scores
+            measures, reference = evaluate(model, tokenizer, plan, progress=progress)
+            progress.metric(_headline(measures, "before"))
+        atomic_write_text(path, json.dumps({"format": BASELINE_FORMAT, **measures.to_dict()}) + "\n")
+    return {"measures": measures, "_reference": reference}
 
 
-def _task_and_probe_scores(recipe: Recipe, model: Any, tokenizer: Any, eval_set: list, items: list,
-                           progress: Any) -> dict[str, float]:
-    """Task exact match and probe accuracy of ``model`` (one progress step each)."""
-    from fnapi.evaluation import score_probes, score_task
+def _read_baseline(path: Path) -> dict[str, Any] | None:
+    """The stored baseline, or None when there is none or it predates per-item scores."""
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("format") == BASELINE_FORMAT else None
 
-    scores: dict[str, float] = {}
-    if eval_set:
-        scores["task"] = score_task(model, tokenizer, eval_set, max_new_tokens=recipe.eval.max_new_tokens,
-                                    chat_template=recipe.data.chat_template)
-    progress.advance()
-    if items:
-        scores["probes"] = score_probes(model, tokenizer, items, chat_template=recipe.data.chat_template)
-    progress.advance()
-    return scores
+
+def _headline(measures: Any, when: str) -> dict[str, float]:
+    """The few numbers shown while a run evaluates."""
+    out = {}
+    if measures.tasks:
+        out[f"task_{when}"] = measures.tasks[0].score.mean
+    if measures.probes:
+        out[f"probes_{when}"] = measures.probes[0].accuracy.mean
+    if measures.texts:
+        out[f"text_nll_{when}"] = measures.texts[0].mean_nll.mean
+        if measures.texts[0].kl is not None:
+            out["kl_to_base"] = measures.texts[0].mean_kl.mean
+    return out
 
 
 def _public(scores: dict[str, Any]) -> dict[str, Any]:
@@ -337,37 +360,56 @@ def _public(scores: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in scores.items() if not key.startswith("_")}
 
 
-def final_scores(recipe: Recipe, model: Any, tokenizer: Any, spec: Any, eval_set: list, baseline: dict,
-                 sink: EventSink, cancel: threading.Event | None) -> dict[str, Any]:
-    """Scores of the fine-tuned model, with the forward-pass part of the mask (ablation) in place."""
+def final_scores(recipe: Recipe, plan: Any, model: Any, tokenizer: Any, spec: Any, baseline: dict,
+                 sink: EventSink, cancel: threading.Event | None) -> Any:
+    """Per-item scores of the fine-tuned model, with the forward-pass part of the mask (ablation) in place."""
     import contextlib
 
-    from fnapi.drift import mean_kl
     from fnapi.masking import mask
+    from fnapi.measures import evaluate
 
     if not recipe.eval.enabled:
-        return {}
-    scores: dict[str, Any] = {}
+        return None
     ablating = spec is not None and spec.ablate != "none"
     context = mask(model, spec, train="all") if ablating else contextlib.nullcontext()
-    items = _probe_items(recipe)
-    with context, stage(sink, "evaluate", total=3, unit="measure", cancel=cancel,
+    with context, stage(sink, "evaluate", total=plan.steps, unit="measure", cancel=cancel,
                         description="scores after fine-tuning") as progress:
-        scores.update(_task_and_probe_scores(recipe, model, tokenizer, eval_set, items, progress))
-        if baseline.get("_reference") is not None:
-            scores["kl_to_base"] = mean_kl(model, _kl_prompts(recipe, tokenizer), baseline["_reference"])
-        progress.advance()
-        progress.metric({f"{k}_after" if k != "kl_to_base" else k: v for k, v in scores.items()})
-    return scores
+        measures, _ = evaluate(model, tokenizer, plan, reference=baseline.get("_reference"), progress=progress)
+        progress.metric(_headline(measures, "after"))
+    return measures
+
+
+def write_measures(rundir: RunDir, before: Any, after: Any) -> Path:
+    """Per-item scores before and after (what comparisons pair across methods and seeds)."""
+    data = {"format": MEASURES_FORMAT, "before": before.to_dict(), "after": after.to_dict()}
+    return atomic_write_text(rundir.path / MEASURES_FILE, json.dumps(data) + "\n")
+
+
+def report_scores(before: Any, after: Any) -> dict[str, Any]:
+    """The report's score fields from per-item measures before and after."""
+    from fnapi.measures import compare_measures
+
+    if before is None or after is None:
+        return {}
+    pairs = compare_measures(before, after)
+    kl = pairs.get("kl_to_base")
+    return {"task": Score.from_pair(pairs.get("task"), "exact match"),
+            "probes": Score.from_pair(pairs.get("probes"), "choice accuracy (log-likelihood)"),
+            "probe_logprob": Score.from_pair(pairs.get("probe_logprob"), "summed log-probability"),
+            "text_nll": Score.from_pair(pairs.get("text_nll"), "nats per token"),
+            "probe_sets": pairs["probe_sets"], "tasks": pairs["tasks"], "texts": pairs["texts"],
+            "kl_to_base": kl["mean"] if kl else None, "kl_ci95": kl["ci95"] if kl else None}
 
 
 def _mask_summary(recipe: Recipe, spec: Any) -> dict[str, Any]:
     ablate, train_which = recipe.mask.switches()
     summary: dict[str, Any] = {"preset": recipe.mask.preset, "ablate": ablate, "train": train_which,
                                "components": recipe.mask.components, "layers": recipe.mask.layers}
+    summary["control"] = recipe.mask.control
     if spec is not None:
         summary["site"] = spec.site
         summary["neurons"] = sum(len(spec.selected(layer)) for layer in spec.layers)
+        summary["per_layer"] = {str(layer): len(spec.selected(layer)) for layer in spec.layers}
     return summary
 
 

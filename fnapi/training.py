@@ -84,6 +84,8 @@ class TrainResult:
     frozen_unchanged: bool | None
     frozen_checksums: dict[str, str] = field(default_factory=dict)
     model: Any = field(default=None, repr=False)
+    task_checks: list[tuple[int, float]] = field(default_factory=list)
+    stopped_at_task_target: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (the model is left out)."""
@@ -94,6 +96,7 @@ class TrainResult:
             "checkpoint_dir": _str(self.checkpoint_dir), "resumed_from": self.resumed_from,
             "adapter_dir": _str(self.adapter_dir), "model_dir": _str(self.model_dir),
             "frozen_unchanged": self.frozen_unchanged, "frozen_checksums": self.frozen_checksums,
+            "task_checks": [list(p) for p in self.task_checks], "stopped_at_task_target": self.stopped_at_task_target,
         }
 
 
@@ -120,7 +123,8 @@ def train(loaded_or_model: Any, tokenizer: Any, train_data: Any, eval_data: Any,
           mask: NeuronMask | None = None, output_dir: str | os.PathLike, seed: int = 0,
           sink: EventSink | None = None, cancel: threading.Event | None = None, resume: bool = True,
           save_model: bool = True, merge_lora: bool = False, bake_lesion: bool = False,
-          accelerate_config: str | os.PathLike | None = None) -> TrainResult:
+          accelerate_config: str | os.PathLike | None = None,
+          task_check: Callable[[Any], float] | None = None) -> TrainResult:
     """Fine-tune a model on tokenized data under an optional neuron mask; resume if interrupted.
 
     ``loaded_or_model`` is a ``LoadedModel`` or a transformers model; ``tokenizer`` may be None
@@ -132,6 +136,11 @@ def train(loaded_or_model: Any, tokenizer: Any, train_data: Any, eval_data: Any,
     ``cancel`` saves a checkpoint and raises :class:`CancelledError`. ``accelerate_config`` names
     an accelerate config file whose FSDP or DeepSpeed settings the Trainer uses (unless the
     process was started by ``accelerate launch``, whose settings then apply).
+
+    With ``train_section.task_target`` set, ``task_check(model)`` (a validation task score in
+    [0, 1]) runs every ``task_check_every`` steps and training stops, with a checkpoint, as soon as
+    it reaches the target; ``train_section.steps`` is then the cap. A resumed run that had already
+    reached its target does not train further.
     """
     check_method_supported(train_section.method)
     model, tokenizer, model_id = _unpack(loaded_or_model, tokenizer)
@@ -153,13 +162,23 @@ def train(loaded_or_model: Any, tokenizer: Any, train_data: Any, eval_data: Any,
         model = _prepare_model(model, train_section)
         saved = _read_state(checkpoint) if checkpoint else {"step": None, "losses": []}
         callback = _EventCallback(sink, cancel, train_section.logging_steps, identity, saved["losses"])
+        callbacks: list[TrainerCallback] = [callback]
+        target = None
+        if train_section.task_target is not None and task_check is not None:
+            target = _TaskTarget(task_check, train_section.task_target, train_section.task_check_every, sink,
+                                 saved.get("task_checks", []), saved.get("stopped_at_task_target"))
+            callback.extra_state = target.state
+            callbacks.append(target)
+        arguments = _training_arguments(train_section, root, seed, model, parallel)
+        # A checkpoint saved when the target was reached is the end of training: only its weights load.
+        finished = target is not None and target.reached is not None and checkpoint is not None
         trainer = _MaskedTrainer(
             model=model,
-            args=_training_arguments(train_section, root, seed, model, parallel),
+            args=arguments,
             train_dataset=train_data,
             eval_dataset=eval_data,
             data_collator=functools.partial(collate, pad_token_id=_pad_id(tokenizer)),
-            callbacks=[callback],
+            callbacks=callbacks,
         )
         trainer.remove_callback(PrinterCallback)  # events replace its prints
         if checkpoint is not None:
@@ -178,11 +197,12 @@ def train(loaded_or_model: Any, tokenizer: Any, train_data: Any, eval_data: Any,
             before = applied.frozen_checksums() if applied else {}
             if train_section.gradient_checkpointing:
                 model.enable_input_require_grads()
-            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+            if not finished:
+                trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
             eval_loss = None
             if eval_data is not None and not callback.cancelled:
                 eval_loss = float(trainer.evaluate()["eval_loss"])
-        steps = trainer.state.global_step
+        steps = saved["step"] if finished else trainer.state.global_step
         if callback.cancelled:
             raise CancelledError(
                 f"training was cancelled at step {steps}; a checkpoint was saved in {callback.last_checkpoint}",
@@ -211,7 +231,8 @@ def train(loaded_or_model: Any, tokenizer: Any, train_data: Any, eval_data: Any,
         losses=losses, checkpoint_dir=callback.last_checkpoint or checkpoint,
         resumed_from=saved["step"],
         adapter_dir=adapter_dir, model_dir=model_dir, frozen_unchanged=unchanged, frozen_checksums=after,
-        model=model,
+        model=model, task_checks=list(target.checks) if target else [],
+        stopped_at_task_target=target.reached if target else None,
     )
 
 
@@ -444,6 +465,7 @@ class _EventCallback(TrainerCallback):
         self.cancelled = False
         self.last_checkpoint: Path | None = None
         self._window: list[float] = []
+        self.extra_state: Callable[[], dict] = dict  # more to keep in each checkpoint's state file
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._start = (time.monotonic(), state.global_step)
@@ -486,10 +508,40 @@ class _EventCallback(TrainerCallback):
         # Written after the Trainer has saved everything else: its presence marks a complete checkpoint.
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if state.is_world_process_zero:
-            state_file = {**self.identity, "step": state.global_step, "losses": self.losses}
+            state_file = {**self.identity, "step": state.global_step, "losses": self.losses, **self.extra_state()}
             atomic_write_text(folder / STATE_FILE, json.dumps(state_file, indent=1))
         self.last_checkpoint = folder
         self.sink.emit(Log(message=f"checkpoint saved at step {state.global_step}", stage="train", level="debug"))
+
+
+class _TaskTarget(TrainerCallback):
+    """Scores the validation task every ``every`` steps and stops training once it reaches ``target``."""
+
+    def __init__(self, check: Callable[[Any], float], target: float, every: int, sink: EventSink,
+                 history: list, reached: float | None) -> None:
+        self.check, self.target, self.every, self.sink = check, target, every, sink
+        self.checks: list[tuple[int, float]] = [(int(s), float(v)) for s, v in history]
+        self.reached = reached
+
+    def state(self) -> dict:
+        return {"task_checks": self.checks, "stopped_at_task_target": self.reached}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.checks = [c for c in self.checks if c[0] <= state.global_step]
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        stopping_early = control.should_training_stop and state.global_step < state.max_steps  # a cancel
+        if self.reached is not None or state.global_step % self.every or stopping_early:
+            return
+        score = float(self.check(model))
+        self.checks.append((state.global_step, score))
+        self.sink.emit(Metric(stage="train", step=state.global_step, values={"task_check": score}))
+        if score >= self.target:
+            self.reached = self.target
+            self.sink.emit(Log(message=f"validation task score {score:.3f} reached the target {self.target} at "
+                                       f"step {state.global_step}; training stops", stage="train"))
+            control.should_training_stop = True
+            control.should_save = True
 
 
 # ---- outputs ---------------------------------------------------------------------------------------------

@@ -24,6 +24,12 @@ def validate(
             failed += 1
             print(f"error: {exc.message}", file=sys.stderr)
             continue
+        missing = [f"{where}: file not found: {value}" for where, value in recipe.evaluation_files()
+                   if not Path(value).exists()]
+        if missing:
+            failed += 1
+            print(f"error: {path}: invalid recipe\n  " + "\n  ".join(missing), file=sys.stderr)
+            continue
         if not quiet:
             print(f"ok: {path} (name {recipe.name}, recipe {recipe.fingerprint()})")
     if failed:

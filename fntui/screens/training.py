@@ -66,8 +66,10 @@ class TrainingScreen(StepScreen):
         yield Static("", id="prefill-note", markup=False)
         yield Field("Task examples", Input(str(recipe.eval.task_samples), id="task-samples", compact=True),
                     key="eval.task_samples", help="held-out examples scored before and after training")
-        yield Field("Probe questions", Input(str(recipe.eval.probe_samples), id="probe-samples", compact=True),
-                    key="eval.probe_samples", help="general-knowledge questions that measure forgetting")
+        probes = recipe.eval.probe_samples
+        yield Field("Probe questions", Input("" if probes is None else str(probes), placeholder="all",
+                                             id="probe-samples", compact=True),
+                    key="eval.probe_samples", help="general-knowledge questions that measure forgetting (empty: all)")
         presets = RadioSet(*(RadioButton(name, name=name, value=name == recipe.mask.preset) for name in PRESET_SENTENCES),
                            id="preset")
         yield Field("Mask preset", Horizontal(presets, Static(presets_view(recipe.mask.preset), id="preset-help"),
@@ -131,7 +133,7 @@ class TrainingScreen(StepScreen):
             "train.lora.r": form.integer("lora-r", minimum=1),
             "train.logging_steps": form.integer("logging-steps", minimum=1),
             "eval.task_samples": form.integer("task-samples", minimum=1),
-            "eval.probe_samples": form.integer("probe-samples", minimum=1),
+            "eval.probe_samples": form.integer("probe-samples", optional=True, minimum=1),
             "mask.preset": preset,
             "name": form.text("run-name", required="enter a run name"),
         }

@@ -61,6 +61,16 @@ def test_run_writes_every_output_with_computed_numbers(tmp_path, tiny_dir):
     assert 0 < report["trainable_parameters"] < report["total_parameters"]
     assert report["final_loss"] == pytest.approx(report["losses"][-1][1])
     assert report["frozen_weights_unchanged"] is True
+    # Every measure carries its 95% interval; the probe change is paired per item.
+    for key in ("probes", "task"):
+        low, high = report[key]["ci95"]
+        assert low <= report[key]["after"] <= high
+    low, high = report["probes"]["change_ci95"]
+    assert low <= report["probes"]["after"] - report["probes"]["before"] <= high
+    assert report["text_nll"]["before"] > 0 and report["text_nll"]["after"] > 0
+    assert report["kl_ci95"][0] <= report["kl_to_base"] <= report["kl_ci95"][1]
+    measures = json.loads((run_dir / "measures.json").read_text())
+    assert len(measures["before"]["probes"][0]["correct"]) == len(measures["after"]["probes"][0]["correct"]) == 12
     assert report["steps"] == 6 and len(report["losses"]) == 6
     stages = [e.stage for e in sink.of_type(StageFinished)]
     for name in ("hardware", "model", "capture", "ica", "baseline", "train", "evaluate"):
@@ -136,3 +146,28 @@ def test_a_batch_too_big_for_the_memory_is_refused_before_training(tmp_path, tin
                            env=_env(), capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "different recipe" in again.stderr, again.stderr
     assert sorted(p.name for p in run_dir.iterdir()) == kept
+
+
+def test_eval_scores_a_run_on_a_probe_file_with_the_change_against_its_base(tmp_path, tiny_dir):
+    run(Recipe.from_yaml(_recipe(tmp_path, tiny_dir, steps=2)), output=tmp_path / "run")
+    probes = tmp_path / "arc.jsonl"
+    probes.write_text("\n".join(json.dumps({"question": {"stem": f"Pick {i}?", "choices": [
+        {"text": str(i), "label": "A"}, {"text": str(i + 1), "label": "B"}, {"text": str(i + 2), "label": "C"}]},
+        "answerKey": "A"}) for i in range(10)) + "\n{broken\n")
+    out = subprocess.run([sys.executable, "-m", "fnapi", "eval", str(tmp_path / "run"), "--probes", str(probes),
+                          "--text", "builtin:text", "--text-samples", "3", "--json"],
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    probe = data["probes"][0]
+    assert probe["source"] == str(probes) and probe["n"] == 10
+    assert probe["ci95"][0] <= probe["accuracy"] <= probe["ci95"][1] and probe["logprob"] < 0
+    assert "skipped 1 bad row(s), the first at line 11" in out.stderr
+    assert data["base"]["probes"][0]["n"] == 10
+    change = data["change"]["probe_sets"][0]["accuracy"]
+    assert change["change"] == pytest.approx(probe["accuracy"] - data["base"]["probes"][0]["accuracy"])
+    assert data["change"]["texts"][0]["kl"]["mean"] > 0
+    missing = subprocess.run([sys.executable, "-m", "fnapi", "eval", str(tmp_path / "run"), "--probes",
+                              str(tmp_path / "nope.jsonl")], env=_env(), capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "nope.jsonl does not exist" in missing.stderr
+    assert "Traceback" not in missing.stderr

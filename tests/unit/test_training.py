@@ -269,3 +269,31 @@ def test_saved_lora_adapter_and_merged_model_reload(tmp_path):
     torch.testing.assert_close(logits(merged), expected, rtol=0, atol=1e-5)
     saved_state = json.loads((adapter_result.checkpoint_dir / STATE_FILE).read_text())
     assert saved_state["mask"]["train"] == "unselected" and saved_state["step"] == 4
+
+
+def test_task_target_stops_training_when_the_score_reaches_it_and_a_rerun_stays_stopped(tmp_path):
+    # The check sees the model itself: its score rises with the steps trained (here: checks made).
+    scores = iter([0.2, 0.5, 0.96, 0.99])
+    seen = []
+
+    def check(model):
+        seen.append(model.training)
+        return next(scores)
+
+    sink = ListSink()
+    result = run(tmp_path, steps=40, save_steps=100, task_target=0.95, task_check_every=3, task_check=check,
+                 sink=sink)
+    assert result.steps == 9 and result.stopped_at_task_target == 0.95
+    assert result.task_checks == [(3, 0.2), (6, 0.5), (9, 0.96)]
+    assert any("reached the target 0.95 at step 9" in getattr(e, "message", "") for e in sink.events)
+    state = json.loads((tmp_path / "run" / "checkpoints" / "checkpoint-9" / STATE_FILE).read_text())
+    assert state["stopped_at_task_target"] == 0.95 and state["task_checks"][-1] == [9, 0.96]
+    again = run(tmp_path, steps=40, save_steps=100, task_target=0.95, task_check_every=3,
+                task_check=lambda model: pytest.fail("a finished target is not checked again"))
+    assert again.steps == 9 and again.resumed_from == 9 and again.stopped_at_task_target == 0.95
+
+
+def test_without_reaching_the_target_training_runs_to_the_cap(tmp_path):
+    result = run(tmp_path, steps=8, task_target=0.95, task_check_every=4, task_check=lambda model: 0.1)
+    assert result.steps == 8 and result.stopped_at_task_target is None
+    assert result.task_checks == [(4, 0.1), (8, 0.1)]
