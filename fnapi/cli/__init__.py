@@ -39,7 +39,7 @@ def _root(
 
 
 # Command modules, in the order their commands appear in --help.
-COMMAND_MODULES = ("run", "recipe", "hardware", "auth", "model", "data", "template", "study", "cluster")
+COMMAND_MODULES = ("run", "recipe", "hardware", "auth", "model", "data", "template", "study", "compare", "evaluate", "cluster")
 
 for _name in COMMAND_MODULES:
     try:

@@ -1,4 +1,4 @@
-"""``fnapi lesion-study`` and ``fnapi compare``: check that networks matter, and compare fine-tuning methods.
+"""``fnapi lesion-study``: check that networks matter more than random neurons.
 
 Progress goes to stderr; tables (or with ``--json`` one JSON object) go to stdout.
 """
@@ -111,54 +111,5 @@ def _signed(value: float | None) -> str:
     return "n/a" if value is None else f"{value:+.3f}"
 
 
-def compare(
-    recipes: list[Path] = typer.Argument(..., metavar="RECIPE...", help="recipe YAML files, one per method"),
-    output: Path = typer.Option(Path("runs/compare"), "--output", "-o",
-                                help="folder for the runs (one sub-folder per recipe name) and the comparison"),
-    overrides: list[str] = typer.Option([], "--set", help="override a value in every recipe, e.g. --set train.steps=10"),
-    as_json: bool = typer.Option(False, "--json", help="print the comparison as one JSON object"),
-) -> None:
-    """Run recipes and compare the methods in one table.
-
-    Columns: task score before -> after, probe score retained, KL to the base model, trainable
-    parameters, train time. Recipes with the same template settings share one template (built by the first of them).
-    Also writes comparison.md and comparison.json into the output folder.
-    """
-    from fnapi.cli.run import parse_overrides
-    from fnapi.comparison import compare_recipes, write_comparison
-    from fnapi.events import console_sink
-    from fnapi.recipe import Recipe
-
-    loaded = [Recipe.from_yaml(path) for path in recipes]
-    if overrides:
-        changes = parse_overrides(overrides)
-        loaded = [recipe.replace(**changes) for recipe in loaded]
-    sink = console_sink()
-    try:
-        result = compare_recipes(loaded, output, sink=sink)
-    finally:
-        getattr(sink, "close", lambda: None)()
-    markdown, data = write_comparison(result, output)
-    if as_json:
-        print(json.dumps({**result.to_dict(), "files": [str(markdown), str(data)]}, indent=2))
-        return
-
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(highlight=False)
-    header, cells = result.table()
-    table = Table(show_edge=False)
-    for name in header:
-        table.add_column(name, justify="left" if name == "method" else "right")
-    for row in cells:
-        table.add_row(*row)
-    _print_table(console, table)
-    for warning in result.warnings:
-        console.print(f"warning: {warning}", style="yellow", markup=False)
-    print(f"written: {markdown} {data}")
-
-
 def register(app: typer.Typer) -> None:
     app.command("lesion-study")(lesion_study)
-    app.command("compare")(compare)

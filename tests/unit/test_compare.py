@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from fnapi.cli import main
-from fnapi.comparison import _differences, _template_key, compare_recipes
+from fnapi.comparison import _differences, _template_key, compare_recipes, expand_runs, run_dir_for, write_comparison
 from fnapi.errors import RecipeError
 from fnapi.models.tiny import save_tiny
 from fnapi.recipe import Recipe
@@ -53,13 +54,14 @@ def recipes(tmp_path_factory) -> list[Path]:
 
 def test_compare_prints_one_row_per_recipe_and_writes_both_files(recipes, tmp_path, capsys):
     out = tmp_path / "cmp"
-    code = main(["compare", *map(str, recipes), "--output", str(out), "--set", "eval.kl_prompts=1"])
+    code = main(["compare", *map(str, recipes), "--output", str(out), "--set", "eval.kl_prompts=1", "--no-controls"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "protect (lora, protect)" in printed and "target (lora, target)" in printed
     assert "probes retained" in printed
     data = json.loads((out / "comparison.json").read_text())
     assert [row["name"] for row in data["rows"]] == ["protect", "target"]
+    assert set(data["methods"]) == {"protect", "target"} and (out / "pareto.png").stat().st_size > 1000
     for row in data["rows"]:
         report = json.loads((Path(row["run_dir"]) / "report.json").read_text())
         assert row["trainable_parameters"] == report["trainable_parameters"] > 0
@@ -69,7 +71,8 @@ def test_compare_prints_one_row_per_recipe_and_writes_both_files(recipes, tmp_pa
     protect, target = data["rows"]
     assert target["trainable_parameters"] < protect["trainable_parameters"]  # target trains only the network
     markdown = (out / "comparison.md").read_text()
-    assert markdown.count("\n| protect") == 1 and markdown.count("\n| target") == 1
+    assert markdown.count("\n| protect (lora, protect)") == 1 and markdown.count("\n| target (lora, target)") == 1
+    assert "![task score against probe retention](pareto.png)" in markdown
     # The first recipe built the template; the second loaded that very file instead of building again.
     assert data["template"] == str((out / "protect" / "template.json").resolve())
     replayed = Recipe.from_yaml(out / "target" / "recipe.yaml")
@@ -89,9 +92,95 @@ def test_recipes_need_distinct_names(recipes):
 def test_shipped_comparison_recipes_are_like_for_like():
     paths = sorted((REPO / "recipes" / "compare").glob("*.yaml"))
     recipes = {p.stem: Recipe.from_yaml(p) for p in paths}
-    assert set(recipes) == {"lora", "full", "protect", "target"}
+    assert set(recipes) == {"lora", "full", "protect", "target", "loki"}
     assert {name: r.name for name, r in recipes.items()} == {name: name for name in recipes}
     assert _differences(list(recipes.values())) == []
     assert recipes["lora"].template is None and recipes["full"].train.method == "full"
     assert (recipes["protect"].mask.preset, recipes["target"].mask.preset) == ("protect", "target")
     assert _template_key(recipes["protect"]) == _template_key(recipes["target"]) is not None
+    # LoKI: attribution picks the least important mlp.out channels (component 1), and only they train.
+    loki = recipes["loki"]
+    assert (loki.template.method, loki.template.site, loki.mask.preset, loki.mask.components,
+            loki.train.method) == ("attribution", "mlp.out", "target", [1], "full")
+
+
+def test_seeds_and_controls_expand_into_runs():
+    protect = Recipe.from_yaml_text(RECIPE.format(name="protect", model="m", data="d.jsonl", preset="protect"))
+    lora = protect.replace(**{"name": "lora", "mask.preset": "none", "mask.components": [], "template": None})
+    runs = expand_runs([lora, protect], seeds=3, task_target=0.9)
+    assert [(r.name, r.seed) for r in runs] == [
+        ("lora", 0), ("lora", 1), ("lora", 2), ("protect", 0), ("protect", 1), ("protect", 2),
+        ("protect-random", 0), ("protect-random", 1), ("protect-random", 2)]
+    assert {r.train.task_target for r in runs} == {0.9}
+    assert [r.mask.control for r in runs if r.name.startswith("protect")] == ["none"] * 3 + ["random"] * 3
+    assert run_dir_for(Path("o"), runs[4], seeds=3) == Path("o/protect/seed-1")
+    assert len(expand_runs([lora, protect], controls=False)) == 2
+    with pytest.raises(RecipeError, match="at least 1"):
+        expand_runs([lora], seeds=0)
+
+
+def test_random_control_keeps_each_layers_count_and_follows_the_seed():
+    from fnapi.masking import NeuronMask, random_like
+
+    spec = NeuronMask("mlp.out", {0: [1, 2, 3], 2: [5], 3: []}, train="unselected", width=64)
+    control = random_like(spec, 64, seed=4)
+    assert {layer: len(c) for layer, c in control.neurons.items()} == {0: 3, 2: 1, 3: 0}
+    assert (control.ablate, control.train) == (spec.ablate, spec.train)
+    assert control.neurons != spec.neurons
+    assert random_like(spec, 64, seed=4).neurons == control.neurons
+    assert random_like(spec, 64, seed=5).neurons != control.neurons
+    assert all(0 <= c < 64 for channels in control.neurons.values() for c in channels)
+
+
+def test_paired_difference_sees_a_real_gap_and_not_a_null_one():
+    from fnapi.comparison import paired_difference
+    from fnapi.measures import EvalMeasures, ProbeMeasure
+
+    rng = np.random.default_rng(0)
+    base = (rng.random(400) < 0.8).astype(float)
+
+    def runs(keep: float, seeds: int = 3) -> list:
+        out = []
+        for s in range(seeds):
+            after = base * (np.random.default_rng([s, int(keep * 100)]).random(400) < keep)
+            out.append((EvalMeasures(probes=(ProbeMeasure("p", tuple(base), (0.0,) * 400),)),
+                        EvalMeasures(probes=(ProbeMeasure("p", tuple(after), (0.0,) * 400),))))
+        return out
+
+    gap = paired_difference(runs(0.95), runs(0.80), [0, 1, 2], [0, 1, 2])
+    assert gap["diff"] == pytest.approx(0.15, abs=0.04) and gap["ci95"][0] > 0
+    same = paired_difference(runs(0.9), runs(0.9), [0, 1, 2], [0, 1, 2])
+    assert same["ci95"][0] <= 0 <= same["ci95"][1]
+    assert paired_difference(runs(0.9), runs(0.9), [0, 1, 2], [5, 6, 7]) is None
+
+
+def test_compare_with_seeds_controls_and_task_target_resumes_finished_runs(recipes, tmp_path):
+    out = tmp_path / "cmp"
+    protect = Recipe.from_yaml(recipes[0]).replace(**{"eval.kl_prompts": 1, "train.steps": 4,
+                                                      "train.task_check_every": 2, "train.task_check_samples": 2})
+    lora = protect.replace(**{"name": "lora", "mask.preset": "none", "mask.components": [], "template": None})
+    result = compare_recipes([lora, protect], out, seeds=2, task_target=0.01)
+    write_comparison(result, out)
+    data = json.loads((out / "comparison.json").read_text())
+    assert list(data["methods"]) == ["lora", "protect", "protect-random"]
+    assert data["baseline"] == "lora" and data["task_target"] == 0.01
+    for name, method in data["methods"].items():
+        assert method["seeds"] == [0, 1]
+        for key in ("task", "probes_retained", "kl_to_base", "steps"):
+            assert set(method[key]) >= {"mean", "ci95"}
+        assert (method["vs_lora"] is None) == (name == "lora")
+        assert method["control"] == (name == "protect-random")
+    assert data["methods"]["protect"]["vs_control"] is not None
+    # Each run's control drew as many neurons per layer as its method froze.
+    for seed in (0, 1):
+        masked = json.loads((out / "protect" / f"seed-{seed}" / "report.json").read_text())["mask"]
+        control = json.loads((out / "protect-random" / f"seed-{seed}" / "report.json").read_text())["mask"]
+        assert masked["per_layer"] == control["per_layer"] and masked["neurons"] > 0
+        assert control["control"] == "random"
+    # The target (0.01 on exact match) is reached at the first check or never: runs stop at step 2 or train to 4.
+    assert {row["steps"] for row in data["rows"]} <= {2, 4}
+    # Again: every run is read back, none is trained again.
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("report.json")}
+    again = compare_recipes([lora, protect], out, seeds=2, task_target=0.01)
+    assert [r.run_dir for r in again.rows] == [r.run_dir for r in result.rows]
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("report.json")} == before

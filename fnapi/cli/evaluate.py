@@ -1,0 +1,100 @@
+"""``fnapi eval TARGET``: scores with 95% intervals for a model or a run (with the change against its base).
+
+Progress goes to stderr; the tables (or with ``--json`` one JSON object) go to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def evaluate(
+    target: str = typer.Argument(..., metavar="TARGET", help="model spec (embedded name, folder, .gguf, hub id) or run directory"),
+    probes: list[str] = typer.Option([], "--probes", "-p",
+                                     help="probe set: builtin:probes or a multiple-choice file (repeatable)"),
+    texts: list[str] = typer.Option([], "--text", help="held-out text: builtin:text or a file (repeatable)"),
+    tasks: list[str] = typer.Option([], "--task", help="task data whose test split is scored by exact match (repeatable)"),
+    probe_samples: Optional[int] = typer.Option(None, "--probe-samples", min=1, help="items per probe set [default: all]"),
+    text_samples: int = typer.Option(32, "--text-samples", min=1, help="paragraphs per text source"),
+    task_samples: int = typer.Option(50, "--task-samples", min=1, help="conversations per task source"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of tables"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="also write the JSON result to this file"),
+) -> None:
+    """Score a model or a finished run: probe accuracy, right-answer log-probability, held-out text
+    NLL (and KL to the base for a run), task exact match, each with a 95% interval.
+
+    For a run the base model is scored too, and each change comes with a paired interval. Without
+    --probes/--text/--task a run uses its recipe's evaluation sources, a model builtin:probes and
+    builtin:text.
+    """
+    from fnapi.eval_target import evaluate_target
+    from fnapi.events import console_sink
+    from fnapi.paths import atomic_write_text
+
+    sink = console_sink()
+    try:
+        result = evaluate_target(target, probes=probes or None, texts=texts or None, tasks=tasks or None,
+                                 probe_samples=probe_samples, text_samples=text_samples, task_samples=task_samples,
+                                 sink=sink)
+    finally:
+        getattr(sink, "close", lambda: None)()
+    data = result.to_dict()
+    if out is not None:
+        atomic_write_text(out, json.dumps(data, indent=2) + "\n")
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    _print_tables(data)
+    if out is not None:
+        print(f"written: {out}")
+
+
+def _print_tables(data: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from fnapi.cli.study import _print_table
+
+    console = Console(highlight=False)
+    change = data.get("change")
+    columns = ["source", "measure", "n", "score [95% interval]"] + (["base", "change [95% interval, paired]"]
+                                                                   if change else [])
+    table = Table(show_edge=False, title=f"{data['kind']} {data['target']}")
+    for name in columns:
+        table.add_column(name, justify="left" if name in ("source", "measure") else "right")
+
+    def ci(bounds: list[float], digits: int = 3) -> str:
+        return f"[{bounds[0]:.{digits}f}, {bounds[1]:.{digits}f}]"
+
+    def add(source: str, measure: str, n: int, value: float, bounds: list[float], pair: dict | None,
+            digits: int = 3) -> None:
+        cells = [source, measure, str(n), f"{value:.{digits}f} {ci(bounds, digits)}"]
+        if change:
+            cells += ["", ""] if pair is None else [f"{pair['before']:.{digits}f}",
+                                                   f"{pair['change']:+.{digits}f} {ci(pair['change_ci95'], digits)}"]
+        table.add_row(*cells)
+
+    for i, task in enumerate(data["tasks"]):
+        add(task["source"], "task exact match", task["n"], task["score"], task["ci95"],
+            change["tasks"][i]["score"] if change else None)
+    for i, probe in enumerate(data["probes"]):
+        pair = change["probe_sets"][i] if change else None
+        add(probe["source"], "probe accuracy", probe["n"], probe["accuracy"], probe["ci95"],
+            pair["accuracy"] if pair else None)
+        add(probe["source"], "right-answer log-prob", probe["n"], probe["logprob"], probe["logprob_ci95"],
+            pair["logprob"] if pair else None)
+    for i, text in enumerate(data["texts"]):
+        pair = change["texts"][i] if change else None
+        add(text["source"], "text NLL per token", text["n"], text["nll"], text["ci95"], pair["nll"] if pair else None, 4)
+        if pair and "kl" in pair:
+            table.add_row(text["source"], "KL to base per token", str(pair["kl"]["n"]),
+                          f"{pair['kl']['mean']:.4f} {ci(pair['kl']['ci95'], 4)}", "", "")
+    _print_table(console, table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(evaluate)

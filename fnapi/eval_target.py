@@ -1,0 +1,146 @@
+"""Score a model or a finished run on any evaluation data: what ``fnapi eval TARGET`` does.
+
+``TARGET`` is a model spec (embedded name, local folder, ``.gguf`` file or hub id) or a run
+directory. A run is scored as it was trained: its saved full model, or its base model with the
+saved LoRA adapter, with the forward-pass part of its mask (ablation) in place; its base model is
+scored too, so every measure comes with the paired change and its interval.
+
+Defaults: for a run, the run's own task, probe sets and held-out text (``eval`` section of its
+recipe); for a model, ``builtin:probes`` and ``builtin:text``.
+
+>>> result = evaluate_target("runs/quickstart", probes=["my_arc.jsonl"])  # doctest: +SKIP
+>>> result.to_dict()["change"]["probe_sets"][1]["accuracy"]["change_ci95"]    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from fnapi.errors import DataError, RecipeError
+from fnapi.events import EventSink, NullSink, stage
+from fnapi.measures import EvalMeasures, build_plan, compare_measures, evaluate
+from fnapi.recipe import DataSection, Recipe
+
+
+@dataclass
+class TargetEvaluation:
+    """The measures of a target, and for a run those of its base model and the paired changes."""
+
+    target: str
+    kind: str  # "model" or "run"
+    measures: EvalMeasures
+    base: EvalMeasures | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"target": self.target, "kind": self.kind, **self.measures.summary()}
+        if self.base is not None:
+            out["base"] = self.base.summary()
+            out["change"] = compare_measures(self.base, self.measures)
+        return out
+
+
+def is_run_dir(target: str | Path) -> bool:
+    """True when ``target`` is a folder holding a run's recipe."""
+    from fnapi.rundir import RECIPE_FILE
+
+    path = Path(target)
+    return path.is_dir() and (path / RECIPE_FILE).is_file()
+
+
+def evaluate_target(target: str | Path, *, probes: Sequence[str] | None = None, texts: Sequence[str] | None = None,
+                    tasks: Sequence[str] | None = None, probe_samples: int | None = None, text_samples: int = 32,
+                    task_samples: int = 50, sink: EventSink | None = None,
+                    cancel: threading.Event | None = None) -> TargetEvaluation:
+    """Score ``target`` (see the module docstring); ``None`` for a source list means its default."""
+    from fnapi.models.loading import load_model
+
+    sink = sink if sink is not None else NullSink()
+    run = is_run_dir(target)
+    recipe = _run_recipe(Path(target)) if run else None
+    if recipe is not None:
+        probes = list(recipe.eval.probes) if probes is None else list(probes)
+        texts = ([recipe.eval.text] if recipe.eval.text else []) if texts is None else list(texts)
+        tasks = [recipe.data.path] if tasks is None else list(tasks)
+        task_samples = recipe.eval.task_samples if tasks == [recipe.data.path] else task_samples
+        chat_template = recipe.data.chat_template
+    else:
+        probes = ["builtin:probes"] if probes is None else list(probes)
+        texts = ["builtin:text"] if texts is None else list(texts)
+        tasks = [] if tasks is None else list(tasks)
+        chat_template = "auto"
+    if not (probes or texts or tasks):
+        raise DataError("nothing to evaluate: give --probes, --text or --task")
+    # Data sources are read before any weights load, so a bad file fails at once.
+    conversations = [(source, _task_conversations(source, task_samples, recipe)) for source in tasks]
+    loaded = load_model(recipe.model if recipe is not None else str(target), sink=sink, cancel=cancel)
+    plan = build_plan(loaded.tokenizer, tasks=conversations, probes=probes, probe_samples=probe_samples,
+                      texts=texts, text_samples=text_samples, chat_template=chat_template, sink=sink)
+    if recipe is None:
+        with stage(sink, "evaluate", total=plan.steps, unit="measure", cancel=cancel,
+                   description=f"scores of {target}") as progress:
+            measures, _ = evaluate(loaded.model, loaded.tokenizer, plan, progress=progress)
+        return TargetEvaluation(str(target), "model", measures)
+    with stage(sink, "baseline", total=plan.steps, unit="measure", cancel=cancel,
+               description="scores of the base model") as progress:
+        base, reference = evaluate(loaded.model, loaded.tokenizer, plan, progress=progress)
+    with _trained(Path(target), recipe, loaded, sink, cancel) as model, \
+            stage(sink, "evaluate", total=plan.steps, unit="measure", cancel=cancel,
+                  description=f"scores of the run {target}") as progress:
+        measures, _ = evaluate(model, loaded.tokenizer, plan, reference=reference, progress=progress)
+    return TargetEvaluation(str(target), "run", measures, base)
+
+
+def _run_recipe(folder: Path) -> Recipe:
+    from fnapi.rundir import RECIPE_FILE
+
+    return Recipe.from_yaml(folder / RECIPE_FILE)
+
+
+def _task_conversations(source: str, samples: int, recipe: Recipe | None) -> list:
+    """Held-out conversations of a task source: its test split, else its validation split."""
+    from fnapi.data.loading import load_data
+
+    section = recipe.data if recipe is not None and source == recipe.data.path else DataSection(path=source)
+    data = load_data(section, seed=recipe.seed if recipe is not None else 0)
+    pool = data.test if data.test else data.validation
+    if not pool:
+        raise DataError(f"--task {source}: no test or validation rows to score")
+    return list(pool[:samples])
+
+
+@contextlib.contextmanager
+def _trained(folder: Path, recipe: Recipe, loaded: Any, sink: EventSink,
+             cancel: threading.Event | None) -> Iterator[Any]:
+    """The run's model as trained (full model, or base + adapter), with its ablation in place."""
+    from fnapi.masking import from_section, mask
+    from fnapi.models.loading import load_model
+    from fnapi.networks.template import Template
+
+    model_dir, adapter_dir = folder / "model", folder / "adapter"
+    if model_dir.is_dir():
+        model = load_model(str(model_dir), dtype=recipe.model.dtype, device=recipe.model.device,
+                           sink=sink, cancel=cancel).model
+    elif adapter_dir.is_dir():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(loaded.model, str(adapter_dir))
+    else:
+        raise RecipeError(f"run {folder} has no trained weights (no model/ or adapter/ folder)",
+                          "the run may not have finished, or ran with output.save_model: false")
+    spec = None
+    if recipe.mask.switches()[0] != "none":
+        template_file = folder / "template.json"
+        if not template_file.is_file():
+            raise RecipeError(f"run {folder} ablates neurons but has no template.json to say which")
+        spec = from_section(Template.load(template_file), recipe.mask, seed=recipe.seed)
+    context = mask(model, spec, train="all") if spec is not None else contextlib.nullcontext()
+    try:
+        with context:
+            yield model
+    finally:
+        if adapter_dir.is_dir() and not model_dir.is_dir():
+            model.unload()  # the base model the caller loaded is plain again
