@@ -13,6 +13,7 @@ from fnapi.data.builtin import (
     BUILTINS,
     ProbeItem,
     builtin_splits,
+    probe_categories,
     probe_items,
     skill_conversations,
     skill_lexicon,
@@ -44,7 +45,7 @@ __all__ = [
     "BUILTINS", "FORMATS", "IGNORE_INDEX", "TEMPLATES", "apply_system_prompt",
     "Conversation", "DataPreview", "DetectionReport", "LoadedData", "ProbeItem", "TokenizedData",
     "builtin_splits", "collate", "detect_format", "encode", "inspect_data", "load_data", "load_tokenizer",
-    "normalise", "preview_examples", "probe_items", "prompt_and_answer", "read_conversations", "read_rows",
+    "normalise", "preview_examples", "probe_categories", "probe_items", "prompt_and_answer", "read_conversations", "read_rows",
     "render_text", "resolve_template", "skill_conversations", "skill_lexicon", "split_validation",
     "text_paragraphs", "tokenize",
 ]

@@ -6,6 +6,7 @@ from collections import Counter
 
 from fnapi.data import (
     builtin_splits,
+    probe_categories,
     probe_items,
     read_conversations,
     skill_conversations,
@@ -51,16 +52,37 @@ def test_builtin_data_is_deterministic_and_seeded():
 
 def test_probes_are_many_varied_and_well_formed():
     items = probe_items()
-    assert len(items) >= 200
+    assert len(items) >= 600
     categories = Counter(item.category for item in items)
-    assert len(categories) >= 8 and max(categories.values()) < len(items) / 4
+    assert len(categories) >= 18 and min(categories.values()) >= 20
+    assert max(categories.values()) < len(items) / 10 and max(categories.values()) <= 2 * min(categories.values())
     for item in items:
         assert 0 <= item.answer < len(item.choices)
         assert len(set(item.choices)) == len(item.choices) >= 3
+        assert item.choices[item.answer] in item.reply(item.answer)
+    assert len({item.question for item in items}) == len(items)
     # The right answer is not always in the same place.
     assert len(Counter(item.answer for item in items)) >= 3
-    # A small subset still mixes categories.
-    assert len({item.category for item in probe_items(40)}) >= 6
+    # Stratified: any prefix holds as many categories as it can, and n >= categories holds them all.
+    assert len({item.category for item in probe_items(40)}) >= 18
+    assert all(len({item.category for item in items[:n]}) == min(n, len(categories)) for n in range(1, 60))
+    assert {item.category for item in probe_items(len(categories))} == set(categories)
+    assert probe_items(40) == items[:40]
+
+
+def test_probe_order_is_seeded_and_keeps_the_same_categories():
+    other = probe_items(seed=7)
+    assert other == probe_items(seed=7) != probe_items()
+    assert Counter(item.category for item in other) == Counter(item.category for item in probe_items())
+    assert [item.category for item in other[:10]] != [item.category for item in probe_items(10)]
+
+
+def test_probe_categories_count_the_items():
+    counts = probe_categories()
+    assert counts == dict(Counter(item.category for item in probe_items()))
+    assert list(counts) == list(dict.fromkeys(item.category for item in probe_items()))
+    assert sum(counts.values()) == len(probe_items())
+    assert probe_categories(seed=7) == dict(Counter(item.category for item in probe_items(seed=7)))
 
 
 def test_probes_and_text_read_as_datasets():
