@@ -28,6 +28,9 @@ _EXPORTS = {
     "read_conversations": "fnapi.data",
     "tokenize": "fnapi.data",
     "probe_items": "fnapi.data.builtin",
+    "probe_categories": "fnapi.data.builtin",
+    "load_probes": "fnapi.data.probes",
+    "load_texts": "fnapi.data.probes",
     "detect_hardware": "fnapi.hardware",
     "recommend": "fnapi.hardware",
     "resolve_token": "fnapi.auth",
@@ -43,6 +46,13 @@ _EXPORTS = {
     "score_task": "fnapi.evaluation",
     "score_probes": "fnapi.evaluation",
     "mean_kl": "fnapi.drift",
+    # forgetting measures and comparisons
+    "evaluate_target": "fnapi.eval_target",
+    "build_plan": "fnapi.measures",
+    "evaluate": "fnapi.measures",
+    "compare_measures": "fnapi.measures",
+    "bootstrap": "fnapi.measures",
+    "compare_recipes": "fnapi.comparison",
     # events and errors
     "EventSink": "fnapi.events",
     "ListSink": "fnapi.events",

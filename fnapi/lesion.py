@@ -28,7 +28,7 @@ components by the mean random drop over them.
 10-component template at 41 evaluations of about 8 s each for the embedded SmolLM2-135M on two
 CPU cores: about 5.5 minutes (measured), under 15 even when other work slows the cores 2.5-fold
 (``benchmarks/lesion_speed.py`` measures it). The 200 items are a fixed subset, the first 200 of
-:func:`~fnapi.data.builtin.probe_items` (shuffled once with a fixed seed, so they mix every
+:func:`~fnapi.data.builtin.probe_items` (dealt round-robin across categories, so they mix every
 category): the same items for every lesion and every study, however large the probe set grows.
 Three draws are the fewest that still give each component a spread (``random_std``); the summary
 pools the draws of every component (30 for ten components). Random drops are heavy-tailed (in a

@@ -14,6 +14,7 @@ the run directory, evaluates and writes events, template and report (:mod:`fnapi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -315,19 +316,41 @@ def baseline_scores(recipe: Recipe, plan: Any, loaded: Any, rundir: RunDir, sink
 
     if not recipe.eval.enabled:
         return {}
+    global _LAST_BASELINE
     path = rundir.path / BASELINE_FILE
     model, tokenizer = loaded.model, loaded.tokenizer
     stored = _read_baseline(path)
+    key = _baseline_key(recipe, plan)
     if stored is not None:
         measures = EvalMeasures.from_dict(stored)
         reference = [next_token_logprobs(model, prompts) for _, prompts in plan.texts]
+    elif _LAST_BASELINE is not None and _LAST_BASELINE[0] == key:
+        # The same base model on the same evaluation items, earlier in this process (the runs of a
+        # comparison): its scores are the same, so they are not measured again.
+        _, measures, reference = _LAST_BASELINE
+        sink.emit(Log(message="base model scores: the same model and evaluation data as the previous run; reused",
+                      stage="baseline"))
+        atomic_write_text(path, json.dumps({"format": BASELINE_FORMAT, **measures.to_dict()}) + "\n")
     else:
         with stage(sink, "baseline", total=plan.steps, unit="measure", cancel=cancel,
                    description="scores of the base model") as progress:
             measures, reference = evaluate(model, tokenizer, plan, progress=progress)
             progress.metric(_headline(measures, "before"))
         atomic_write_text(path, json.dumps({"format": BASELINE_FORMAT, **measures.to_dict()}) + "\n")
+    _LAST_BASELINE = (key, measures, reference)
     return {"measures": measures, "_reference": reference}
+
+
+#: The last base model scores measured in this process: (key, measures, text distributions).
+_LAST_BASELINE: tuple[str, Any, Any] | None = None
+
+
+def _baseline_key(recipe: Recipe, plan: Any) -> str:
+    """What the base scores depend on: the model as loaded and every evaluation item."""
+    import hashlib
+
+    described = json.dumps(recipe.model.model_dump(mode="json"), sort_keys=True) + repr(plan)
+    return hashlib.sha256(described.encode()).hexdigest()
 
 
 def _read_baseline(path: Path) -> dict[str, Any] | None:
@@ -363,7 +386,6 @@ def _public(scores: dict[str, Any]) -> dict[str, Any]:
 def final_scores(recipe: Recipe, plan: Any, model: Any, tokenizer: Any, spec: Any, baseline: dict,
                  sink: EventSink, cancel: threading.Event | None) -> Any:
     """Per-item scores of the fine-tuned model, with the forward-pass part of the mask (ablation) in place."""
-    import contextlib
 
     from fnapi.masking import mask
     from fnapi.measures import evaluate
@@ -372,11 +394,27 @@ def final_scores(recipe: Recipe, plan: Any, model: Any, tokenizer: Any, spec: An
         return None
     ablating = spec is not None and spec.ablate != "none"
     context = mask(model, spec, train="all") if ablating else contextlib.nullcontext()
-    with context, stage(sink, "evaluate", total=plan.steps, unit="measure", cancel=cancel,
+    merged = _adapter_merged(model) if recipe.train.method == "lora" else contextlib.nullcontext()
+    with merged, context, stage(sink, "evaluate", total=plan.steps, unit="measure", cancel=cancel,
                         description="scores after fine-tuning") as progress:
         measures, _ = evaluate(model, tokenizer, plan, reference=baseline.get("_reference"), progress=progress)
         progress.metric(_headline(measures, "after"))
     return measures
+
+
+@contextlib.contextmanager
+def _adapter_merged(model: Any) -> Any:
+    """LoRA weights merged into the base weights while scoring (one matmul per layer instead of
+    three; the scores agree to float rounding), unmerged afterwards. The adapter and any merged model
+    were saved by training before this, so the rounding of merge-then-unmerge reaches no file."""
+    if not (hasattr(model, "merge_adapter") and hasattr(model, "unmerge_adapter")):
+        yield
+        return
+    model.merge_adapter()
+    try:
+        yield
+    finally:
+        model.unmerge_adapter()
 
 
 def write_measures(rundir: RunDir, before: Any, after: Any) -> Path:

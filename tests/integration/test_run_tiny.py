@@ -171,3 +171,19 @@ def test_eval_scores_a_run_on_a_probe_file_with_the_change_against_its_base(tmp_
                               str(tmp_path / "nope.jsonl")], env=_env(), capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "nope.jsonl does not exist" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_a_second_run_on_the_same_base_and_evaluation_data_reuses_the_base_scores(tmp_path, tiny_dir):
+    recipe = Recipe.from_yaml(_recipe(tmp_path, tiny_dir, steps=2))
+    first = run(recipe, output=tmp_path / "a")
+    sink = ListSink()
+    second = run(recipe.replace(**{"name": "other", "mask.preset": "none", "mask.components": [], "template": None}),
+                 sink=sink, output=tmp_path / "b")
+    assert any("reused" in getattr(e, "message", "") for e in sink.events)
+    assert (first.run_dir / "baseline.json").read_text() == (second.run_dir / "baseline.json").read_text()
+    assert second.report.probes.before == first.report.probes.before
+    changed = recipe.replace(**{"name": "third", "eval.probe_samples": 10})
+    sink = ListSink()
+    third = run(changed, sink=sink, output=tmp_path / "c")
+    assert not any("reused" in getattr(e, "message", "") for e in sink.events)
+    assert third.report.probes.samples == 10

@@ -297,3 +297,18 @@ def test_without_reaching_the_target_training_runs_to_the_cap(tmp_path):
     result = run(tmp_path, steps=8, task_target=0.95, task_check_every=4, task_check=lambda model: 0.1)
     assert result.steps == 8 and result.stopped_at_task_target is None
     assert result.task_checks == [(4, 0.1), (8, 0.1)]
+
+
+def test_final_scoring_merges_the_adapter_and_leaves_it_as_trained(tmp_path):
+    from fnapi.runner import _adapter_merged
+
+    result = run(tmp_path, steps=4)
+    model = result.model
+    assert hasattr(model, "merge_adapter")
+    before = logits(model)
+    with _adapter_merged(model):
+        merged = logits(model)
+        assert any(getattr(m, "merged", False) for m in model.modules())
+    assert not any(getattr(m, "merged", False) for m in model.modules())
+    assert torch.allclose(merged, before, atol=1e-4)
+    assert torch.allclose(logits(model), before, atol=1e-5)  # unmerged again, up to float rounding
