@@ -22,7 +22,7 @@ from typing import Any, Iterator, Sequence
 
 from fnapi.errors import DataError, RecipeError
 from fnapi.events import EventSink, NullSink, stage
-from fnapi.measures import EvalMeasures, build_plan, compare_measures, evaluate
+from fnapi.measures import EvalMeasures, build_plan, compare_measures, evaluate, read_sources
 from fnapi.recipe import DataSection, Recipe
 
 
@@ -76,9 +76,10 @@ def evaluate_target(target: str | Path, *, probes: Sequence[str] | None = None, 
         raise DataError("nothing to evaluate: give --probes, --text or --task")
     # Data sources are read before any weights load, so a bad file fails at once.
     conversations = [(source, _task_conversations(source, task_samples, recipe)) for source in tasks]
+    sources = read_sources(probes=probes, probe_samples=probe_samples, texts=texts, text_samples=text_samples,
+                           sink=sink)
     loaded = load_model(recipe.model if recipe is not None else str(target), sink=sink, cancel=cancel)
-    plan = build_plan(loaded.tokenizer, tasks=conversations, probes=probes, probe_samples=probe_samples,
-                      texts=texts, text_samples=text_samples, chat_template=chat_template, sink=sink)
+    plan = build_plan(loaded.tokenizer, tasks=conversations, chat_template=chat_template, sources=sources)
     if recipe is None:
         with stage(sink, "evaluate", total=plan.steps, unit="measure", cancel=cancel,
                    description=f"scores of {target}") as progress:

@@ -379,12 +379,10 @@ def _pair(before: Sequence[float], after: Sequence[float], weights: Sequence[flo
             "change": change.mean, "change_ci95": list(change.ci95)}
 
 
-def build_plan(tokenizer: Any, *, tasks: Sequence[tuple[str, Sequence[Any]]] = (), probes: Sequence[str] = (),
-               probe_samples: int | None = None, texts: Sequence[str] = (), text_samples: int = 32,
-               max_new_tokens: int = 24, chat_template: str = "auto", sink: Any = None) -> EvalPlan:
-    """An :class:`EvalPlan` from sources: task conversations by name, probe sets (``builtin:probes``
-    or files, read with :func:`fnapi.data.probes.load_probes`; skipped rows are logged to ``sink``)
-    and held-out text (``builtin:text`` or files, :func:`fnapi.data.probes.load_texts`)."""
+def read_sources(*, probes: Sequence[str] = (), probe_samples: int | None = None, texts: Sequence[str] = (),
+                 text_samples: int = 32, sink: Any = None) -> tuple[list, list]:
+    """The probe items and text paragraphs of each source, read without a model, so a bad file fails
+    before any weights load: ``([(source, items)], [(source, paragraphs)])``."""
     from fnapi.data.probes import load_probes, load_texts
 
     sets = []
@@ -395,9 +393,20 @@ def build_plan(tokenizer: Any, *, tasks: Sequence[tuple[str, Sequence[Any]]] = (
 
             sink.emit(Log(message=probe_set.describe(), level="warning", stage="evaluate"))
         sets.append((source, tuple(probe_set.items)))
-    text_sets = []
-    for source in texts if text_samples else ():
-        prompts = text_prompts(tokenizer, load_texts(source, limit=text_samples))
-        text_sets.append((source, tuple(tuple(p) for p in prompts)))
+    paragraphs = [(source, load_texts(source, limit=text_samples)) for source in (texts if text_samples else ())]
+    return sets, paragraphs
+
+
+def build_plan(tokenizer: Any, *, tasks: Sequence[tuple[str, Sequence[Any]]] = (), probes: Sequence[str] = (),
+               probe_samples: int | None = None, texts: Sequence[str] = (), text_samples: int = 32,
+               max_new_tokens: int = 24, chat_template: str = "auto", sink: Any = None,
+               sources: tuple[list, list] | None = None) -> EvalPlan:
+    """An :class:`EvalPlan` from sources: task conversations by name, probe sets (``builtin:probes``
+    or files, read with :func:`fnapi.data.probes.load_probes`; skipped rows are logged to ``sink``)
+    and held-out text (``builtin:text`` or files, :func:`fnapi.data.probes.load_texts`).
+    ``sources`` is what :func:`read_sources` returned, when the files were read beforehand."""
+    sets, paragraphs = sources if sources is not None else read_sources(
+        probes=probes, probe_samples=probe_samples, texts=texts, text_samples=text_samples, sink=sink)
+    text_sets = [(source, tuple(tuple(p) for p in text_prompts(tokenizer, rows))) for source, rows in paragraphs]
     return EvalPlan(tasks=tuple((name, tuple(c)) for name, c in tasks if c), probes=tuple(sets),
                     texts=tuple(text_sets), max_new_tokens=max_new_tokens, chat_template=chat_template)

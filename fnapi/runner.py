@@ -328,8 +328,10 @@ def baseline_scores(recipe: Recipe, plan: Any, loaded: Any, rundir: RunDir, sink
         # The same base model on the same evaluation items, earlier in this process (the runs of a
         # comparison): its scores are the same, so they are not measured again.
         _, measures, reference = _LAST_BASELINE
-        sink.emit(Log(message="base model scores: the same model and evaluation data as the previous run; reused",
-                      stage="baseline"))
+        with stage(sink, "baseline", total=plan.steps, unit="measure", cancel=cancel,
+                   description="scores of the base model") as progress:
+            progress.log("base model scores: the same model and evaluation data as the previous run; reused")
+            progress.metric(_headline(measures, "before"))
         atomic_write_text(path, json.dumps({"format": BASELINE_FORMAT, **measures.to_dict()}) + "\n")
     else:
         with stage(sink, "baseline", total=plan.steps, unit="measure", cancel=cancel,

@@ -170,6 +170,7 @@ def test_eval_scores_a_run_on_a_probe_file_with_the_change_against_its_base(tmp_
     missing = subprocess.run([sys.executable, "-m", "fnapi", "eval", str(tmp_path / "run"), "--probes",
                               str(tmp_path / "nope.jsonl")], env=_env(), capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "nope.jsonl does not exist" in missing.stderr
+    assert "[model]" not in missing.stderr  # refused before any weights load
     assert "Traceback" not in missing.stderr
 
 
