@@ -7,7 +7,7 @@ Progress goes to stderr; the template's path is the last line on stdout, so scri
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -44,8 +44,6 @@ def build(
     from fnapi import distributed
     from fnapi.errors import RecipeError
     from fnapi.events import console_sink
-    from fnapi.models.loading import load_model
-    from fnapi.networks.build import build_template, default_template_path
     from fnapi.recipe import Recipe, TemplateSection, format_validation_error
 
     base = Recipe.from_yaml(recipe) if recipe else None
@@ -66,17 +64,33 @@ def build(
     specs = list(data or section.data or ([base.data.path] if base else [DEFAULT_DATA]))
     seed_value = seed if seed is not None else (base.seed if base else 0)
     sink = console_sink()
+    # The group is left explicitly, after every process is done: a process that exits while gloo's
+    # threads still run aborts ("terminate called without an active exception") and fails the launch.
+    with distributed.process_group():
+        target = _build_and_save(model_spec, section, specs, seed_value, pca_dims, out, sink)
+        distributed.barrier()
+    if target is not None:
+        print(target)
+
+
+def _build_and_save(model_spec: str, section: Any, specs: list[str], seed_value: int, pca_dims: Any,
+                    out: Any, sink: Any) -> Any:
+    """Build on every process; the main process saves, reports and returns the path (others: None)."""
+    from fnapi import distributed
+    from fnapi.models.loading import load_model
+    from fnapi.networks.build import build_template, default_template_path
+
     loaded = load_model(model_spec, sink=sink)
     template = build_template(loaded, section, specs, seed=seed_value, pca_dims=pca_dims, sink=sink)
     target = out or (Path(section.out) if section.out else
                      default_template_path(loaded.info.name, specs, section, seed_value))
     if not distributed.is_main_process():
-        return  # under torchrun every process captured its share; the main process writes and reports
+        return None  # under torchrun every process captured its share; the main process writes and reports
     template.save(target)
     summary = ", ".join(f"{c.id}:{c.size}" + (f" ({c.stability:.2f})" if c.stability is not None else "")
                         for c in template.components[:10])
     typer.echo(f"{len(template.components)} components (id:neurons (stability)): {summary}", err=True)
-    print(target)
+    return target
 
 
 def register(template_app: typer.Typer) -> None:
