@@ -16,14 +16,14 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fnapi.errors import RecipeError
 from fnapi.paths import atomic_write_text
-from fnapi.redaction import redact
+from fnapi.redaction import holds_secret
 
 RECIPE_VERSION = 1
 
@@ -244,7 +244,7 @@ class Recipe(Section):
 
     version: int = RECIPE_VERSION
     name: str = "run"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # the range numpy and torch accept
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection = Field(default_factory=DataSection)
     template: TemplateSection | None = None
@@ -282,6 +282,16 @@ class Recipe(Section):
         return data
 
     @model_validator(mode="after")
+    def _no_secrets(self) -> "Recipe":
+        # Recipes are saved exactly, so a token must never get into one: tokens come from HF_TOKEN,
+        # a .env file or `fnapi auth login`, never from a recipe field.
+        for where, value in _strings(self.to_dict()):
+            if holds_secret(value):
+                raise ValueError(f"{where} holds what looks like a Hugging Face token; recipes are saved and "
+                                 "shared, so give the token through HF_TOKEN or `fnapi auth login` instead")
+        return self
+
+    @model_validator(mode="after")
     def _consistent(self) -> "Recipe":
         if self.mask.switches() != ("none", "all") and self.template is None:
             raise ValueError("mask uses components, so the recipe needs a template section (path or build settings)")
@@ -315,7 +325,8 @@ class Recipe(Section):
         except yaml.YAMLError as exc:
             raise RecipeError(f"{source}: not valid YAML: {_yaml_problem(exc)}") from None
         if data is None:
-            data = {}
+            raise RecipeError(f"{source}: the recipe is empty",
+                              "write at least `version: 1` and `name: ...`, or start from `fnapi new` or recipes/")
         if not isinstance(data, dict):
             raise RecipeError(f"{source}: a recipe is a mapping of sections, got {type(data).__name__}")
         return cls.from_dict(data, source=source)
@@ -335,9 +346,8 @@ class Recipe(Section):
         return data
 
     def to_yaml_text(self) -> str:
-        """YAML text with secrets redacted; reloading it gives an equal recipe."""
-        text = yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
-        return redact(text)
+        """YAML text, exact: reloading it gives an equal recipe (validation keeps secrets out)."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
     def to_yaml(self, path: str | Path) -> Path:
         """Write the recipe atomically."""
@@ -358,12 +368,28 @@ class Recipe(Section):
         for dotted, value in changes.items():
             node = data
             *parents, leaf = dotted.split(".")
-            for key in parents:
+            for depth, key in enumerate(parents):
                 if node.get(key) is None:
                     node[key] = {}
                 node = node[key]
+                if not isinstance(node, dict):
+                    where = ".".join(parents[:depth + 1])
+                    raise RecipeError(f"cannot set {dotted}: {where} is a value ({node!r}), not a section",
+                                      f"set {where} itself, e.g. {where}=...")
             node[leaf] = value
         return Recipe.from_dict(data)
+
+
+def _strings(data: Any, where: str = "") -> Iterator[tuple[str, str]]:
+    """``(dotted path, text)`` of every string inside nested dicts and lists."""
+    if isinstance(data, str):
+        yield where, data
+    elif isinstance(data, dict):
+        for key, value in data.items():
+            yield from _strings(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            yield from _strings(value, f"{where}[{i}]")
 
 
 # ---- YAML details -----------------------------------------------------------------------------

@@ -108,11 +108,40 @@ def test_replace_validates_dotted_changes():
         Recipe().replace(**{"train.steps": -1})
 
 
-def test_saved_recipe_holds_no_token(tmp_path):
+def test_a_recipe_field_holding_a_token_is_refused_without_quoting_it(tmp_path):
     token = "hf_" + "Q" * 34
-    recipe = Recipe(model={"name": f"org/model-{token}"})
-    text = recipe.to_yaml(tmp_path / "secret.yaml").read_text()
-    assert token not in text
+    path = tmp_path / "secret.yaml"
+    path.write_text(f"version: 1\nmodel: {{name: org/model-{token}}}\n")
+    with pytest.raises(RecipeError, match="model.name holds what looks like a Hugging Face token") as refused:
+        Recipe.from_yaml(path)
+    assert token not in str(refused.value) and str(path) in str(refused.value)
+
+
+@pytest.mark.parametrize("value", ["/some/where/hf_myDatasetsForFinetuning2024",  # hf_ + 27 characters
+                                   "data/hf_" + "a1" * 12, "org/hf_" + "B" * 40])
+def test_values_that_only_resemble_tokens_are_saved_exactly(tmp_path, value):
+    recipe = Recipe().replace(**{"data.path": value, "model.revision": value.rsplit("/", 1)[-1]})
+    saved = Recipe.from_yaml(recipe.to_yaml(tmp_path / "r.yaml"))
+    assert saved.data.path == value and saved == recipe and saved.fingerprint() == recipe.fingerprint()
+
+
+def test_empty_recipe_files_are_refused(tmp_path):
+    for text in ("", "# nothing yet\n", "---\n"):
+        path = tmp_path / "empty.yaml"
+        path.write_text(text)
+        with pytest.raises(RecipeError, match="empty.yaml: the recipe is empty"):
+            Recipe.from_yaml(path)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 10**30])
+def test_seeds_outside_what_the_random_generators_take_are_refused(seed):
+    with pytest.raises(RecipeError, match="seed"):
+        Recipe().replace(seed=seed)
+
+
+def test_setting_inside_a_value_names_the_value():
+    with pytest.raises(RecipeError, match="cannot set train.steps.x: train.steps is a value"):
+        Recipe().replace(**{"train.steps.x": 1})
 
 
 def test_write_is_atomic_and_leaves_no_temp_files(tmp_path, monkeypatch):

@@ -94,11 +94,14 @@ def jsonl_event_log(ctx: Context) -> str:
 
 @producer
 def recipe_yaml(ctx: Context) -> str:
+    # A recipe field holding the token is refused, and the refusal names the field, not the value.
+    from fnapi.errors import RecipeError
     from fnapi.recipe import Recipe
 
-    recipe = Recipe().replace(**{"data.system_prompt": f"use {ctx.token} please"})
-    recipe.to_yaml(ctx.tmp / "recipe.yaml")
-    return recipe.to_yaml_text() + ctx.files()
+    with pytest.raises(RecipeError) as refused:
+        Recipe().replace(**{"data.system_prompt": f"use {ctx.token} please"})
+    assert "data.system_prompt" in str(refused.value)
+    return str(refused.value) + ctx.files()
 
 
 @producer
@@ -106,7 +109,9 @@ def failed_run(ctx: Context) -> str:
     # The token pasted into the model path: the error, events.jsonl and recipe.yaml all mention the path.
     recipe = ctx.tmp.parent / "run.yaml"
     recipe.write_text(f"version: 1\nname: leak\nmodel: {{name: ./models/{ctx.token}}}\n")
-    return ctx.cli("run", str(recipe), "--output", str(ctx.tmp / "run")) + ctx.files()
+    output = ctx.cli("run", str(recipe), "--output", str(ctx.tmp / "run"))
+    assert output.startswith("exit 2") and "model.name" in output, output
+    return output + ctx.files()
 
 
 @producer
@@ -117,7 +122,7 @@ def finished_run(ctx: Context) -> str:
     recipe = ctx.tmp.parent / "run.yaml"
     recipe.write_text(
         f"version: 1\nname: leak\nmodel: {{name: {model}}}\n"
-        "data: {path: builtin:skill, max_samples: 16, max_length: 32, system_prompt: 'token: " + ctx.token + "'}\n"
+        "data: {path: builtin:skill, max_samples: 16, max_length: 32}\n"
         "train: {steps: 2, batch_size: 2, save_steps: 1}\neval: {enabled: false}\n"
     )
     return ctx.cli("run", str(recipe), "--output", str(ctx.tmp / "run")) + ctx.files()
