@@ -295,10 +295,10 @@ def _default_baseline(runs: Sequence[Recipe]) -> str | None:
 def _finished_run(directory: Path, recipe: Recipe) -> tuple[Any, Path | None] | None:
     """The report of a finished run of ``recipe`` in ``directory``, if there is one."""
     from fnapi.report import ForgettingReport
-    from fnapi.rundir import FINISHED_MARKER, RECIPE_FILE
+    from fnapi.rundir import RECIPE_FILE, is_finished
 
-    report_file, recipe_file = directory / FINISHED_MARKER, directory / RECIPE_FILE
-    if not (report_file.exists() and recipe_file.exists()):
+    report_file, recipe_file = directory / "report.json", directory / RECIPE_FILE
+    if not (is_finished(directory) and report_file.exists() and recipe_file.exists()):
         return None
     try:
         if Recipe.from_yaml(recipe_file).fingerprint() != recipe.fingerprint():

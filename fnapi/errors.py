@@ -6,6 +6,8 @@ as one paragraph and exits with code 2; anything else is a bug and keeps its tra
 
 from __future__ import annotations
 
+import errno
+
 from fnapi.redaction import redact
 
 
@@ -53,6 +55,41 @@ class HardwareError(FnapiError):
 
 
 class CancelledError(FnapiError):
-    """Work stopped because the caller set the cancel event."""
+    """Work stopped because the caller set the cancel event (SIGINT gives exit code 130, SIGTERM 143)."""
 
     exit_code = 130
+
+
+class StorageError(FnapiError):
+    """A file or folder that cannot be written or read: a full disk, a read-only folder, no permission."""
+
+
+#: errno -> what to do about it, for OS errors on paths a user chose.
+_OS_ADVICE = {
+    errno.ENOSPC: ("no space left on the device", "free some space (old runs, checkpoints, the cache) or write "
+                   "elsewhere, then run the same command again: finished work is kept"),
+    errno.EDQUOT: ("disk quota exceeded", "free some space or write elsewhere, then run the same command again"),
+    errno.EROFS: ("the file system is read-only", "write somewhere else (--output, output.dir, FNAPI_CACHE)"),
+    errno.EACCES: ("permission denied", "fix the permissions, or use a path you can read and write"),
+    errno.EPERM: ("operation not permitted", "fix the permissions, or use a path you can read and write"),
+    errno.ENOTDIR: ("a part of the path is a file, not a folder", "give a folder path"),
+    errno.EISDIR: ("it is a folder, not a file", "give a file path"),
+    errno.EEXIST: ("it already exists as a file", "give a folder path that is not a file"),
+}
+#: How a full disk surfaces through torch.save / safetensors, which drop the errno.
+_DISK_FULL_TEXT = ("No space left on device", "inline_container.cc", "file write failed", "PytorchStreamWriter")
+
+
+def storage_error(exc: BaseException) -> StorageError | None:
+    """The user-facing error for an OS error on a path (or a full disk reported by torch), else None."""
+    if isinstance(exc, StorageError):
+        return exc
+    if isinstance(exc, OSError) and exc.errno in _OS_ADVICE:
+        what, hint = _OS_ADVICE[exc.errno]
+        where = exc.filename if exc.filename is not None else "a file fnapi was writing"
+        return StorageError(f"cannot use {where}: {what}", hint)
+    text = str(exc)
+    if isinstance(exc, (OSError, RuntimeError)) and any(marker in text for marker in _DISK_FULL_TEXT):
+        what, hint = _OS_ADVICE[errno.ENOSPC]
+        return StorageError(f"writing a file failed: {what} (or the device failed)", hint)
+    return None

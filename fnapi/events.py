@@ -111,9 +111,21 @@ class RunFailed(Event):
     exit_code: int = 1
 
 
+@dataclass(frozen=True)
+class RunCancelled(Event):
+    """The run was stopped on purpose (a signal, or the cancel event) and can be resumed."""
+
+    type: ClassVar[str] = "run_cancelled"
+    reason: str
+    stage: str | None = None
+    exit_code: int = 130
+    resume: str | None = None
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.type: cls
-    for cls in (RunStarted, StageStarted, Progress, Metric, Log, StageFinished, RunFinished, RunFailed)
+    for cls in (RunStarted, StageStarted, Progress, Metric, Log, StageFinished, RunFinished, RunFailed,
+                RunCancelled)
 }
 
 
@@ -242,6 +254,8 @@ class PlainConsoleSink:
             self._print(f"run {event.name} finished in {event.seconds:.1f}s")
         elif isinstance(event, RunFailed):
             self._print(f"run failed{f' in {event.stage}' if event.stage else ''}: {event.error}")
+        elif isinstance(event, RunCancelled):
+            self._print(f"run stopped{f' in {event.stage}' if event.stage else ''}: {event.reason}")
 
     def close(self) -> None:
         return None

@@ -356,6 +356,7 @@ class Recipe(Section):
     def fingerprint(self) -> str:
         """Short hash of the recipe's meaning (stable across formatting and scheduling settings)."""
         data = self.to_dict()
+        data["output"].pop("dir", None)  # where a run goes does not change what it does
         scaling = data.pop("distributed", None) or {}
         if scaling.get("accelerate_config"):  # FSDP/DeepSpeed change the run; SLURM settings do not
             data["distributed"] = {"accelerate_config": scaling["accelerate_config"]}

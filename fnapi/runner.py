@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from fnapi import distributed
-from fnapi.errors import DataError, FnapiError, HardwareError
+from fnapi.errors import CancelledError, DataError, FnapiError, HardwareError, StorageError, storage_error
 from fnapi.events import (
     CompositeSink,
     EventSink,
     JsonlSink,
     Log,
     NullSink,
+    RunCancelled,
     RunFailed,
     RunFinished,
     RunStarted,
@@ -39,7 +40,7 @@ from fnapi.events import (
 from fnapi.paths import atomic_write_text
 from fnapi.recipe import Recipe
 from fnapi.report import ForgettingReport, Score, write_report
-from fnapi.rundir import RunDir, claim_run_dir
+from fnapi.rundir import RECIPE_FILE, RunDir, claim_run_dir
 
 BASELINE_FILE = "baseline.json"
 BASELINE_FORMAT = "fnapi.baseline/2"
@@ -71,26 +72,57 @@ def run(recipe: Recipe, *, sink: EventSink | None = None, cancel: threading.Even
 
 def _run(recipe: Recipe, sink: EventSink | None, cancel: threading.Event | None,
          output: str | Path | None) -> RunResult:
-    rundir = distributed.on_main(claim_run_dir, recipe, output)
+    rundir = distributed.on_main(claim_run_dir, recipe, output, share=_shareable_rundir)
+    try:
+        return _run_in(recipe, rundir, sink, cancel)
+    finally:
+        rundir.release()
+
+
+def _shareable_rundir(rundir: RunDir) -> RunDir:
+    # The other processes get the path and the resume flag; the lock stays with the main process.
+    return RunDir(path=rundir.path, resumed=rundir.resumed, taken_over=rundir.taken_over)
+
+
+def _run_in(recipe: Recipe, rundir: RunDir, sink: EventSink | None, cancel: threading.Event | None) -> RunResult:
     jsonl = JsonlSink(rundir.events) if distributed.is_main_process() else NullSink()
     events = distributed.main_process_sink(CompositeSink(sink if sink is not None else NullSink(), jsonl))
     started = time.monotonic()
     events.emit(RunStarted(name=recipe.name, run_dir=str(rundir.path)))
     if rundir.resumed:
         events.emit(Log(message=f"resuming the interrupted run in {rundir.path}", stage="run"))
+    if rundir.taken_over:
+        events.emit(Log(message=f"{rundir.path} held a run of another recipe that failed before training; "
+                                "this recipe starts over there", stage="run"))
     current = {"stage": "setup"}
+    resume = f"fnapi run {rundir.path / RECIPE_FILE}"
     try:
         result = _run_stages(recipe, rundir, events, cancel, current)
+        # Outputs first, the finished marker last: a run that dies in between is unfinished, and
+        # running it again resumes from the last checkpoint and writes what is missing.
+        current["stage"] = "report"
+        seconds = time.monotonic() - started
+        result.report.total_seconds = seconds
+        distributed.on_main(write_report, result.report, rundir.path)
+        distributed.on_main(rundir.mark_finished, seconds)
+    except CancelledError as exc:
+        stopped = CancelledError(exc.message, f"resume with `{resume}`")
+        stopped.exit_code = getattr(cancel, "exit_code", exc.exit_code)  # 143 after SIGTERM
+        events.emit(RunCancelled(reason=exc.message, stage=current["stage"], exit_code=stopped.exit_code,
+                                 resume=resume))
+        raise stopped from None
     except FnapiError as exc:
         events.emit(RunFailed(error=str(exc), stage=current["stage"], exit_code=exc.exit_code))
         raise
     except BaseException as exc:
+        user_error = storage_error(exc)
+        if user_error is not None:
+            user_error = StorageError(user_error.message, f"{user_error.hint}; resume with `{resume}`")
+            events.emit(RunFailed(error=str(user_error), stage=current["stage"], exit_code=user_error.exit_code))
+            raise user_error from exc
         events.emit(RunFailed(error=f"{type(exc).__name__}: {exc}", stage=current["stage"], exit_code=1))
         raise
     else:
-        seconds = time.monotonic() - started
-        result.report.total_seconds = seconds
-        distributed.on_main(write_report, result.report, rundir.path)
         events.emit(RunFinished(name=recipe.name, seconds=seconds, run_dir=str(rundir.path),
                                 summary=_summary(result.report)))
         return result

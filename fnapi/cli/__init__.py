@@ -75,11 +75,18 @@ def main(argv: list[str] | None = None, app: typer.Typer = app) -> int:
     except Exception as exc:  # click usage errors and the like
         import click
 
+        from fnapi.errors import storage_error
+
         if isinstance(exc, click.exceptions.ClickException):
             exc.show()
             return 2
         if isinstance(exc, click.exceptions.Exit):
             return exc.exit_code
+        user_error = storage_error(exc)  # a full disk, a read-only folder: the user's to fix, not a bug
+        if user_error is not None:
+            print(f"error: {user_error.message}", file=sys.stderr)
+            print(user_error.hint, file=sys.stderr)
+            return user_error.exit_code
         print(redact(f"internal error: {type(exc).__name__}: {exc}"), file=sys.stderr)
         print("This is a bug in fnapi; rerun with FNAPI_DEBUG=1 for the traceback.", file=sys.stderr)
         import os

@@ -36,13 +36,15 @@ def run(
     from fnapi.events import console_sink
     from fnapi.recipe import Recipe
     from fnapi.runner import run as run_recipe
+    from fnapi.stopping import stop_on_signals
 
     recipe = Recipe.from_yaml(recipe_path)
     if overrides:
         recipe = recipe.replace(**parse_overrides(overrides))
     sink = console_sink()
     try:
-        result = run_recipe(recipe, sink=sink, output=output)
+        with stop_on_signals("the run") as stop:
+            result = run_recipe(recipe, sink=sink, output=output, cancel=stop)
     finally:
         getattr(sink, "close", lambda: None)()
     from fnapi.distributed import is_main_process

@@ -16,7 +16,7 @@ from textual.containers import Horizontal
 from textual.widgets import Button, DataTable, RichLog, Static
 
 from fnapi.errors import CancelledError
-from fnapi.events import Log, Metric, RunFailed, RunFinished, RunStarted
+from fnapi.events import Log, Metric, RunCancelled, RunFailed, RunFinished, RunStarted
 from fnapi.recipe import Recipe
 from fntui.messages import EngineEvent, MessageSink, WorkDone
 from fntui.screens.base import StepScreen
@@ -132,6 +132,8 @@ class RunScreen(StepScreen):
             log.write(f"run {event.name} finished in {event.seconds:.1f} s")
         elif isinstance(event, RunFailed):
             log.write(f"run failed{f' in {event.stage}' if event.stage else ''}: {event.error}")
+        elif isinstance(event, RunCancelled):
+            log.write(f"run stopped{f' in {event.stage}' if event.stage else ''}: {event.reason}")
         else:
             self.query_one(ProgressPane).show(event)
 

@@ -50,9 +50,10 @@ def test_run_writes_every_output_with_computed_numbers(tmp_path, tiny_dir):
     result = run(recipe, sink=sink, output=tmp_path / "run")
     run_dir = result.run_dir
     for name in ("recipe.yaml", "events.jsonl", "template.json", "report.json", "report.md", "loss.png",
-                 "baseline.json", "adapter", "checkpoints"):
+                 "baseline.json", "adapter", "checkpoints", "finished.json"):
         assert (run_dir / name).exists(), name
-    assert Recipe.from_yaml(run_dir / "recipe.yaml") == recipe
+    assert Recipe.from_yaml(run_dir / "recipe.yaml") == recipe.replace(**{"output.dir": str(tmp_path / "run")})
+    assert not (run_dir / ".fnapi.pid").exists()  # the lock is given up when the run ends
     report = json.loads((run_dir / "report.json").read_text())
     for key in ("before", "after"):
         assert 0.0 <= report["task"][key] <= 1.0
@@ -119,14 +120,14 @@ def test_changed_recipe_on_interrupted_run_is_refused(tmp_path, tiny_dir):
     run_dir.mkdir()
     recipe = Recipe.from_yaml(_recipe(tmp_path, tiny_dir))
     recipe.to_yaml(run_dir / "recipe.yaml")
-    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "checkpoint-2").mkdir(parents=True)
     changed = _recipe(tmp_path, tiny_dir, steps=9)
     out = subprocess.run([sys.executable, "-m", "fnapi", "run", str(changed), "--output", str(run_dir)],
                          env=_env(), capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert "different recipe" in out.stderr
     assert "Traceback" not in out.stderr
-    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints", "recipe.yaml"]
+    assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")) == ["checkpoints", "recipe.yaml"]
 
 
 def test_a_batch_too_big_for_the_memory_is_refused_before_training(tmp_path, tiny_dir):
@@ -139,13 +140,17 @@ def test_a_batch_too_big_for_the_memory_is_refused_before_training(tmp_path, tin
     assert "train.batch_size 4000000" in out.stderr and "gradient_accumulation" in out.stderr
     assert "Traceback" not in out.stderr
     assert not (run_dir / "checkpoints").exists() and not (run_dir / "report.json").exists()
-    # What the refused run wrote stays; a changed recipe does not take its directory over.
-    kept = sorted(p.name for p in run_dir.iterdir())
+    # Nothing was trained, so the corrected recipe takes the directory over and runs there.
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert events[-1]["type"] == "run_failed" and events[-1]["exit_code"] == 2
     recipe.write_text(recipe.read_text().replace("batch_size: 4000000", "batch_size: 4"))
     again = subprocess.run([sys.executable, "-m", "fnapi", "run", str(recipe), "--output", str(run_dir)],
-                           env=_env(), capture_output=True, text=True, timeout=120)
-    assert again.returncode == 2 and "different recipe" in again.stderr, again.stderr
-    assert sorted(p.name for p in run_dir.iterdir()) == kept
+                           env=_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "failed before training" in again.stderr
+    assert (run_dir / "finished.json").exists()
+    assert Recipe.from_yaml(run_dir / "recipe.yaml").train.batch_size == 4
+    assert all(json.loads(line)["type"] != "run_failed" for line in (run_dir / "events.jsonl").read_text().splitlines())
 
 
 def test_eval_scores_a_run_on_a_probe_file_with_the_change_against_its_base(tmp_path, tiny_dir):

@@ -12,24 +12,31 @@ from fnapi.report import ForgettingReport, Score, write_report
 from fnapi.rundir import claim_run_dir
 
 
-def test_new_run_dir_records_the_recipe(tmp_path):
+def test_new_run_dir_records_the_recipe_with_its_real_path(tmp_path):
     recipe = Recipe(name="a")
     run = claim_run_dir(recipe, tmp_path / "run")
     assert not run.resumed
-    assert Recipe.from_yaml(run.path / "recipe.yaml") == recipe
+    recorded = Recipe.from_yaml(run.path / "recipe.yaml")
+    assert recorded.output.dir == str(tmp_path / "run")  # so `fnapi run DIR/recipe.yaml` comes back here
+    assert recorded.replace(**{"output.dir": recipe.output.dir}) == recipe
+    assert recorded.fingerprint() == recipe.fingerprint()
+    run.release()
+    assert claim_run_dir(recorded).path == run.path  # the resume hint, followed from anywhere
 
 
 def test_unfinished_run_with_same_recipe_resumes(tmp_path):
     recipe = Recipe(name="a")
     first = claim_run_dir(recipe, tmp_path / "run")
     (first.path / "checkpoints").mkdir()
+    first.release()
     again = claim_run_dir(recipe, tmp_path / "run")
     assert again.resumed and again.path == first.path
 
 
 def test_unfinished_run_with_changed_recipe_is_refused_and_untouched(tmp_path):
     first = claim_run_dir(Recipe(name="a"), tmp_path / "run")
-    (first.path / "checkpoints").mkdir()
+    (first.path / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    first.release()
     before = (first.path / "recipe.yaml").read_text()
     with pytest.raises(RecipeError, match="interrupted run of a different recipe"):
         claim_run_dir(Recipe(name="a", seed=1), tmp_path / "run")
@@ -40,9 +47,51 @@ def test_finished_run_is_kept_and_a_numbered_dir_is_used(tmp_path):
     recipe = Recipe(name="a")
     first = claim_run_dir(recipe, tmp_path / "run")
     (first.path / "report.json").write_text("{}")
+    first.mark_finished(1.0)
+    first.release()
     second = claim_run_dir(recipe, tmp_path / "run")
     assert second.path == tmp_path / "run-2" and not second.resumed
     assert (first.path / "report.json").read_text() == "{}"
+
+
+def test_a_live_run_directory_is_refused_naming_its_holder(tmp_path):
+    import os
+
+    recipe = Recipe(name="a")
+    live = claim_run_dir(recipe, tmp_path / "run")
+    with pytest.raises(RecipeError, match=f"in use by a live run \\(process {os.getpid()}\\)"):
+        claim_run_dir(recipe, tmp_path / "run")
+    live.release()
+    assert claim_run_dir(recipe, tmp_path / "run").resumed
+
+
+def test_reports_without_the_finished_marker_are_an_unfinished_run(tmp_path):
+    # A disk that filled while the outputs were written: the run resumes instead of a new -2 folder.
+    recipe = Recipe(name="a")
+    first = claim_run_dir(recipe, tmp_path / "run")
+    (first.path / "report.json").write_text("{}")
+    (first.path / "report.md").write_text("# a")
+    first.release()
+    again = claim_run_dir(recipe, tmp_path / "run")
+    assert again.path == first.path and again.resumed
+
+
+def test_a_run_that_failed_before_training_gives_its_folder_to_the_corrected_recipe(tmp_path):
+    first = claim_run_dir(Recipe(name="a", data={"path": "missing.jsonl"}), tmp_path / "run")
+    (first.path / "events.jsonl").write_text('{"type": "run_failed"}\n')
+    (first.path / "template.json").write_text("{}")
+    first.release()
+    fixed = Recipe(name="a", data={"path": "builtin:skill"})
+    again = claim_run_dir(fixed, tmp_path / "run")
+    assert again.path == first.path and not again.resumed and again.taken_over
+    assert Recipe.from_yaml(again.path / "recipe.yaml").data.path == "builtin:skill"
+    assert not (again.path / "events.jsonl").exists() and not (again.path / "template.json").exists()
+
+
+def test_a_file_as_the_run_directory_is_refused(tmp_path):
+    (tmp_path / "run").write_text("not a folder")
+    with pytest.raises(RecipeError, match="is a file"):
+        claim_run_dir(Recipe(name="a"), tmp_path / "run")
 
 
 def test_foreign_directory_is_refused(tmp_path):
