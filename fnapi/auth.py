@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,6 +27,8 @@ Source = Literal["explicit", "env", "dotenv", "cached"]
 TOKEN_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 #: Seconds to wait for a TCP connection to the hub before calling it offline.
 CONNECT_TIMEOUT = 2.0
+#: Seconds a hub check may take in all, connection and first answer (``$FNAPI_HUB_TIMEOUT``).
+DEFAULT_HUB_BUDGET = 10.0
 _SECRET_MODE = 0o600
 
 
@@ -174,20 +175,72 @@ def hub_endpoint() -> str:
     return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
 
 
-def hub_reachable(timeout: float = CONNECT_TIMEOUT) -> str | None:
-    """None when a TCP connection to the hub opens within ``timeout`` seconds, else the reason.
+def hub_budget() -> float:
+    """Seconds a hub check may take in all: ``$FNAPI_HUB_TIMEOUT``, default 10."""
+    raw = os.environ.get("FNAPI_HUB_TIMEOUT", "").strip()
+    if not raw:
+        return DEFAULT_HUB_BUDGET
+    try:
+        value = float(raw)
+    except ValueError:
+        raise FnapiError(f"FNAPI_HUB_TIMEOUT={raw!r} is not a number of seconds",
+                         hint="Set it to a positive number, for example FNAPI_HUB_TIMEOUT=10.") from None
+    if not value > 0:
+        raise FnapiError(f"FNAPI_HUB_TIMEOUT={raw!r} must be above 0 seconds",
+                         hint="Set it to a positive number, for example FNAPI_HUB_TIMEOUT=10.")
+    return value
 
-    Runs in a daemon thread: name resolution ignores socket timeouts and can stall far longer.
+
+def hub_reachable(timeout: float = CONNECT_TIMEOUT, budget: float | None = None) -> str | None:
+    """None when the hub answers an HTTP request in time, else the reason it counts as offline.
+
+    The connection must open within ``timeout`` seconds (a machine without network learns it at
+    once) and the first bytes of an HTTP answer must arrive within ``budget`` seconds in all
+    (default :func:`hub_budget`): a server that accepts connections but never answers would
+    otherwise hang every later hub call. Any HTTP status counts as an answer. Runs in a daemon
+    thread, because name resolution ignores socket timeouts.
     """
+    import http.client
+    import ssl
+
+    budget = hub_budget() if budget is None else budget
     url = urlparse(hub_endpoint())
     host = url.hostname or "huggingface.co"
-    port = url.port or (80 if url.scheme == "http" else 443)
+    https = url.scheme != "http"
+    port = url.port or (443 if https else 80)
+    start = time.monotonic()
+    phase = ["connect"]
 
-    def connect() -> None:
-        socket.create_connection((host, port), timeout=timeout).close()
+    def ask() -> None:
+        connect = min(timeout, budget)
+        if https:
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                host, port, timeout=connect, context=ssl.create_default_context())
+        else:
+            conn = http.client.HTTPConnection(host, port, timeout=connect)
+        try:
+            conn.connect()
+            phase[0] = "answer"
+            conn.sock.settimeout(max(budget - (time.monotonic() - start), 0.05))
+            conn.request("HEAD", "/", headers={"Connection": "close"})
+            conn.getresponse()
+        finally:
+            conn.close()
 
-    error = _run_with_deadline(connect, timeout)
-    return None if error is None else f"{host}:{port} not reachable ({error})"
+    error = _run_with_deadline(ask, budget + 0.5)
+    if error is None:
+        _bound_hub_client_calls(budget)
+        return None
+    if phase[0] == "answer":
+        return f"{host}:{port} accepted a connection but sent no HTTP answer within {budget:g}s ({error})"
+    return f"{host}:{port} not reachable ({error})"
+
+
+def _bound_hub_client_calls(budget: float) -> None:
+    """Give huggingface_hub's own metadata and read timeouts the same budget, unless the user set them."""
+    seconds = str(max(int(round(budget)), 1))
+    for name in ("HF_HUB_ETAG_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT"):
+        os.environ.setdefault(name, seconds)
 
 
 def _whoami(token: str) -> dict:
@@ -211,7 +264,7 @@ def validate_token(status: TokenStatus, timeout: float = 3.0) -> ValidationResul
         return result("missing", "no token to check")
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         return result("offline", "HF_HUB_OFFLINE is set, so the hub was not contacted")
-    problem = hub_reachable(min(CONNECT_TIMEOUT, timeout))
+    problem = hub_reachable(min(CONNECT_TIMEOUT, timeout), budget=timeout)
     if problem:
         return result("offline", problem)
     answer: dict = {}

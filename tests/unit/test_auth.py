@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 import threading
 import time
@@ -96,7 +97,7 @@ def test_mask_shows_at_most_four_characters():
 
 def test_offline_env_means_no_network_attempt(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(auth.socket, "create_connection", _must_not_be_called)
+    monkeypatch.setattr(socket, "create_connection", _must_not_be_called)
     monkeypatch.setattr(auth, "_whoami", _must_not_be_called)
     result = validate_token(auth.TokenStatus(ENV, "env", "HF_TOKEN"))
     assert result.state == "offline" and "HF_HUB_OFFLINE" in result.detail
@@ -107,11 +108,11 @@ def test_unreachable_hub_says_offline_quickly(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     release = threading.Event()
 
-    def hanging_connect(address, timeout=None):
+    def hanging_connect(*args, **kwargs):
         release.wait(30)
         raise OSError("network unreachable")
 
-    monkeypatch.setattr(auth.socket, "create_connection", hanging_connect)
+    monkeypatch.setattr(socket, "create_connection", hanging_connect)
     monkeypatch.setattr(auth, "_whoami", _must_not_be_called)
     start = time.monotonic()
     try:
@@ -125,17 +126,17 @@ def test_unreachable_hub_says_offline_quickly(monkeypatch):
 def test_refused_connection_is_offline(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
 
-    def refused(address, timeout=None):
+    def refused(*args, **kwargs):
         raise ConnectionRefusedError("refused")
 
-    monkeypatch.setattr(auth.socket, "create_connection", refused)
+    monkeypatch.setattr(socket, "create_connection", refused)
     assert validate_token(auth.TokenStatus(ENV, "env", "HF_TOKEN")).state == "offline"
 
 
 @pytest.fixture
 def reachable_hub(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(auth, "hub_reachable", lambda timeout=2.0: None)
+    monkeypatch.setattr(auth, "hub_reachable", lambda *args, **kwargs: None)
 
 
 def test_valid_token_reports_the_user(reachable_hub, monkeypatch):
