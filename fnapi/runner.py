@@ -111,6 +111,12 @@ def _run_in(recipe: Recipe, rundir: RunDir, sink: EventSink | None, cancel: thre
         events.emit(RunCancelled(reason=exc.message, stage=current["stage"], exit_code=stopped.exit_code,
                                  resume=resume))
         raise stopped from None
+    except KeyboardInterrupt:  # a second Ctrl-C, or a plain one outside `fnapi run`: no checkpoint now
+        stopped = CancelledError(f"the run was interrupted in {current['stage']}",
+                                 f"resume from the last saved checkpoint with `{resume}`")
+        stopped.exit_code = 130
+        events.emit(RunCancelled(reason=stopped.message, stage=current["stage"], exit_code=130, resume=resume))
+        raise stopped from None
     except FnapiError as exc:
         events.emit(RunFailed(error=str(exc), stage=current["stage"], exit_code=exc.exit_code))
         raise

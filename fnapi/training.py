@@ -198,7 +198,11 @@ def train(loaded_or_model: Any, tokenizer: Any, train_data: Any, eval_data: Any,
             if train_section.gradient_checkpointing:
                 model.enable_input_require_grads()
             if not finished:
-                trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+                try:
+                    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+                except BaseException:
+                    _remove_partial_checkpoints(Path(arguments.output_dir), sink)
+                    raise
             eval_loss = None
             if eval_data is not None and not callback.cancelled:
                 eval_loss = float(trainer.evaluate()["eval_loss"])
@@ -305,6 +309,20 @@ def _read_state(checkpoint: Path) -> dict:
     return json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
 
 
+def _remove_partial_checkpoints(root: Path, sink: EventSink | None) -> None:
+    """Delete checkpoints whose state file was never written (a save cut off by a crash or a full disk).
+
+    They cannot be resumed from, and on a full disk they hold the space the next save needs.
+    """
+    if not distributed.is_main_process():
+        return
+    for checkpoint in _checkpoints(root):
+        if not (checkpoint / STATE_FILE).is_file():
+            shutil.rmtree(checkpoint, ignore_errors=True)
+            if sink is not None:
+                sink.emit(Log(message=f"removed the incomplete checkpoint {checkpoint}", stage="train"))
+
+
 def _find_resume_point(root: Path, identity: dict, resume: bool, sink: EventSink) -> Path | None:
     """The last complete checkpoint to continue, after checking it belongs to this run."""
     if not resume:
@@ -313,6 +331,7 @@ def _find_resume_point(root: Path, identity: dict, resume: bool, sink: EventSink
             sink.emit(Log(message=f"removed old checkpoints in {root} (resume off)", stage="train"))
         distributed.barrier()
         return None
+    _remove_partial_checkpoints(root, sink)
     complete = [p for p in _checkpoints(root) if (p / STATE_FILE).is_file()]
     if not complete:
         return None

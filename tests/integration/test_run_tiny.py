@@ -115,6 +115,39 @@ def test_kill_and_rerun_resumes_to_the_same_final_loss(tmp_path, tiny_dir):
     assert _final_loss(run_dir) == pytest.approx(_final_loss(tmp_path / "straight"), rel=1e-5)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_at_a_step_saves_a_checkpoint_and_the_hint_resumes(tmp_path, tiny_dir, signum):
+    recipe_path = _recipe(tmp_path, tiny_dir, steps=60)
+    run_dir = tmp_path / "stopped"
+    fnapi = [sys.executable, "-m", "fnapi", "run", str(recipe_path), "--output", str(run_dir)]
+    process = subprocess.Popen(fnapi, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoints = run_dir / "checkpoints"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and process.poll() is None:
+        if checkpoints.exists() and list(checkpoints.glob("checkpoint-*/fnapi_state.json")):
+            break
+        time.sleep(0.2)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 128 + signum, err
+    assert "Traceback" not in err
+    hint = f"fnapi run {run_dir / 'recipe.yaml'}"
+    assert f"resume with `{hint}`" in err
+    last = json.loads((run_dir / "events.jsonl").read_text().splitlines()[-1])
+    assert last["type"] == "run_cancelled" and last["exit_code"] == 128 + signum and last["stage"] == "train"
+    assert last["resume"] == hint
+    saved = sorted(checkpoints.glob("checkpoint-*/fnapi_state.json"))
+    assert saved and not (run_dir / "finished.json").exists()
+    if signum == signal.SIGTERM:  # the printed command resumes the same run (once is enough)
+        stopped_at = max(int(p.parent.name.split("-")[1]) for p in saved)
+        assert stopped_at < 60
+        command = [sys.executable, "-m", *hint.split()]  # `fnapi run DIR/recipe.yaml`, as printed
+        resumed = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=900)
+        assert resumed.returncode == 0, resumed.stderr
+        assert f"resuming from checkpoint-{stopped_at}" in resumed.stderr
+        assert (run_dir / "finished.json").exists()
+
+
 def test_changed_recipe_on_interrupted_run_is_refused(tmp_path, tiny_dir):
     run_dir = tmp_path / "run"
     run_dir.mkdir()

@@ -155,6 +155,44 @@ def test_cancel_saves_a_checkpoint_and_the_run_resumes_to_the_same_result(tmp_pa
     assert resumed.frozen_unchanged is True
 
 
+def test_an_incomplete_checkpoint_is_removed_and_the_last_complete_one_resumes(tmp_path):
+    stopper = CancelAt(3)
+    with pytest.raises(CancelledError):  # leaves checkpoint-3, complete
+        train(tiny_model("llama"), tiny_tokenizer(), tiny_data(), None, section(), output_dir=tmp_path / "run",
+              seed=0, sink=stopper, cancel=stopper.cancel)
+    partial = tmp_path / "run" / "checkpoints" / "checkpoint-6"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"\0" * 4096)  # cut off before the state file
+    sink = ListSink()
+    resumed = run(tmp_path, sink=sink)
+    assert resumed.resumed_from == 3 and resumed.steps == 8
+    assert not partial.exists()
+    assert any("removed the incomplete checkpoint" in getattr(e, "message", "") for e in sink.events)
+
+
+def test_a_save_that_fails_leaves_no_partial_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    from transformers import Trainer
+
+    original = Trainer._save_checkpoint
+
+    def disk_fills(self, model, trial):
+        if self.state.global_step >= 4:  # the second save runs out of space half-way
+            folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+            folder.mkdir(parents=True)
+            (folder / "model.safetensors").write_bytes(b"\0" * 4096)
+            raise OSError(errno.ENOSPC, "No space left on device", str(folder / "model.safetensors"))
+        return original(self, model, trial)
+
+    monkeypatch.setattr(Trainer, "_save_checkpoint", disk_fills)
+    with pytest.raises(OSError, match="No space left"):
+        run(tmp_path, steps=8, save_steps=2, save_model=False)
+    root = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in root.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-2"]
+    assert (root / "checkpoint-2" / STATE_FILE).is_file()
+
+
 def test_resume_refuses_a_checkpoint_from_another_mask(tmp_path):
     run(tmp_path, spec=NeuronMask("mlp.out", SELECTED, train="unselected"), steps=2, save_model=False)
     with pytest.raises(RecipeError, match="different mask/recipe.*mask"):
