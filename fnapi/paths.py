@@ -11,10 +11,17 @@ def cache_dir() -> Path:
     """The cache root: ``$FNAPI_CACHE``, else ``$XDG_CACHE_HOME/fnapi``, else ``~/.cache/fnapi``."""
     explicit = os.environ.get("FNAPI_CACHE")
     if explicit:
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "fnapi"
+        root, origin = Path(explicit).expanduser(), f"FNAPI_CACHE={explicit}"
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+        root, origin = base / "fnapi", f"the cache folder {base / 'fnapi'}"
+    if root.exists() and not root.is_dir():
+        from fnapi.errors import StorageError
+
+        raise StorageError(f"{origin} is a file, not a folder",
+                           hint="Point FNAPI_CACHE at a folder (it is created when missing), or remove the file.")
+    return root
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, mode: int | None = None) -> Path:

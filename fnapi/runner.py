@@ -156,9 +156,7 @@ def _run_stages(recipe: Recipe, rundir: RunDir, sink: EventSink, cancel: threadi
 
     current["stage"] = "data"
     data = load_data(recipe.data, seed=recipe.seed)
-    sink.emit(Log(message=data.report.describe() if hasattr(data.report, "describe") else
-                  f"{data.report.source}: format {data.report.format}, {data.report.rows_kept} rows kept, "
-                  f"{data.report.rows_skipped} skipped", stage="data"))
+    sink.emit(Log(message=data.describe(), stage="data"))
     train_tokens = tokenize(data.train, tokenizer, chat_template=recipe.data.chat_template,
                             max_length=recipe.data.max_length, sink=sink, cancel=cancel)
     validation_tokens = None

@@ -86,11 +86,35 @@ def _build_and_save(model_spec: str, section: Any, specs: list[str], seed_value:
                      default_template_path(loaded.info.name, specs, section, seed_value))
     if not distributed.is_main_process():
         return None  # under torchrun every process captured its share; the main process writes and reports
-    template.save(target)
+    target = _save_or_keep(template, Path(target))
     summary = ", ".join(f"{c.id}:{c.size}" + (f" ({c.stability:.2f})" if c.stability is not None else "")
                         for c in template.components[:10])
     typer.echo(f"{len(template.components)} components (id:neurons (stability)): {summary}", err=True)
     return target
+
+
+def _save_or_keep(template: Any, target: Path) -> Path:
+    """Save ``template`` at ``target``; when that path cannot be written, keep the work in a fallback file.
+
+    Building can take many minutes; a read-only folder or a full disk must not throw it away.
+    """
+    import tempfile
+
+    from fnapi.errors import StorageError, storage_error
+
+    try:
+        return template.save(target)
+    except OSError as exc:
+        problem = storage_error(exc)
+        if problem is None:
+            raise
+        fallback = Path(tempfile.gettempdir()) / "fnapi-unsaved-templates" / target.name
+        try:
+            template.save(fallback)
+        except OSError:
+            raise problem from None
+        raise StorageError(f"{problem.message}; the template that was built is kept in {fallback}",
+                           hint=f"{problem.hint}. Then copy the kept file: cp {fallback} {target}") from None
 
 
 def register(template_app: typer.Typer) -> None:

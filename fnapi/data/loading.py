@@ -58,6 +58,16 @@ class LoadedData:
     validation: list[Conversation]
     test: list[Conversation] | None
     report: DetectionReport
+    max_samples: int | None = None
+
+    def describe(self) -> str:
+        """The detection line, then the rows the run actually uses (after ``max_samples``)."""
+        used = f"using {len(self.train)} training and {len(self.validation)} validation rows"
+        if self.test is not None:
+            used += f", {len(self.test)} test rows"
+        if self.max_samples:
+            used += f" (max_samples {self.max_samples})"
+        return f"{self.report.describe()}; {used}"
 
 
 def load_data(section: DataSection, *, seed: int) -> LoadedData:
@@ -91,7 +101,8 @@ def load_data(section: DataSection, *, seed: int) -> LoadedData:
         test = test[:cap] if test is not None else None
     if section.system_prompt:
         apply_system_prompt([*train, *validation, *(test or [])], section.system_prompt)
-    return LoadedData(name=_data_name(section.path), train=train, validation=validation, test=test, report=report)
+    return LoadedData(name=_data_name(section.path), train=train, validation=validation, test=test, report=report,
+                      max_samples=section.max_samples)
 
 
 def read_conversations(spec: str, *, split: str = "train", format: str = "auto",
@@ -280,6 +291,15 @@ def _read_jsonl(path: Path, text: str) -> list[Row]:
     return rows
 
 
+def _sniff_delimiter(text: str) -> str | None:
+    """``;`` or ``|`` when the first lines split consistently on it into two or more columns, else None."""
+    try:
+        dialect = csv.Sniffer().sniff("".join(text.splitlines(keepends=True)[:20]), delimiters=";|")
+    except csv.Error:
+        return None
+    return dialect.delimiter if dialect.delimiter in ";|" else None
+
+
 def _read_delimited(path: Path, delimiter: str) -> list[Row]:
     text = _read_text(path)
     kind = "TSV" if delimiter == "\t" else "CSV"
@@ -289,6 +309,13 @@ def _read_delimited(path: Path, delimiter: str) -> list[Row]:
     csv.field_size_limit(1 << 30)
     reader = csv.DictReader(text.splitlines(keepends=True), delimiter=delimiter)
     header = reader.fieldnames or []
+    if len(header) < 2 and delimiter == ",":
+        # Spreadsheets in many locales save CSV with ';' (or '|'): read it with the delimiter it uses.
+        sniffed = _sniff_delimiter(text)
+        if sniffed is not None:
+            other_reader = csv.DictReader(text.splitlines(keepends=True), delimiter=sniffed)
+            if len(other_reader.fieldnames or []) >= 2:
+                delimiter, reader, header = sniffed, other_reader, list(other_reader.fieldnames or [])
     if len(header) < 2:
         other = "\t" if delimiter == "," else ","
         if other in (header[0] if header else ""):
@@ -337,10 +364,15 @@ def _looks_like_hint(text: str) -> str:
 
 # ---- folders ---------------------------------------------------------------------------------
 
+#: Files a dataset folder carries beside its data, which are never rows: README.txt, LICENSE.txt...
+_NOT_DATA = re.compile(r"(readme|license|licence|notice|changelog|citation|authors)([._-].*)?$", re.IGNORECASE)
+
+
 def _read_folder(folder: Path) -> dict[str, RawSplit]:
     if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
         return _read_saved_dataset(folder)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in DATA_SUFFIXES)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in DATA_SUFFIXES
+                   and not _NOT_DATA.match(p.name))
     if not files and (folder / "data").is_dir():  # the hub's own layout: data/train-*.parquet
         return _read_folder(folder / "data")
     by_split: dict[str, list[Path]] = {}
@@ -349,6 +381,12 @@ def _read_folder(folder: Path) -> dict[str, RawSplit]:
         name = _canonical_split(re.split(r"[-_.]", stem, maxsplit=1)[0])
         if name in SPLIT_ALIASES:
             by_split.setdefault(name, []).append(file)
+    if not files:
+        present = sorted(p.name for p in folder.iterdir())
+        listing = ", ".join(present[:10]) + (" ..." if len(present) > 10 else "") if present else "nothing"
+        raise DataError(f"folder {folder} holds no data files (it has {listing})",
+                        f"Put train.jsonl (or {', '.join(DATA_SUFFIXES)}) in it, or give one file. "
+                        "README, LICENSE and similar files are never read as data.")
     if not by_split:
         if len(files) == 1:
             return _read_file_splits(files[0])

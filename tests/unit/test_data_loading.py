@@ -90,6 +90,40 @@ def test_tsv_named_csv_gets_a_rename_hint(tmp_path):
     assert "tabs.csv" in excinfo.value.message and ".tsv" in excinfo.value.hint
 
 
+@pytest.mark.parametrize("delimiter", [";", "|"])
+def test_csv_with_semicolons_or_pipes_is_read_with_the_delimiter_it_uses(tmp_path, delimiter):
+    path = write_delimited(tmp_path / "excel.csv", QUESTION_ANSWER, delimiter)
+    rows, report = read_conversations(str(path))
+    plain, _ = read_conversations(str(write_delimited(tmp_path / "plain.csv", QUESTION_ANSWER, ",")))
+    assert report.format == "question_answer" and len(rows) == len(QUESTION_ANSWER)
+    assert [r.messages for r in rows] == [r.messages for r in plain]
+
+
+def test_one_column_csv_with_semicolons_in_its_text_stays_one_column(tmp_path):
+    path = tmp_path / "notes.csv"
+    path.write_text("text\nfirst; then more\nsecond; and so on\n", encoding="utf-8")
+    rows, report = read_conversations(str(path))
+    assert report.columns == ["text"] and [r.text for r in rows] == ["first; then more", "second; and so on"]
+
+
+def test_a_folder_without_data_files_is_refused_and_readme_is_not_data(tmp_path):
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+    (folder / "README.txt").write_text("About this dataset.\n\nIt has answers.\n", encoding="utf-8")
+    (folder / "LICENSE").write_text("MIT\n", encoding="utf-8")
+    with pytest.raises(DataError, match="holds no data files.*LICENSE, README.txt"):
+        read_conversations(str(folder))
+    write_jsonl(folder / "train.jsonl", _rows(3))
+    rows, _ = read_conversations(str(folder))
+    assert len(rows) == 3
+
+
+def test_the_data_log_counts_the_rows_kept_after_max_samples(tmp_path):
+    loaded = load_data(DataSection(path=str(write_jsonl(tmp_path / "t.jsonl", _rows(50))), max_samples=8), seed=0)
+    line = loaded.describe()
+    assert "50 rows kept" in line and line.endswith("using 8 training and 5 validation rows (max_samples 8)")
+
+
 def test_csv_row_with_too_many_cells_is_skipped_with_its_number(tmp_path):
     path = tmp_path / "ragged.csv"
     path.write_text("prompt,completion\nhello,world\nbad,row,extra\nfine,yes\n", encoding="utf-8")

@@ -126,6 +126,23 @@ def test_cli_builds_and_prints_the_path_last(model_dir, text_file, tmp_path, mon
     assert "[capture]" in captured.err and "[ica]" in captured.err
 
 
+def test_a_template_that_cannot_be_written_is_kept_in_a_fallback_file(model_dir, text_file, tmp_path, monkeypatch,
+                                                                     capsys):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    target = blocker / "t.json"  # its parent is a file: the save fails after the ICA work is done
+    code = main(["template", "build", "--model", str(model_dir), "--data", str(text_file), "--samples", "12",
+                 "--max-length", "24", "--components", "2", "--runs", "2", "--out", str(target)])
+    err = capsys.readouterr().err
+    kept = tmp_path / "tmp" / "fnapi-unsaved-templates" / "t.json"
+    assert code == 2 and "Traceback" not in err
+    assert str(blocker) in err and f"kept in {kept}" in err and f"cp {kept} {target}" in err
+    assert len(Template.load(kept).components) == 2
+
+
 def test_cli_takes_settings_from_a_recipe(model_dir, text_file, tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"version: 1\nname: r\nseed: 2\nmodel: {{name: '{model_dir}'}}\n"
