@@ -51,6 +51,21 @@ for _name in COMMAND_MODULES:
     _module.register(app)
 
 
+def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """Click's usage-error and exit classes: typer >= 0.22 carries its own copy of click, older ones use click."""
+    usage: list[type] = []
+    leave: list[type] = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            exceptions = importlib.import_module(module)
+        except ImportError:
+            continue
+        usage.append(exceptions.ClickException)
+        if hasattr(exceptions, "Exit"):  # typer's own copy raises typer.Exit, caught above
+            leave.append(exceptions.Exit)
+    return tuple(usage), tuple(leave)
+
+
 def main(argv: list[str] | None = None, app: typer.Typer = app) -> int:
     """Entry point of the ``fnapi`` script (and of ``fntui``, which passes its own ``app``):
     run the app, turn user errors into exit code 2."""
@@ -73,14 +88,13 @@ def main(argv: list[str] | None = None, app: typer.Typer = app) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # click usage errors and the like
-        import click
-
         from fnapi.errors import storage_error
 
-        if isinstance(exc, click.exceptions.ClickException):
+        usage, leave = _click_exceptions()
+        if isinstance(exc, usage):
             exc.show()
             return 2
-        if isinstance(exc, click.exceptions.Exit):
+        if isinstance(exc, leave):
             return exc.exit_code
         user_error = storage_error(exc)  # a full disk, a read-only folder: the user's to fix, not a bug
         if user_error is not None:

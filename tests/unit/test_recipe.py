@@ -188,3 +188,24 @@ def test_every_shipped_recipe_validates():
     assert recipes, "recipes/ ships example recipes"
     for path in recipes:
         Recipe.from_yaml(path)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["nosuch"], "No such command 'nosuch'"),
+    (["run", "--bogus", "x.yaml"], "No such option: --bogus"),
+    (["template", "build", "--components", "zero"], "Invalid value for '--components'"),
+])
+def test_command_line_usage_errors_exit_2_with_click_s_message(argv, message, capsys):
+    from fnapi.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "bug in fnapi" not in err
+
+
+@pytest.mark.parametrize("value", ["1e19", "2.5", "true", "'7'"])
+def test_component_counts_are_whole_numbers_exactly(tmp_path, value):
+    path = tmp_path / "r.yaml"
+    path.write_text(f"version: 1\ntemplate: {{components: {value}}}\n", encoding="utf-8")
+    with pytest.raises(RecipeError, match="template.components"):
+        Recipe.from_yaml(path)
