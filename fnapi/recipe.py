@@ -85,6 +85,8 @@ class TemplateSection(Section):
     """Load a template, or build one from data."""
 
     path: str | None = Field(None, description="load this template instead of building one")
+    allow_other_model: bool = Field(False, description="apply a loaded template that was made for another model "
+                                                       "(same shapes); refused otherwise")
     method: Literal["ica", "attribution"] = "ica"
     mode: Literal["global", "per_layer"] = "global"
     site: Site = "mlp.out"

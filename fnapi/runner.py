@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from fnapi import distributed
-from fnapi.errors import CancelledError, DataError, FnapiError, HardwareError, StorageError, storage_error
+from fnapi.errors import (CancelledError, DataError, FnapiError, HardwareError, StorageError, TemplateError,
+                          storage_error)
 from fnapi.events import (
     CompositeSink,
     EventSink,
@@ -299,8 +300,13 @@ def obtain_template(recipe: Recipe, loaded: Any, rundir: RunDir, sink: EventSink
         source = "built"
         if section.out:
             distributed.on_main(template.save, section.out)
-    for warning in template.check_compatible(loaded.info) or []:
+    for warning in [*template.warnings, *(template.check_compatible(loaded.info) or [])]:
         sink.emit(Log(message=warning, level="warning", stage="template"))
+    other = template.other_model(loaded.info) if section.path else None
+    if other and not section.allow_other_model:
+        raise TemplateError(f"template.path {section.path}: {other}",
+                            hint="Build a template for this model (drop template.path), or set "
+                                 "template.allow_other_model: true to apply this one anyway.")
     if not built_before:
         distributed.on_main(template.save, rundir.template)
     sink.emit(Log(message=f"template ({source}): {len(template.components)} components at {template.site}",

@@ -119,9 +119,19 @@ def _fit_ica(acts: Activations, buffer_dtype: str, data: Any, section: TemplateS
         stability = float(consensus.stability_[index])
         components.append(Component(index, neurons, None if np.isnan(stability) else round(stability, 6), stats))
 
+    warnings = []
+    asked = section.components * blocks
+    if len(components) < asked:
+        # The PCA before ICA cannot have more dimensions than token rows - 1: the rest is noise.
+        warnings.append(
+            f"asked for {section.components} components{' per layer' if blocks > 1 else ''}, but "
+            f"{acts.n_rows} captured token rows allow only {len(components) // blocks}; the template holds "
+            f"{len(components)}. Capture more tokens (template.samples x template.max_length) for more.")
+        _log(sink, warnings[-1], "warning")
+
     return Template(
         site=section.site, width=acts.width, num_layers=num_layers, layers=layers, components=components,
-        model=model_identity(info),
+        model=model_identity(info), warnings=warnings,
         method={
             "name": "ica", "mode": section.mode, "components": section.components,
             "selection": {"rule": selection.rule, "value": selection.value, "sign": selection.sign},

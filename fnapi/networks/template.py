@@ -177,16 +177,32 @@ class Template:
                 + (f" ({self.model['name']})" if self.model.get("name") else ""),
             )
         warnings = []
-        mine, theirs = self.model.get("fingerprint"), _info(info, "fingerprint", None)
-        if mine and theirs and mine != theirs:
-            warnings.append(
-                f"template was built from {self.model.get('name') or 'another model'} (weights {mine}) but the model is "
-                f"{_info(info, 'name', None) or 'a different one'} (weights {theirs}); the shapes match, "
-                "but the neurons may not play the same roles"
-            )
-        if not mine and not self.model.get("name"):
+        other = self.other_model(info)
+        if other:
+            warnings.append(other)
+        if not self.model.get("fingerprint") and not self.model.get("name"):
             warnings.append(UNKNOWN_MODEL_WARNING)
         return warnings
+
+    def other_model(self, info: Any) -> str | None:
+        """Why this template seems to come from another model than ``info``, or None.
+
+        The weights fingerprints decide when both are known; otherwise the recorded model name is
+        compared with the model's, spelled loosely (``org/SmolLM2-135M-Instruct``,
+        ``smollm2-135m-instruct`` and ``SmolLM2-135M-Instruct.Q4_1.gguf`` are the same model).
+        """
+        mine, theirs = self.model.get("fingerprint"), _info(info, "fingerprint", None)
+        name, model_name = self.model.get("name"), _info(info, "name", None)
+        if mine and theirs:
+            if mine == theirs:
+                return None
+            return (f"template was built from {name or 'another model'} (weights {mine}) but the model is "
+                    f"{model_name or 'a different one'} (weights {theirs}); the shapes match, "
+                    "but the neurons may not play the same roles")
+        if name and model_name and _model_key(name) != _model_key(str(model_name)):
+            return (f"template names the model {name!r} but the model is {model_name!r}; the shapes match, "
+                    "but the neurons may not play the same roles")
+        return None
 
     # ---- components -------------------------------------------------------------------------
     @property
@@ -307,6 +323,14 @@ class Template:
 
 
 # ---- model identity ---------------------------------------------------------------------------
+
+def _model_key(name: str) -> str:
+    """A model name without org, folder, file type, quantisation tag, case or punctuation."""
+    base = re.split(r"[/\\]", name.rstrip("/\\"))[-1].lower()
+    base = re.sub(r"\.(gguf|safetensors|bin)$", "", base)
+    base = re.sub(r"[.-](q\d\w*|f16|f32|bf16)$", "", base)
+    return re.sub(r"[^a-z0-9]", "", base)
+
 
 def model_identity(info: Any) -> dict[str, Any]:
     """The ``model`` block of a template from a ``ModelInfo`` (or dict with the same keys)."""

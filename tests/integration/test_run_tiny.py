@@ -148,6 +148,31 @@ def test_a_signal_stops_at_a_step_saves_a_checkpoint_and_the_hint_resumes(tmp_pa
         assert (run_dir / "finished.json").exists()
 
 
+def test_a_template_made_for_another_model_is_refused_unless_the_recipe_allows_it(tmp_path, tiny_dir, capsys):
+    from fnapi.cli import main
+    from fnapi.networks.template import Component, Template
+
+    foreign = tmp_path / "foreign.json"
+    Template(site="mlp.out", width=64, num_layers=2, components=[Component(0, {0: [1, 2], 1: [3]})],
+             model={"name": "meta-llama/Llama-3.2-1B"}, method={"name": "imported"},
+             warnings=["imported from old.json, which records no weights fingerprint"]).save(foreign)
+    recipe = _recipe(tmp_path, tiny_dir, steps=2)
+    text = recipe.read_text().replace(
+        "template: {data: [builtin:text], samples: 12, max_length: 32, components: 4, runs: 2}",
+        f"template: {{path: '{foreign}'}}").replace("components: stable, top_stable: 2", "components: [0]")
+    recipe.write_text(text)
+    code = main(["run", str(recipe), "--output", str(tmp_path / "refused")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "names the model 'meta-llama/Llama-3.2-1B'" in err and "template.allow_other_model: true" in err
+    assert "records no weights fingerprint" in err  # the template's own warnings are shown
+    assert not list((tmp_path / "refused").glob("checkpoints/checkpoint-*"))
+
+    recipe.write_text(text.replace(f"{{path: '{foreign}'}}", f"{{path: '{foreign}', allow_other_model: true}}"))
+    assert main(["run", str(recipe), "--output", str(tmp_path / "allowed")]) == 0
+    assert (tmp_path / "allowed" / "finished.json").exists()
+
+
 def test_changed_recipe_on_interrupted_run_is_refused(tmp_path, tiny_dir):
     run_dir = tmp_path / "run"
     run_dir.mkdir()

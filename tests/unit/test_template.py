@@ -188,6 +188,22 @@ def test_fingerprint_mismatch_on_same_shape_is_a_warning():
     assert len(warnings) == 1 and "abc123" in warnings[0] and "fff000" in warnings[0]
 
 
+@pytest.mark.parametrize("recorded, loaded, other", [
+    ({"fingerprint": "abc123"}, {"fingerprint": "abc123", "name": "renamed-copy"}, False),  # weights decide
+    ({"fingerprint": "abc123"}, {"fingerprint": "fff000"}, True),
+    ({"fingerprint": None, "name": "HuggingFaceTB/SmolLM2-135M-Instruct"},
+     {"fingerprint": None, "name": "/cache/SmolLM2-135M-Instruct.Q4_1.gguf"}, False),  # the same model, spelled otherwise
+    ({"fingerprint": None, "name": "meta-llama/Llama-3.2-1B"}, {"fingerprint": "fff000", "name": "tiny-llama"}, True),
+    ({"fingerprint": None, "name": None}, {"fingerprint": "fff000"}, False),  # unknown: a warning, not a verdict
+])
+def test_other_model_is_decided_by_weights_then_by_name(recorded, loaded, other):
+    template = make_template(model={**model_identity(INFO), **recorded})
+    reason = template.other_model({**INFO, **loaded})
+    assert (reason is not None) == other
+    if other:
+        assert reason in template.check_compatible({**INFO, **loaded})
+
+
 def test_imported_template_fits_any_wider_model():
     template = Template.load(LEGACY / "10.json")  # 4 layers, width inferred as 42
     template.check_compatible({**INFO, "num_layers": 4, "hidden_size": 576})

@@ -69,6 +69,21 @@ def test_hidden_site_per_layer_mode_and_layer_filter(text_file):
         assert 1 <= component.size <= 5
 
 
+def test_more_components_than_the_tokens_allow_are_capped_with_a_recorded_warning(text_file):
+    from fnapi.events import ListSink
+
+    sink = ListSink()
+    section = TemplateSection(**{**SMALL, "samples": 2, "max_length": 8, "components": 50})
+    template = build_template(_loaded("llama"), section, [str(text_file)], seed=0, sink=sink)
+    tokens = template.data["tokens"]
+    assert len(template.components) < 50 and len(template.components) <= tokens - 1
+    assert len(template.warnings) == 1 and "asked for 50 components" in template.warnings[0]
+    assert f"{tokens} captured token rows allow only {len(template.components)}" in template.warnings[0]
+    assert any(getattr(e, "level", None) == "warning" and "asked for 50" in e.message for e in sink.events)
+    full = build_template(_loaded("llama"), TemplateSection(**SMALL), [str(text_file)], seed=0)
+    assert full.warnings == []
+
+
 def test_same_seed_gives_the_same_template(text_file):
     loaded = _loaded("qwen2")
     a, b = (build_template(loaded, TemplateSection(**SMALL), [str(text_file)], seed=3) for _ in range(2))
