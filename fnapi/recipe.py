@@ -45,7 +45,7 @@ MASK_PRESETS: dict[str, tuple[str, str]] = {
 class Section(BaseModel):
     """Base of every recipe section: strict types, no unknown keys, immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, validate_default=True, allow_inf_nan=False)
 
 
 class ModelSection(Section):

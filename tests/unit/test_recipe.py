@@ -209,3 +209,11 @@ def test_component_counts_are_whole_numbers_exactly(tmp_path, value):
     path.write_text(f"version: 1\ntemplate: {{components: {value}}}\n", encoding="utf-8")
     with pytest.raises(RecipeError, match="template.components"):
         Recipe.from_yaml(path)
+
+
+@pytest.mark.parametrize("value", ["1e400", ".inf", ".nan", "-.inf"])
+def test_infinite_or_nan_numbers_are_refused_by_field(tmp_path, value):
+    path = tmp_path / "r.yaml"
+    path.write_text(f"version: 1\ntrain: {{learning_rate: {value}}}\n", encoding="utf-8")
+    with pytest.raises(RecipeError, match="train.learning_rate"):
+        Recipe.from_yaml(path)
