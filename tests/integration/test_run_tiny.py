@@ -173,6 +173,27 @@ def test_a_template_made_for_another_model_is_refused_unless_the_recipe_allows_i
     assert (tmp_path / "allowed" / "finished.json").exists()
 
 
+def test_a_second_process_into_a_live_run_folder_is_refused_naming_the_first(tmp_path, tiny_dir):
+    recipe_path = _recipe(tmp_path, tiny_dir, steps=60)
+    run_dir = tmp_path / "shared"
+    fnapi = [sys.executable, "-m", "fnapi", "run", str(recipe_path), "--output", str(run_dir)]
+    first = subprocess.Popen(fnapi, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and first.poll() is None:
+            if list((run_dir / "checkpoints").glob("checkpoint-*/fnapi_state.json")):
+                break
+            time.sleep(0.2)
+        second = subprocess.run(fnapi, env=_env(), capture_output=True, text=True, timeout=120)
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=300)
+    assert second.returncode == 2 and "Traceback" not in second.stderr
+    assert f"in use by a live run (process {first.pid})" in second.stderr
+    started = [json.loads(line)["type"] for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert started.count("run_started") == 1  # the refused run wrote nothing into the live run's log
+
+
 def test_changed_recipe_on_interrupted_run_is_refused(tmp_path, tiny_dir):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
