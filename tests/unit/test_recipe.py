@@ -123,6 +123,13 @@ def test_values_that_only_resemble_tokens_are_saved_exactly(tmp_path, value):
     recipe = Recipe().replace(**{"data.path": value, "model.revision": value.rsplit("/", 1)[-1]})
     saved = Recipe.from_yaml(recipe.to_yaml(tmp_path / "r.yaml"))
     assert saved.data.path == value and saved == recipe and saved.fingerprint() == recipe.fingerprint()
+    # The saved copy is what a rerun compares against: the same command resumes the folder.
+    from fnapi.rundir import claim_run_dir
+
+    claim_run_dir(recipe, tmp_path / "run").release()
+    again = claim_run_dir(Recipe.from_yaml(tmp_path / "r.yaml"), tmp_path / "run")
+    assert again.resumed
+    again.release()
 
 
 def test_empty_recipe_files_are_refused(tmp_path):
