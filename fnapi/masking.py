@@ -191,9 +191,38 @@ class NeuronMask:
 
     def describe(self) -> str:
         """One line for logs: site, switches and neuron counts."""
+        return f"{self.site}: {self._counted()}, ablate {self.ablate}, train {self.train}"
+
+    def _counted(self) -> str:
         count = sum(len(v) for v in self.neurons.values())
-        return (f"{self.site}: {count} selected neurons in {len(self.neurons)} layers, "
-                f"ablate {self.ablate}, train {self.train}")
+        layers = sum(1 for v in self.neurons.values() if v)  # layers the networks do not reach hold []
+        return f"{_plural(count, 'selected neuron')} in {_plural(layers, 'layer')}"
+
+    def in_words(self) -> str:
+        """What the mask does, for people: ``3 networks, 1,036 neurons at mlp.out in 4 layers: frozen ...``."""
+        components = self.source.get("components")
+        if components == "stable":
+            networks = f"the {_plural(int(self.source.get('top_stable', 3)), 'most stable network')}"
+        elif isinstance(components, list):
+            networks = _plural(len(components), "network")
+        else:
+            networks = "the networks"
+        if self.source.get("control") == "random":
+            networks = f"random neurons in place of {networks}"
+        count = sum(len(v) for v in self.neurons.values())
+        layers = sum(1 for v in self.neurons.values() if v)
+        what = {
+            ("none", "unselected"): "frozen, so what they hold survives; everything else trains",
+            ("none", "selected"): "the only weights that train; the rest stays as it was",
+            ("selected", "all"): "switched off in the forward pass while the whole model trains",
+            ("unselected", "selected"): "the only neurons left on, and the only ones that train",
+            ("none", "all"): "marked, but nothing is frozen or switched off (the whole model trains)",
+        }.get((self.ablate, self.train), f"ablate {self.ablate}, train {self.train}")
+        return f"{networks}, {count:,} neuron{'s' if count != 1 else ''} at {self.site} in {_plural(layers, 'layer')}: {what}"
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
 def _preset_switches(preset: str) -> tuple[str, str]:

@@ -492,6 +492,7 @@ def _mask_summary(recipe: Recipe, spec: Any) -> dict[str, Any]:
         summary["site"] = spec.site
         summary["neurons"] = sum(len(spec.selected(layer)) for layer in spec.layers)
         summary["per_layer"] = {str(layer): len(spec.selected(layer)) for layer in spec.layers}
+        summary["in_words"] = spec.in_words()
     return summary
 
 

@@ -79,7 +79,15 @@ class NetworksScreen(StepScreen):
         if self.template is None:
             return {"mask.components": [], "mask.preset": "none"}
         if form.raw("use-stable"):
-            return {"mask.components": "stable", "mask.top_stable": form.integer("top-stable", minimum=1)}
-        picked = sorted(self.query_one(TemplateView).selected)
-        # No networks means no mask: a preset chosen earlier would have nothing to act on.
-        return {"mask.components": picked} if picked else {"mask.components": [], "mask.preset": "none"}
+            chosen: dict[str, Any] = {"mask.components": "stable",
+                                      "mask.top_stable": form.integer("top-stable", minimum=1)}
+        else:
+            picked = sorted(self.query_one(TemplateView).selected)
+            if not picked:  # no networks means no mask: a preset chosen earlier would have nothing to act on
+                return {"mask.components": [], "mask.preset": "none"}
+            chosen = {"mask.components": picked}
+        # Networks picked with no mask would train unmasked while the user believes otherwise: picking
+        # them sets protect (the quickstart's kind of mask); going back to none is a choice on Training.
+        if self.app.draft.recipe.mask.preset == "none" and not self.extras.get("mask_none_chosen"):
+            chosen["mask.preset"] = "protect"
+        return chosen

@@ -42,7 +42,7 @@ def report_view(report: ForgettingReport) -> Group:
     facts.add_row("training", f"{report.steps} steps, final loss {_fmt(report.final_loss, 4)}")
     mask = report.mask or {}
     if mask.get("preset") not in (None, "none"):
-        facts.add_row("mask", f"{mask.get('preset')}: components {mask.get('components')}")
+        facts.add_row("mask", f"{mask.get('preset')}: " + (mask.get("in_words") or f"components {mask.get('components')}"))
     if report.frozen_weights_unchanged is not None:
         facts.add_row("frozen weights", "bit-identical after training" if report.frozen_weights_unchanged
                       else Text("CHANGED during training", style="red"))

@@ -74,6 +74,7 @@ class TrainingScreen(StepScreen):
                            id="preset")
         yield Field("Mask preset", Horizontal(presets, Static(presets_view(recipe.mask.preset), id="preset-help"),
                                               id="preset-row"), key="mask.preset")
+        yield Static(self.mask_words(recipe.mask.preset), id="mask-words", markup=False)
         yield Field("Run name", Input(recipe.name, id="run-name", compact=True), key="name",
                     help="names the run folder (letters, digits, . _ -)")
         default_path = self.app.draft.extras.get("recipe_path") or f"{recipe.name}.yaml"
@@ -105,9 +106,32 @@ class TrainingScreen(StepScreen):
         self.query_one("#prefill-note", Static).update(f"Prefilled: {batch}" if batch else "")
         self.extras["train_prefilled"] = True
 
+    def mask_words(self, preset: str | None) -> str:
+        """What the chosen preset does to the picked networks, in words (or why there is no mask)."""
+        mask = self.recipe.mask
+        picked = mask.components == "stable" or bool(mask.components)
+        template = self.app.session.template
+        if not preset or preset == "none":
+            return ("Mask: none. Networks are picked, but this trains the whole model without a mask."
+                    if picked else "Mask: none; the whole model trains.")
+        if not picked:
+            return "Mask: no networks are picked yet (Networks step)."
+        if template is None:
+            return f"Mask: {preset} on {'the most stable networks' if mask.components == 'stable' else 'the picked networks'}."
+        from fnapi.masking import from_section
+
+        try:
+            spec = from_section(template, mask.model_copy(update={"preset": preset, "ablate": None, "train": None}),
+                                seed=self.recipe.seed)
+        except FnapiError as exc:
+            return f"Mask: {exc.message}"
+        return f"Mask ({preset}): {spec.in_words()}."
+
     def edited(self, control: Widget) -> None:
         if control.id == "preset":
-            self.query_one("#preset-help", Static).update(presets_view(Form(self).raw("preset")))
+            preset = Form(self).raw("preset")
+            self.query_one("#preset-help", Static).update(presets_view(preset))
+            self.query_one("#mask-words", Static).update(self.mask_words(preset))
         elif control.id == "run-name" and "recipe-path" not in self._touched:
             # The recipe file follows the run name until it is edited itself.
             path = self.query_one("#recipe-path", Input)
@@ -119,6 +143,8 @@ class TrainingScreen(StepScreen):
         mask = self.recipe.mask
         if preset != "none" and (self.recipe.template is None or mask.components == []):
             form.fail("preset-row", f"{preset} needs networks: pick some on the Networks step, or use none")
+        # none with networks picked is a choice the Networks step must not undo when visited again.
+        self.extras["mask_none_chosen"] = preset == "none" and mask.components != []
         path = form.text("recipe-path", required="enter where to write the recipe, for example my-run.yaml")
         if path and Path(path).suffix.lower() not in (".yaml", ".yml"):
             form.fail("recipe-path", "a recipe file ends in .yaml or .yml")

@@ -361,3 +361,18 @@ def test_invalid_masks_are_explained():
         NeuronMask("mlp.out", {0: [1]}, ablate="all")
     with pytest.raises(TemplateError, match="site"):
         NeuronMask("attn.out", {0: [1]})
+
+
+@pytest.mark.parametrize("components, preset, words", [
+    ([0], "protect", "1 network, 3 neurons at mlp.out in 1 layer: frozen, so what they hold survives"),
+    ([0, 1], "target", "2 networks, 5 neurons at mlp.out in 2 layers: the only weights that train"),
+    ("stable", "lesion", "the 1 most stable network, 3 neurons at mlp.out in 1 layer: switched off"),
+])
+def test_a_mask_says_in_words_what_it_does(components, preset, words):
+    template = Template(site="mlp.out", width=8, num_layers=2, components=[
+        Component(0, {0: [1, 2, 3]}, 0.9), Component(1, {1: [4, 5]}, 0.5)])
+    spec = from_template(template, components, preset=preset, top_stable=1)
+    assert spec.in_words().startswith(words)
+    # Layers a network does not reach are not counted as layers it spans ("3 ... in 2 layers" before).
+    count, layers = words.split(", ")[1].split(" neuron")[0], words.split(" in ")[1].split(":")[0]
+    assert spec.describe().startswith(f"mlp.out: {count} selected neuron{'s' if count != '1' else ''} in {layers}, ")
