@@ -496,3 +496,18 @@ def check_quantization_supported(kind: str, report: HardwareReport | None = None
         raise HardwareError(
             f"{label} loading needs bitsandbytes: {report.bitsandbytes.reason}.",
             hint="Install it with `pip install 'fntui[quant]'`, or use `model.quantization: none`.")
+
+
+def check_method_supported(method: str, report: Any = None) -> None:
+    """Raise :class:`HardwareError` if ``method`` cannot run here (QLoRA needs CUDA and bitsandbytes)."""
+    if method != "qlora":
+        return
+    report = report if report is not None else detect_hardware()
+    fix = "Use `train.method: lora` (or `full`) in the recipe, or run on a machine with an NVIDIA GPU."
+    if not report.has_cuda:
+        raise HardwareError(
+            f"train.method qlora needs a CUDA GPU and bitsandbytes; this machine has no CUDA device "
+            f"({report.cuda_reason or 'none found'}).", hint=fix)
+    if not report.bitsandbytes.usable:
+        raise HardwareError(f"train.method qlora needs bitsandbytes: {report.bitsandbytes.reason}.",
+                            hint="Install it with `pip install 'fntui[quant]'`, or " + fix[0].lower() + fix[1:])

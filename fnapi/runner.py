@@ -227,7 +227,7 @@ def check_hardware(recipe: Recipe, sink: EventSink) -> None:
     """Refuse CUDA-only features the machine lacks before anything slow starts (whether the batch fits
     is checked once the model is loaded, by :func:`check_training_fits`)."""
     from fnapi.hardware import check_quantization_supported, detect_hardware, format_bytes
-    from fnapi.training import check_method_supported
+    from fnapi.hardware import check_method_supported
 
     with stage(sink, "hardware", description="devices and memory") as progress:
         report = detect_hardware()

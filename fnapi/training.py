@@ -44,7 +44,7 @@ from typing import Any, Callable, Iterator
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-from fnapi import distributed, hardware
+from fnapi import distributed
 from fnapi.data.templating import collate
 from fnapi.errors import CancelledError, DataError, HardwareError, ModelError, RecipeError
 from fnapi.events import EventSink, Log, Metric, NullSink, Progress, stage
@@ -52,6 +52,7 @@ from fnapi.masking import NeuronMask, frozen_checksums, plain_state_dict
 from fnapi.masking import bake_lesion as bake_lesion_into
 from fnapi.masking import mask as apply_mask
 from fnapi.models.registry import get_adapter, unwrap_model
+from fnapi.hardware import check_method_supported
 from fnapi.paths import atomic_write_text
 from fnapi.recipe import TrainSection
 
@@ -102,21 +103,6 @@ class TrainResult:
 
 def _str(path: Path | None) -> str | None:
     return None if path is None else str(path)
-
-
-def check_method_supported(method: str, report: Any = None) -> None:
-    """Raise :class:`HardwareError` if ``method`` cannot run here (QLoRA needs CUDA and bitsandbytes)."""
-    if method != "qlora":
-        return
-    report = report if report is not None else hardware.detect_hardware()
-    fix = "Use `train.method: lora` (or `full`) in the recipe, or run on a machine with an NVIDIA GPU."
-    if not report.has_cuda:
-        raise HardwareError(
-            f"train.method qlora needs a CUDA GPU and bitsandbytes; this machine has no CUDA device "
-            f"({report.cuda_reason or 'none found'}).", hint=fix)
-    if not report.bitsandbytes.usable:
-        raise HardwareError(f"train.method qlora needs bitsandbytes: {report.bitsandbytes.reason}.",
-                            hint="Install it with `pip install 'fntui[quant]'`, or " + fix[0].lower() + fix[1:])
 
 
 def train(loaded_or_model: Any, tokenizer: Any, train_data: Any, eval_data: Any, train_section: TrainSection, *,

@@ -145,13 +145,21 @@ class TrainingScreen(StepScreen):
             form.fail("preset-row", f"{preset} needs networks: pick some on the Networks step, or use none")
         # none with networks picked is a choice the Networks step must not undo when visited again.
         self.extras["mask_none_chosen"] = preset == "none" and mask.components != []
+        method = form.raw("method")
+        if method == "qlora":  # found here, not minutes later when the run starts
+            from fnapi.hardware import check_method_supported
+
+            try:
+                check_method_supported(method, self.app.engine.detect_hardware())
+            except FnapiError as exc:
+                form.fail("method", f"{exc.message} {exc.hint or ''}".strip())
         path = form.text("recipe-path", required="enter where to write the recipe, for example my-run.yaml")
         if path and Path(path).suffix.lower() not in (".yaml", ".yml"):
             form.fail("recipe-path", "a recipe file ends in .yaml or .yml")
         elif path and Path(path).expanduser().is_dir():
             form.fail("recipe-path", f"{path} is a folder; give a file name")
         return {
-            "train.method": form.raw("method"),
+            "train.method": method,
             "train.steps": form.integer("steps", minimum=1),
             "train.batch_size": form.integer("batch-size", minimum=1),
             "train.gradient_accumulation": form.integer("grad-accum", minimum=1),

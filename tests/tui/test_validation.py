@@ -147,3 +147,21 @@ async def test_an_fnapi_error_during_the_run_is_a_readable_message(drafts):
         banner = text_of(app.screen.query_one("#banner", Static))
         assert "train.method qlora needs a CUDA GPU" in banner and "use lora on this machine" in banner
         assert app.screen.state == "failed" and app.is_running
+
+
+async def test_qlora_on_a_machine_without_cuda_is_refused_at_the_method(drafts):
+    from textual.widgets import Select
+
+    app = make_app(drafts, step="training")  # the fixed hardware has no CUDA device
+    async with app.run_test(size=TERMINAL) as pilot:
+        await settle(pilot)
+        app.screen.query_one("#method", Select).value = "qlora"
+        await settle(pilot)
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert app.draft.step == "training"
+        message = error_of(app.screen, "method")
+        assert message is not None and "qlora needs a CUDA GPU" in message and "train.method: lora" in message
+        app.screen.query_one("#method", Select).value = "lora"
+        await settle(pilot)
+        assert error_of(app.screen, "method") is None
