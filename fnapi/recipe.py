@@ -148,6 +148,9 @@ class TrainSection(Section):
     max_grad_norm: float = Field(1.0, ge=0)
     logging_steps: int = Field(5, gt=0)
     save_steps: int = Field(50, gt=0)
+    validation_samples: int | None = Field(
+        64, gt=0, description="validation conversations whose loss is measured after training (null: all); a "
+                              "few batches, so the pass costs a small share of the training time")
     gradient_checkpointing: bool = False
     lora: LoraSection = Field(default_factory=LoraSection)
     task_target: float | None = Field(

@@ -162,7 +162,8 @@ def _run_stages(recipe: Recipe, rundir: RunDir, sink: EventSink, cancel: threadi
                             max_length=recipe.data.max_length, sink=sink, cancel=cancel)
     validation_tokens = None
     if data.validation:
-        validation_tokens = tokenize(data.validation, tokenizer, chat_template=recipe.data.chat_template,
+        held_out = data.validation[: recipe.train.validation_samples] if recipe.train.validation_samples else data.validation
+        validation_tokens = tokenize(held_out, tokenizer, chat_template=recipe.data.chat_template,
                                      max_length=recipe.data.max_length, sink=sink, cancel=cancel)
     if len(train_tokens) == 0:
         raise DataError(f"{recipe.data.path}: no training example has a token to learn after tokenizing",

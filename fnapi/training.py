@@ -191,6 +191,8 @@ def train(loaded_or_model: Any, tokenizer: Any, train_data: Any, eval_data: Any,
                     raise
             eval_loss = None
             if eval_data is not None and not callback.cancelled:
+                progress.log(f"measuring the validation loss on {len(eval_data)} examples "
+                             "(train.validation_samples)")
                 eval_loss = float(trainer.evaluate()["eval_loss"])
         steps = saved["step"] if finished else trainer.state.global_step
         if callback.cancelled:

@@ -64,6 +64,10 @@ class TrainingScreen(StepScreen):
         yield Field("Log every", Input(str(train.logging_steps), id="logging-steps", compact=True),
                     key="train.logging_steps", help="steps between points of the live loss curve")
         yield Static("", id="prefill-note", markup=False)
+        validation = train.validation_samples
+        yield Field("Validation rows", Input("" if validation is None else str(validation), placeholder="all",
+                                             id="validation-samples", compact=True),
+                    key="train.validation_samples", help="held-out rows whose loss is measured after training (empty: all)")
         yield Field("Task examples", Input(str(recipe.eval.task_samples), id="task-samples", compact=True),
                     key="eval.task_samples", help="held-out examples scored before and after training")
         probes = recipe.eval.probe_samples
@@ -166,6 +170,7 @@ class TrainingScreen(StepScreen):
             "train.learning_rate": form.number("learning-rate", positive=True),
             "train.lora.r": form.integer("lora-r", minimum=1),
             "train.logging_steps": form.integer("logging-steps", minimum=1),
+            "train.validation_samples": form.integer("validation-samples", optional=True, minimum=1),
             "eval.task_samples": form.integer("task-samples", minimum=1),
             "eval.probe_samples": form.integer("probe-samples", optional=True, minimum=1),
             "mask.preset": preset,

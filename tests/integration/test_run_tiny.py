@@ -45,7 +45,7 @@ def _env():
 
 
 def test_run_writes_every_output_with_computed_numbers(tmp_path, tiny_dir):
-    recipe = Recipe.from_yaml(_recipe(tmp_path, tiny_dir))
+    recipe = Recipe.from_yaml(_recipe(tmp_path, tiny_dir)).replace(**{"train.validation_samples": 3})
     sink = ListSink()
     result = run(recipe, sink=sink, output=tmp_path / "run")
     run_dir = result.run_dir
@@ -54,6 +54,8 @@ def test_run_writes_every_output_with_computed_numbers(tmp_path, tiny_dir):
         assert (run_dir / name).exists(), name
     assert Recipe.from_yaml(run_dir / "recipe.yaml") == recipe.replace(**{"output.dir": str(tmp_path / "run")})
     assert not (run_dir / ".fnapi.pid").exists()  # the lock is given up when the run ends
+    logs = [e.message for e in sink.events if hasattr(e, "message")]
+    assert "measuring the validation loss on 3 examples (train.validation_samples)" in logs
     report = json.loads((run_dir / "report.json").read_text())
     for key in ("before", "after"):
         assert 0.0 <= report["task"][key] <= 1.0

@@ -165,3 +165,16 @@ async def test_qlora_on_a_machine_without_cuda_is_refused_at_the_method(drafts):
         app.screen.query_one("#method", Select).value = "lora"
         await settle(pilot)
         assert error_of(app.screen, "method") is None
+
+
+async def test_the_validation_size_is_a_training_field_written_to_the_recipe(drafts):
+    app = make_app(drafts, step="training")
+    async with app.run_test(size=TERMINAL) as pilot:
+        await settle(pilot)
+        assert app.screen.query_one("#validation-samples", Input).value == "64"  # the recipe default
+        await enter(pilot, "validation-samples", "none")
+        assert error_of(app.screen, "validation-samples") == "'none' is not a whole number"
+        await enter(pilot, "validation-samples", "")
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert app.draft.step == "run" and app.draft.recipe.train.validation_samples is None
