@@ -49,6 +49,10 @@ NodeData = Template | Component | LayerRef | NeuronRef
 
 # ---- what the preview pane shows -------------------------------------------------------------
 
+def _neurons(count: int) -> str:
+    return f"{count:,} neuron{'' if count == 1 else 's'}"
+
+
 def _stability(component: Component) -> str:
     return "n/a" if component.stability is None else f"{component.stability:.2f}"
 
@@ -86,8 +90,8 @@ def component_preview(template: Template, component: Component) -> RenderableTyp
     head.add_row("component", f"#{component.id}")
     head.add_row("stability", _stability(component)
                  + (f" (found in {component.stats['runs_found']} runs)" if "runs_found" in component.stats else ""))
-    head.add_row("size", f"{component.size} neurons, {100 * component.size / total:.2f}% of {template.site}"
-                 if total else f"{component.size} neurons")
+    head.add_row("size", f"{_neurons(component.size)}, {100 * component.size / total:.2f}% of {template.site}"
+                 if total else _neurons(component.size))
     layers = Table.grid(padding=(0, 1))
     layers.add_column(justify="right")
     layers.add_column()
@@ -127,7 +131,7 @@ def token_line(entry: object) -> Text:
 
 def layer_preview(ref: LayerRef) -> RenderableType:
     channels = ref.component.neurons.get(ref.layer, [])
-    return Group(Text(f"component #{ref.component.id}, layer {ref.layer}: {len(channels)} neurons", style="bold"),
+    return Group(Text(f"component #{ref.component.id}, layer {ref.layer}: {_neurons(len(channels))}", style="bold"),
                  Text(", ".join(map(str, channels)) or "none"))
 
 
@@ -216,7 +220,8 @@ class TemplateView(Horizontal):
     def component_label(self, component: Component) -> Text:
         mark = ("[x] " if component.id in self.selected else "[ ] ") if self.selectable else ""
         label = Text(f"{mark}#{component.id}", style="bold" if component.id in self.selected else "")
-        label.append(f"  {component.size} neurons  stab {_stability(component)}", style="dim")
+        # Stability first and spelled out: a cut label must not turn "stab 0.95" into "stab 0".
+        label.append(f"  stability {_stability(component)}  {_neurons(component.size)}", style="dim")
         return label
 
     def fill(self, query: str) -> None:
@@ -248,7 +253,7 @@ class TemplateView(Horizontal):
             return
         if isinstance(data, Component):
             for layer, channels in data.neurons.items():
-                node.add(f"layer {layer}: {len(channels)} neurons", data=LayerRef(data, layer),
+                node.add(f"layer {layer}: {_neurons(len(channels))}", data=LayerRef(data, layer),
                          allow_expand=bool(channels))
         elif isinstance(data, LayerRef):
             for channel in data.component.neurons.get(data.layer, []):
