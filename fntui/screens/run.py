@@ -56,8 +56,13 @@ class RunScreen(StepScreen):
         table.add_column("value", key="value")
         table.add_column("step", key="step")
         self.query_one("#loss-plot", LossPlot).border_title = "training loss"
-        if self.app.draft.extras.get("run_dir"):
-            self.state = "finished"
+        extras = self.app.draft.extras
+        if extras.get("run_dir"):
+            if extras.get("run_recipe") == self.app.draft.recipe.fingerprint():
+                self.state = "finished"
+            else:  # the recipe changed since that run: its results are not this recipe's
+                extras.pop("run_dir", None)
+                extras.pop("run_recipe", None)
         self._show_state()
 
     def _show_state(self) -> None:
@@ -142,6 +147,7 @@ class RunScreen(StepScreen):
         result = message.result
         self.app.session.run_result = result
         self.app.draft.extras["run_dir"] = str(result.run_dir)
+        self.app.draft.extras["run_recipe"] = self.app.draft.recipe.fingerprint()
         self.app.save_draft()
         self.state = "finished"
         self.query_one(ProgressPane).note(f"Finished: results in {result.run_dir}. Next shows the summary.")

@@ -67,6 +67,10 @@ class SummaryScreen(StepScreen):
 
     def compose_body(self) -> ComposeResult:
         extras = self.app.draft.extras
+        if extras.get("run_dir") and extras.get("run_recipe") not in (None, self.app.draft.recipe.fingerprint()):
+            yield Static(Text("The recipe changed since the last run, so its results are not shown. "
+                              "Go back to Run to run this recipe."), id="report")
+            return
         run_dir = Path(extras.get("run_dir", ""))
         report = self._report(run_dir)
         yield Static(report_view(report) if report else Text("No report found in the run folder."), id="report")

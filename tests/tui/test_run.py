@@ -9,7 +9,7 @@ import time
 
 import pytest
 from textual import events
-from textual.widgets import DataTable
+from textual.widgets import Button, DataTable, Input
 
 from fnapi.events import Metric, Progress
 from fntui.messages import EngineEvent
@@ -106,3 +106,22 @@ async def test_cancel_stops_at_the_next_step_and_start_resumes(drafts):
         await pilot.press("ctrl+n")  # resume
         await settle(pilot)
         assert app.screen.state == "finished" and len(fake.calls) == 2
+
+
+async def test_a_changed_recipe_does_not_show_the_old_run_as_its_result(drafts):
+    app = make_app(drafts, step="run", name="demo", extras={"recipe_path": "demo.yaml"})
+    async with app.run_test(size=TERMINAL) as pilot:
+        await settle(pilot)
+        await pilot.press("ctrl+n")  # run
+        await settle(pilot)
+        assert app.screen.state == "finished"
+        await pilot.press("ctrl+b")  # back to Training: another method and name
+        await settle(pilot)
+        assert app.draft.step == "training"
+        app.screen.query_one("#run-name", Input).value = "other"
+        await settle(pilot)
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert app.draft.step == "run" and app.draft.recipe.name == "other"
+        assert app.screen.state == "ready" and str(app.screen.query_one("#next", Button).label) == "Start ▶"
+        assert "run_dir" not in app.draft.extras
