@@ -128,8 +128,18 @@ class FntuiApp(App[None]):
         self.push_screen(PathPrompt("Template to browse", suffixes=(".json",)), open_browser)
 
     async def action_quit(self) -> None:
+        running = getattr(self.screen, "state", None) in ("running", "cancelling")
+        if running and not getattr(self, "_quit_armed", False):
+            self._quit_armed = True  # a run is hours of work: the first ctrl+q only asks
+            self.notify("A run is in progress. Press ctrl+q again to stop it at the next step "
+                        "(a checkpoint is kept) and quit.", severity="warning", timeout=8)
+            return
+        if running:
+            self.screen.cancel.set()
         if self.browse is None and self.draft.step != "welcome":
-            self.save_draft()
+            path = self.save_draft()
+            self.exit(message=f"Draft saved ({path}): `fntui --resume` opens it again.")
+            return
         self.exit()
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:

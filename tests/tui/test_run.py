@@ -125,3 +125,26 @@ async def test_a_changed_recipe_does_not_show_the_old_run_as_its_result(drafts):
         assert app.draft.step == "run" and app.draft.recipe.name == "other"
         assert app.screen.state == "ready" and str(app.screen.query_one("#next", Button).label) == "Start ▶"
         assert "run_dir" not in app.draft.extras
+
+
+async def test_ctrl_q_during_a_run_asks_first_then_stops_it_and_says_the_draft_is_saved(drafts):
+    gate = threading.Event()
+    fake = FakeRun(steps=4, gate=gate)
+    app = make_app(drafts, step="run", run_fn=fake, extras={"recipe_path": "demo.yaml", "train_prefilled": True})
+    messages: list = []
+    exit_app = app.exit
+    app.exit = lambda *args, **kwargs: (messages.append(kwargs.get("message")), exit_app(*args, **kwargs))
+    async with app.run_test(size=TERMINAL) as pilot:
+        await settle(pilot)
+        await pilot.press("ctrl+n")
+        await pilot.pause()
+        assert app.screen.state == "running"
+        await pilot.press("ctrl+q")  # only asks
+        await pilot.pause()
+        assert app.is_running and app.screen.state == "running" and not app.screen.cancel.is_set()
+        await pilot.press("ctrl+q")
+        await pilot.pause()
+        assert app.screen.cancel.is_set()
+        gate.set()
+    assert messages and "Draft saved" in str(messages[0]) and "fntui --resume" in str(messages[0])
+    assert drafts.load(app.draft.id).step == "run"
