@@ -157,6 +157,7 @@ class TrainingScreen(StepScreen):
                 check_method_supported(method, self.app.engine.detect_hardware())
             except FnapiError as exc:
                 form.fail("method", f"{exc.message} {exc.hint or ''}".strip())
+        self._check_memory(form, method)
         path = form.text("recipe-path", required="enter where to write the recipe, for example my-run.yaml")
         if path and Path(path).suffix.lower() not in (".yaml", ".yml"):
             form.fail("recipe-path", "a recipe file ends in .yaml or .yml")
@@ -176,6 +177,26 @@ class TrainingScreen(StepScreen):
             "mask.preset": preset,
             "name": form.text("run-name", required="enter a run name"),
         }
+
+    def _check_memory(self, form: Form, method: Any) -> None:
+        """Refuse at the field a batch that cannot fit in this machine's memory (what `fnapi run` would refuse)."""
+        loaded = self.app.session.model
+        batch = form.raw("batch-size")
+        if loaded is None or not str(batch).strip().isdigit() or int(batch) < 1:
+            return
+        from fnapi.hardware import format_bytes
+
+        try:
+            candidate = self.recipe.replace(**{"train.batch_size": int(batch), "train.method": method or "lora"})
+        except FnapiError:
+            return
+        engine = self.app.engine
+        weights, training = engine.memory_estimate(loaded.info, candidate)
+        available = engine.detect_hardware().ram_available
+        if available and training - weights > available:
+            form.fail("batch-size", f"batch {batch} of {candidate.data.max_length}-token rows needs about "
+                                    f"{format_bytes(training)} and {format_bytes(available)} is available; "
+                                    "lower it and raise Accumulation to keep the effective batch")
 
     async def before_next(self, recipe: Recipe) -> Recipe | None:
         path = self.query_one("#recipe-path", Input).value.strip()

@@ -178,3 +178,20 @@ async def test_the_validation_size_is_a_training_field_written_to_the_recipe(dra
         await pilot.press("ctrl+n")
         await settle(pilot)
         assert app.draft.step == "run" and app.draft.recipe.train.validation_samples is None
+
+
+async def test_a_batch_that_cannot_fit_in_memory_is_refused_at_the_field(drafts, tiny_model_dir):
+    app = make_app(drafts, step="training")
+    async with app.run_test(size=TERMINAL) as pilot:
+        await settle(pilot)
+        app.session.model = app.engine.load_model(app.draft.recipe.model)  # what the Model step leaves behind
+        await enter(pilot, "batch-size", "100000000")
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert app.draft.step == "training"
+        message = error_of(app.screen, "batch-size")
+        assert message is not None and "batch 100000000" in message and "is available" in message
+        await enter(pilot, "batch-size", "2")
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert app.draft.step == "run" and app.draft.recipe.train.batch_size == 2
