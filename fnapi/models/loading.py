@@ -72,6 +72,7 @@ class ModelInfo:
     num_parameters: int
     dtype: str
     fingerprint: str
+    context_length: int | None = None  # the longest input the model's positions cover, when it says
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -180,7 +181,16 @@ def describe(model: PreTrainedModel, name: str) -> ModelInfo:
         num_parameters=sum(p.numel() for p in base.parameters()),
         dtype=str(first.dtype).removeprefix("torch."),
         fingerprint=weight_fingerprint(base),
+        context_length=_context_length(base.config),
     )
+
+
+def _context_length(config: Any) -> int | None:
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def weight_fingerprint(model: PreTrainedModel) -> str:

@@ -145,10 +145,15 @@ class DataScreen(StepScreen):
         fields, problem = parse_fields(form.text("data-fields") or "")
         if problem:
             form.fail("data-fields", problem)
+        max_length = form.integer("max-length", minimum=1)
+        loaded = self.app.session.model
+        longest = getattr(getattr(loaded, "info", None), "context_length", None)
+        if max_length and longest and max_length > longest:
+            form.fail("max-length", f"the model reads at most {longest:,} tokens; use {longest:,} or fewer")
         changes = {
             "data.path": path, "data.format": form.raw("data-format"), "data.fields": fields,
             "data.chat_template": form.raw("chat-template"),
-            "data.max_length": form.integer("max-length", minimum=1),
+            "data.max_length": max_length,
             "data.max_samples": form.integer("max-samples", optional=True, minimum=1),
         }
         return changes

@@ -195,3 +195,17 @@ async def test_a_batch_that_cannot_fit_in_memory_is_refused_at_the_field(drafts,
         await pilot.press("ctrl+n")
         await settle(pilot)
         assert app.draft.step == "run" and app.draft.recipe.train.batch_size == 2
+
+
+async def test_max_tokens_beyond_what_the_model_reads_are_refused_at_the_field(drafts):
+    app = make_app(drafts, step="data", **{"data.path": "data/sums.jsonl"})
+    async with app.run_test(size=TERMINAL) as pilot:
+        await settle(pilot)
+        app.session.model = app.engine.load_model(app.draft.recipe.model)
+        longest = app.session.model.info.context_length
+        assert longest and longest < 99999
+        await enter(pilot, "max-length", "99999")
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert app.draft.step == "data"
+        assert error_of(app.screen, "max-length") == f"the model reads at most {longest:,} tokens; use {longest:,} or fewer"

@@ -70,7 +70,8 @@ def test_local_folder_loads_with_info(tmp_path, family, hub_unreachable):
     assert not loaded.model.training
     assert loaded.tokenizer.pad_token == "<pad>" and not loaded.pad_is_eos
     assert set(info.to_dict()) == {"name", "architecture", "family", "num_layers", "hidden_size",
-                                   "intermediate_size", "num_parameters", "dtype", "fingerprint"}
+                                   "intermediate_size", "num_parameters", "dtype", "fingerprint", "context_length"}
+    assert info.context_length == loaded.model.config.max_position_embeddings
 
 
 def test_load_reports_the_model_stage(llama_dir):
