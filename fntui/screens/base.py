@@ -262,10 +262,14 @@ class StepScreen(Screen):
             self.app.go_back()
 
     def _focus_first_error(self) -> None:
-        for field in self.query(Field):
-            if field.error:
-                field.control.focus()
-                return
+        bad = [field for field in self.query(Field) if field.error]
+        if not bad:
+            return
+        bad[0].control.focus()
+        if not self.query_one("#banner", Static).display:
+            # The field may sit below the fold: say in the banner what stops Next.
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            self.show_banner(f"Next needs a fix: {bad[0].label}: {bad[0].error}{more}")
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "back":

@@ -42,6 +42,8 @@ async def test_invalid_numbers_block_next_until_fixed(drafts):
         await settle(pilot)
         assert app.draft.step == "training" and app.screen is screen
         assert app.focused.id == "steps"  # Next took the cursor to the first problem
+        banner = text_of(screen.query_one("#banner"))  # and says why, in case the field is off screen
+        assert banner.startswith("Next needs a fix: Steps: 'ten' is not a whole number (and 2 more)")
 
         await enter(pilot, "steps", "10")
         await enter(pilot, "learning-rate", "1e-4")
