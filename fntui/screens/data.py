@@ -169,6 +169,12 @@ class DataScreen(StepScreen):
         return {}
 
     def edited(self, control: Widget) -> None:
+        if control.id == "data-path":
+            # What is shown belongs to the old path: a typo must not sit above another file's preview.
+            self.query_one("#data-status", Static).update("")
+            self.query_one("#data-report", Static).update("")
+            self.query_one("#data-preview").display = False
+            return
         if isinstance(control, Select):
             recipe, _ = self.check()
             if recipe is not None:

@@ -211,3 +211,16 @@ async def test_max_tokens_beyond_what_the_model_reads_are_refused_at_the_field(d
         await settle(pilot)
         assert app.draft.step == "data"
         assert error_of(app.screen, "max-length") == f"the model reads at most {longest:,} tokens; use {longest:,} or fewer"
+
+
+async def test_a_changed_data_path_hides_the_preview_of_the_old_one(drafts):
+    app = make_app(drafts, step="data", **{"data.path": "data/sums.jsonl"})
+    async with app.run_test(size=TERMINAL) as pilot:
+        await settle(pilot)
+        assert app.screen.query_one("#data-preview").display  # sums.jsonl was read and shown
+        await enter(pilot, "data-path", "data/missing.jsonl")
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert error_of(app.screen, "data-path") == "no such file or folder: data/missing.jsonl"
+        assert not app.screen.query_one("#data-preview").display
+        assert text_of(app.screen.query_one("#data-report")).strip() == ""
