@@ -28,6 +28,8 @@ from fnapi.recipe import Recipe
 
 RECIPE_FILE = "recipe.yaml"
 FINISHED_MARKER = "finished.json"
+#: Written into a checkpoint folder after everything else: a checkpoint without it is incomplete.
+CHECKPOINT_STATE_FILE = "fnapi_state.json"
 LOCK_FILE = ".fnapi.lock"
 HOLDER_FILE = ".fnapi.pid"
 #: Files a run writes before training saves anything; a takeover by a corrected recipe removes them.
@@ -94,6 +96,25 @@ def _has_content(path: Path) -> bool:
 def _trained_anything(path: Path) -> bool:
     checkpoints = path / "checkpoints"
     return checkpoints.is_dir() and any(checkpoints.iterdir())
+
+
+def resume_point(recipe: Recipe, output: str | Path | None = None) -> tuple[Path, int] | None:
+    """Where running ``recipe`` again would resume, and from which step, without claiming anything.
+
+    None when no unfinished run of this very recipe has a complete checkpoint in the folder it
+    would use. The step is the newest checkpoint whose state file was written.
+    """
+    base = Path(str(output) if output is not None else recipe.output.dir.replace("{name}", recipe.name))
+    candidate, number = base, 1
+    while _has_content(candidate) and is_finished(candidate):
+        number += 1
+        candidate = base.with_name(f"{base.name}-{number}")
+    recorded = _recorded_recipe(candidate)
+    if recorded is None or recorded.fingerprint() != recipe.fingerprint():
+        return None
+    steps = [int(p.name.split("-", 1)[1]) for p in (candidate / "checkpoints").glob("checkpoint-*")
+             if p.name.split("-", 1)[1].isdigit() and (p / CHECKPOINT_STATE_FILE).is_file()]
+    return (candidate, max(steps)) if steps else None
 
 
 def claim_run_dir(recipe: Recipe, output: str | Path | None = None) -> RunDir:

@@ -57,7 +57,7 @@ from fnapi.paths import atomic_write_text
 from fnapi.recipe import TrainSection
 
 CHECKPOINTS_DIR = "checkpoints"
-STATE_FILE = "fnapi_state.json"
+STATE_FILE = "fnapi_state.json"  # fnapi.rundir.CHECKPOINT_STATE_FILE names the same file
 STATE_FORMAT = "fnapi.train-state/1"
 # Hyperparameters that do not change the trajectory, so a resumed run may differ in them.
 _RESUME_NEUTRAL = {"logging_steps", "save_steps"}

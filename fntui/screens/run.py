@@ -63,7 +63,26 @@ class RunScreen(StepScreen):
             else:  # the recipe changed since that run: its results are not this recipe's
                 extras.pop("run_dir", None)
                 extras.pop("run_recipe", None)
+        if self.state == "ready":
+            self._show_resume_point()
         self._show_state()
+
+    def _show_resume_point(self) -> None:
+        """A stopped run of this recipe is resumed, not started: say so, and from where."""
+        from fnapi.rundir import resume_point
+
+        recipe = self.app.draft.recipe
+        try:
+            found = resume_point(recipe)
+        except OSError:
+            return
+        if found is None:
+            return
+        folder, step = found
+        total = f" of {recipe.train.steps}" if recipe.train.steps else ""
+        self.state = "cancelled"
+        self.query_one(ProgressPane).note(f"Resume from step {step}{total}: a checkpoint of this recipe is saved "
+                                          f"in {folder}. Next resumes it.")
 
     def _show_state(self) -> None:
         next_button = self.query_one("#next", Button)

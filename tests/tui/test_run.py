@@ -148,3 +148,21 @@ async def test_ctrl_q_during_a_run_asks_first_then_stops_it_and_says_the_draft_i
         gate.set()
     assert messages and "Draft saved" in str(messages[0]) and "fntui --resume" in str(messages[0])
     assert drafts.load(app.draft.id).step == "run"
+
+
+async def test_a_stopped_run_of_this_recipe_is_offered_as_a_resume_from_its_step(drafts):
+    from pathlib import Path
+
+    app = make_app(drafts, step="run", name="demo", extras={"recipe_path": "demo.yaml"})
+    recipe = app.draft.recipe
+    folder = Path("runs/demo")
+    (folder / "checkpoints" / "checkpoint-7").mkdir(parents=True)
+    (folder / "checkpoints" / "checkpoint-7" / "fnapi_state.json").write_text("{}")
+    (folder / "checkpoints" / "checkpoint-9").mkdir()  # cut off before its state file: not a resume point
+    recipe.replace(**{"output.dir": str(folder)}).to_yaml(folder / "recipe.yaml")
+    async with app.run_test(size=TERMINAL) as pilot:
+        await settle(pilot)
+        assert app.screen.state == "cancelled"
+        assert str(app.screen.query_one("#next", Button).label) == "Resume ▶"
+        note = str(app.screen.query_one(".progress-stage").render())
+        assert f"Resume from step 7 of {recipe.train.steps}" in note and "runs/demo" in note
