@@ -81,6 +81,19 @@ class RunScreen(StepScreen):
         folder, step = found
         total = f" of {recipe.train.steps}" if recipe.train.steps else ""
         self.state = "cancelled"
+        # The curve so far, from the checkpoint's own record: the resumed run only reports new steps.
+        import json
+
+        from fnapi.rundir import CHECKPOINT_STATE_FILE
+
+        try:
+            saved = json.loads((folder / "checkpoints" / f"checkpoint-{step}" / CHECKPOINT_STATE_FILE).read_text())
+            losses = [(float(s), float(v)) for s, v in saved.get("losses", [])]
+        except (OSError, ValueError, TypeError):
+            losses = []
+        plot = self.query_one("#loss-plot", LossPlot)
+        for point_step, value in losses:
+            plot.add(point_step, value)
         self.query_one(ProgressPane).note(f"Resume from step {step}{total}: a checkpoint of this recipe is saved "
                                           f"in {folder}. Next resumes it.")
 

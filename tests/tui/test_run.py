@@ -157,7 +157,7 @@ async def test_a_stopped_run_of_this_recipe_is_offered_as_a_resume_from_its_step
     recipe = app.draft.recipe
     folder = Path("runs/demo")
     (folder / "checkpoints" / "checkpoint-7").mkdir(parents=True)
-    (folder / "checkpoints" / "checkpoint-7" / "fnapi_state.json").write_text("{}")
+    (folder / "checkpoints" / "checkpoint-7" / "fnapi_state.json").write_text('{"losses": [[5, 2.5], [7, 2.0]]}')
     (folder / "checkpoints" / "checkpoint-9").mkdir()  # cut off before its state file: not a resume point
     recipe.replace(**{"output.dir": str(folder)}).to_yaml(folder / "recipe.yaml")
     async with app.run_test(size=TERMINAL) as pilot:
@@ -166,3 +166,4 @@ async def test_a_stopped_run_of_this_recipe_is_offered_as_a_resume_from_its_step
         assert str(app.screen.query_one("#next", Button).label) == "Resume ▶"
         note = str(app.screen.query_one(".progress-stage").render())
         assert f"Resume from step 7 of {recipe.train.steps}" in note and "runs/demo" in note
+        assert app.screen.query_one(LossPlot).points == [(5.0, 2.5), (7.0, 2.0)]  # the curve so far
