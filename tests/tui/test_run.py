@@ -97,6 +97,9 @@ async def test_cancel_stops_at_the_next_step_and_start_resumes(drafts):
         assert app.draft.step == "run"
         await pilot.press("escape")
         assert app.screen.state == "cancelling"
+        await pilot.pause()
+        button = app.screen.query_one("#next", Button)
+        assert str(button.label) == "Cancelling…" and button.size.width >= len("Cancelling…")  # not cut
         gate.set()
         await settle(pilot)
         assert app.screen.state == "cancelled"
