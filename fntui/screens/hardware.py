@@ -51,7 +51,7 @@ def recommendation_view(rec: Any) -> Group:
         ("Recommended: ", "bold"),
         f"{rec.device}, {rec.dtype}, quantization {rec.quantization}, batch {rec.batch_size} x "
         f"{rec.gradient_accumulation} accumulation, about {format_bytes(rec.estimated_memory)} to train "
-        "the embedded model",
+        "the embedded model (the batch is worked out again for your model and data on the Training step)",
     )
     reasons = [Text(f"• {reason}", style="yellow" if reason.startswith("warning") else "") for reason in rec.reasons]
     return Group(head, *reasons)
@@ -72,6 +72,7 @@ class HardwareScreen(StepScreen):
         yield Static("", id="recommendation")
         yield Checkbox("Use the recommended device, data type and quantization", id="apply", compact=True,
                        value=bool(self.app.draft.extras.get("apply_hardware", True)))
+        yield Static("", id="apply-effect", markup=False)
 
     def load(self) -> None:
         self.query_one("#apply", Checkbox).focus()
@@ -87,11 +88,30 @@ class HardwareScreen(StepScreen):
         report, self.recommendation = message.result
         self.query_one("#devices", Static).update(devices_table(report))
         self.query_one("#recommendation", Static).update(recommendation_view(self.recommendation))
+        self._show_effect()
         if self.advance_after_detection:
             recipe = self.validate(show_all=True)
             if recipe is not None:
                 self.extras["apply_hardware"] = True
                 self.app.advance(recipe)
+
+    def edited(self, control: Any) -> None:
+        if control.id == "apply":
+            self._show_effect()
+
+    def _show_effect(self) -> None:
+        """What ticking the box does to the recipe, so unticking it visibly changes something."""
+        model, rec = self.recipe.model, self.recommendation
+        if rec is None:
+            return
+        if Form(self).raw("apply"):
+            text = (f"Next writes device {rec.device}, dtype {rec.dtype}, quantization {rec.quantization} "
+                    "into the recipe.")
+        else:
+            text = (f"The recipe keeps device {model.device}, dtype {model.dtype}, quantization "
+                    f"{model.quantization}" + (" (auto: chosen when the run starts)." if "auto" in
+                                                (model.device, model.dtype) else "."))
+        self.query_one("#apply-effect", Static).update(text)
 
     def changes(self, form: Form) -> dict[str, Any]:
         if not form.raw("apply") or self.recommendation is None:

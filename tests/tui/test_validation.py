@@ -224,3 +224,19 @@ async def test_a_changed_data_path_hides_the_preview_of_the_old_one(drafts):
         assert error_of(app.screen, "data-path") == "no such file or folder: data/missing.jsonl"
         assert not app.screen.query_one("#data-preview").display
         assert text_of(app.screen.query_one("#data-report")).strip() == ""
+
+
+async def test_unticking_the_recommended_settings_says_what_the_recipe_keeps(drafts):
+    from textual.widgets import Checkbox
+
+    app = make_app(drafts, step="hardware")
+    async with app.run_test(size=TERMINAL) as pilot:
+        await settle(pilot)
+        effect = app.screen.query_one("#apply-effect")
+        assert text_of(effect).startswith("Next writes device cpu, dtype float32, quantization none")
+        app.screen.query_one("#apply", Checkbox).value = False
+        await settle(pilot)
+        assert text_of(effect).startswith("The recipe keeps device auto, dtype auto, quantization none")
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert (app.draft.recipe.model.device, app.draft.recipe.model.dtype) == ("auto", "auto")
