@@ -79,6 +79,8 @@ class AuthScreen(StepScreen):
         token = form.text("token")
         if token and (any(c.isspace() for c in token) or "'" in token or '"' in token):
             form.fail("token", "a token has no spaces or quotes: paste the token alone")
+        elif token and not token.startswith("hf_"):
+            form.fail("token", "a Hugging Face token starts with hf_ (create one at huggingface.co/settings/tokens)")
         elif form.raw("save-token") and not token:
             form.fail("token", "enter the token to save, or untick saving")
         return {}
