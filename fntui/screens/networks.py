@@ -55,7 +55,24 @@ class NetworksScreen(StepScreen):
 
     def load(self) -> None:
         if self.template is not None:
+            self._manual = set(self.query_one(TemplateView).selected)
+            self._mark_stable()
             self._show_picked()
+
+    def _stable_ids(self) -> list[int]:
+        form = Form(self)
+        text = (form.text("top-stable") or "").strip()
+        count = int(text) if text.isdigit() else 0
+        scored = [c.id for c in self.template.components_by_stability() if c.stability is not None]
+        return scored[:count]
+
+    def _mark_stable(self) -> None:
+        """The tree ticks what will be used: the most stable components while that box is ticked."""
+        view = self.query_one(TemplateView)
+        if Form(self).raw("use-stable"):
+            view.set_selected(self._stable_ids())
+        else:
+            view.set_selected(self._manual)
 
     def _show_picked(self) -> None:
         form = Form(self)
@@ -67,12 +84,19 @@ class NetworksScreen(StepScreen):
         self.query_one("#picked", Label).update(f"Picked: {text}")
 
     @on(TemplateView.SelectionChanged)
-    def _picked(self) -> None:
+    def _picked(self, event: TemplateView.SelectionChanged) -> None:
+        self._manual = set(event.selected)
+        stable = self.query_one("#use-stable", Checkbox)
+        if stable.value:  # picking by hand takes over from 'most stable', starting from its choice
+            with stable.prevent(Checkbox.Changed):
+                stable.value = False
         self._show_picked()
         self.validate()
 
     def edited(self, control: Widget) -> None:
         if self.template is not None:
+            if control.id in ("use-stable", "top-stable"):
+                self._mark_stable()
             self._show_picked()
 
     def changes(self, form: Form) -> dict[str, Any]:

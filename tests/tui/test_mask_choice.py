@@ -66,3 +66,21 @@ async def test_none_is_kept_when_chosen_and_says_that_nothing_is_masked(drafts):
         await pilot.press("ctrl+n")
         await settle(pilot)
         assert app.draft.step == "training" and app.draft.recipe.mask.preset == "none"
+
+
+async def test_the_tree_ticks_the_most_stable_components_while_that_box_is_ticked(drafts):
+    from textual.widgets import Input
+
+    app = make_app(drafts, step="networks", **{"template.path": "templates/demo.json",
+                                               "mask.components": [2]})
+    async with app.run_test(size=TERMINAL) as pilot:
+        await settle(pilot)
+        view = app.screen.query_one("TemplateView")
+        assert view.selected == {2}
+        app.screen.query_one("#use-stable", Checkbox).value = True
+        app.screen.query_one("#top-stable", Input).value = "2"
+        await settle(pilot)
+        assert view.selected == {0, 1}  # stabilities 0.95 and 0.81
+        app.screen.query_one("#use-stable", Checkbox).value = False
+        await settle(pilot)
+        assert view.selected == {2}  # the hand-picked set comes back
