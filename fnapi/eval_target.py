@@ -81,15 +81,15 @@ def evaluate_target(target: str | Path, *, probes: Sequence[str] | None = None, 
     loaded = load_model(recipe.model if recipe is not None else str(target), sink=sink, cancel=cancel)
     plan = build_plan(loaded.tokenizer, tasks=conversations, chat_template=chat_template, sources=sources)
     if recipe is None:
-        with stage(sink, "evaluate", total=plan.steps, unit="measure", cancel=cancel,
+        with stage(sink, "evaluate", total=plan.items, unit="item", cancel=cancel,
                    description=f"scores of {target}") as progress:
             measures, _ = evaluate(loaded.model, loaded.tokenizer, plan, progress=progress)
         return TargetEvaluation(str(target), "model", measures)
-    with stage(sink, "baseline", total=plan.steps, unit="measure", cancel=cancel,
+    with stage(sink, "baseline", total=plan.items, unit="item", cancel=cancel,
                description="scores of the base model") as progress:
         base, reference = evaluate(loaded.model, loaded.tokenizer, plan, progress=progress)
     with _trained(Path(target), recipe, loaded, sink, cancel) as model, \
-            stage(sink, "evaluate", total=plan.steps, unit="measure", cancel=cancel,
+            stage(sink, "evaluate", total=plan.items, unit="item", cancel=cancel,
                   description=f"scores of the run {target}") as progress:
         measures, _ = evaluate(model, loaded.tokenizer, plan, reference=reference, progress=progress)
     return TargetEvaluation(str(target), "run", measures, base)

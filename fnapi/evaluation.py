@@ -43,8 +43,9 @@ def exact_match(prediction: str, reference: str) -> float:
 
 def generate_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                      conversations: Sequence[Conversation], *, max_new_tokens: int = 24, batch_size: int = 8,
-                     chat_template: str = "auto") -> list[str]:
-    """Greedy answers to the last user turn of each conversation (its last answer is left out)."""
+                     chat_template: str = "auto", on_items: Callable[[int], None] | None = None) -> list[str]:
+    """Greedy answers to the last user turn of each conversation (its last answer is left out).
+    ``on_items`` is called with the number of conversations answered after every batch."""
     import torch
 
     prompts = [prompt_and_answer(c, tokenizer, chat_template)[0] for c in conversations]
@@ -69,6 +70,8 @@ def generate_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                                     temperature=None, top_p=None, top_k=None)
             for row, i in enumerate(batch):
                 answers[i] = tokenizer.decode(output[row, width:], skip_special_tokens=True).strip()
+            if on_items is not None:
+                on_items(len(batch))
     return answers
 
 
@@ -92,7 +95,8 @@ def score_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, conve
 # ---- probe likelihood ------------------------------------------------------------------------
 
 def choice_logprobs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence[ProbeItem], *,
-                    batch_size: int = 16, chat_template: str = "auto") -> list[list[float]]:
+                    batch_size: int = 16, chat_template: str = "auto",
+                    on_items: Callable[[int], None] | None = None) -> list[list[float]]:
     """Summed log-probability of each choice of each item (answer tokens and end-of-turn token).
 
     Almost every token of every choice is shared, so each shared piece runs once:
@@ -144,6 +148,8 @@ def choice_logprobs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
             for i, plan in zip(order[first: first + batch_size], batch):
                 result[i] = sums[: len(plan.encodings)]
                 sums = sums[len(plan.encodings):]
+            if on_items is not None:
+                on_items(len(batch))
     return result
 
 

@@ -181,20 +181,23 @@ class TextMeasure:
 
 
 def measure_probes(model: Any, tokenizer: Any, items: Sequence[ProbeItem], *, source: str = "probes",
-                   batch_size: int = 16, chat_template: str = "auto") -> ProbeMeasure:
+                   batch_size: int = 16, chat_template: str = "auto",
+                   on_items: Callable[[int], None] | None = None) -> ProbeMeasure:
     """Score every probe item once (see :func:`fnapi.evaluation.choice_logprobs`)."""
     from fnapi.evaluation import choice_logprobs
 
     if not items:
         raise DataError(f"{source}: no probe items to score")
-    scores = choice_logprobs(model, tokenizer, items, batch_size=batch_size, chat_template=chat_template)
+    scores = choice_logprobs(model, tokenizer, items, batch_size=batch_size, chat_template=chat_template,
+                             on_items=on_items)
     correct = tuple(float(max(range(len(s)), key=s.__getitem__) == item.answer) for item, s in zip(items, scores))
     return ProbeMeasure(source, correct, tuple(float(s[item.answer]) for item, s in zip(items, scores)))
 
 
 def measure_task(model: Any, tokenizer: Any, conversations: Sequence[Conversation],
                  scorer: Callable[[str, str], float] | None = None, *, max_new_tokens: int = 24,
-                 batch_size: int = 8, chat_template: str = "auto") -> tuple[float, ...]:
+                 batch_size: int = 8, chat_template: str = "auto",
+                 on_items: Callable[[int], None] | None = None) -> tuple[float, ...]:
     """Per-conversation task score of greedy answers (exact match unless ``scorer`` is given)."""
     from fnapi.evaluation import exact_match, generate_answers
 
@@ -202,7 +205,7 @@ def measure_task(model: Any, tokenizer: Any, conversations: Sequence[Conversatio
         raise DataError("no conversations to score the task on")
     scorer = scorer or exact_match
     answers = generate_answers(model, tokenizer, conversations, max_new_tokens=max_new_tokens,
-                               batch_size=batch_size, chat_template=chat_template)
+                               batch_size=batch_size, chat_template=chat_template, on_items=on_items)
     return tuple(float(scorer(a, c.messages[-1]["content"])) for a, c in zip(answers, conversations))
 
 
@@ -284,9 +287,10 @@ class EvalPlan:
     chat_template: str = "auto"
 
     @property
-    def steps(self) -> int:
-        """Progress steps of :func:`evaluate`: one per source."""
-        return len(self.tasks) + len(self.probes) + len(self.texts)
+    def items(self) -> int:
+        """Progress units of :func:`evaluate`: every task conversation, probe item and text paragraph."""
+        return (sum(len(c) for _, c in self.tasks) + sum(len(i) for _, i in self.probes)
+                + sum(len(p) for _, p in self.texts))
 
 
 @dataclass(frozen=True)
@@ -319,28 +323,32 @@ def evaluate(model: Any, tokenizer: Any, plan: EvalPlan, *, reference: Sequence[
     """Score ``model`` on everything in ``plan``. With ``reference`` (the base model's text
     distributions, one list per text source, as returned by an earlier call) the text measures
     include the KL to the base. Returns the measures and this model's text distributions.
-    ``progress`` (a stage handle) is advanced once per source."""
-    def advance(message: str) -> None:
-        if progress is not None:
-            progress.advance(message=message)
+    ``progress`` (a stage handle, total :attr:`EvalPlan.items`) advances after every batch, so a
+    long scoring pass shows its rate and ETA."""
+    def advancer(message: str) -> Callable[[int], None] | None:
+        if progress is None:
+            return None
+        return lambda done: progress.advance(done, message=message)
 
     tasks = []
     for source, conversations in plan.tasks:
         tasks.append(TaskMeasure(source, measure_task(model, tokenizer, conversations,
                                                       max_new_tokens=plan.max_new_tokens,
-                                                      chat_template=plan.chat_template)))
-        advance(f"task {source}")
+                                                      chat_template=plan.chat_template,
+                                                      on_items=advancer(f"task {source}"))))
     probes = []
     for source, items in plan.probes:
-        probes.append(measure_probes(model, tokenizer, items, source=source, chat_template=plan.chat_template))
-        advance(f"probes {source}")
+        probes.append(measure_probes(model, tokenizer, items, source=source, chat_template=plan.chat_template,
+                                     on_items=advancer(f"probes {source}")))
     texts, distributions = [], []
     for index, (source, prompts) in enumerate(plan.texts):
         measure, current = measure_text(model, prompts, source=source,
                                         reference=None if reference is None else reference[index])
         texts.append(measure)
         distributions.append(current)
-        advance(f"text {source}")
+        done = advancer(f"text {source}")
+        if done is not None:
+            done(len(prompts))
     return EvalMeasures(tasks=tuple(tasks), probes=tuple(probes), texts=tuple(texts)), distributions
 
 

@@ -371,13 +371,13 @@ def baseline_scores(recipe: Recipe, plan: Any, loaded: Any, rundir: RunDir, sink
         # The same base model on the same evaluation items, earlier in this process (the runs of a
         # comparison): its scores are the same, so they are not measured again.
         _, measures, reference = _LAST_BASELINE
-        with stage(sink, "baseline", total=plan.steps, unit="measure", cancel=cancel,
+        with stage(sink, "baseline", total=plan.items, unit="item", cancel=cancel,
                    description="scores of the base model") as progress:
             progress.log("base model scores: the same model and evaluation data as the previous run; reused")
             progress.metric(_headline(measures, "before"))
         atomic_write_text(path, json.dumps({"format": BASELINE_FORMAT, **measures.to_dict()}) + "\n")
     else:
-        with stage(sink, "baseline", total=plan.steps, unit="measure", cancel=cancel,
+        with stage(sink, "baseline", total=plan.items, unit="item", cancel=cancel,
                    description="scores of the base model") as progress:
             measures, reference = evaluate(model, tokenizer, plan, progress=progress)
             progress.metric(_headline(measures, "before"))
@@ -440,7 +440,7 @@ def final_scores(recipe: Recipe, plan: Any, model: Any, tokenizer: Any, spec: An
     ablating = spec is not None and spec.ablate != "none"
     context = mask(model, spec, train="all") if ablating else contextlib.nullcontext()
     merged = _adapter_merged(model) if recipe.train.method == "lora" else contextlib.nullcontext()
-    with merged, context, stage(sink, "evaluate", total=plan.steps, unit="measure", cancel=cancel,
+    with merged, context, stage(sink, "evaluate", total=plan.items, unit="item", cancel=cancel,
                         description="scores after fine-tuning") as progress:
         measures, _ = evaluate(model, tokenizer, plan, reference=baseline.get("_reference"), progress=progress)
         progress.metric(_headline(measures, "after"))

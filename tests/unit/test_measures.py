@@ -87,3 +87,28 @@ def test_compare_measures_pairs_every_source_and_round_trips():
     assert pairs["text_nll"]["change"] == pytest.approx(5 / 40)
     assert pairs["kl_to_base"]["mean"] == pytest.approx(0.2 * 10 / 40)
     assert EvalMeasures.from_dict(after.to_dict()) == after
+
+
+def test_evaluation_progress_counts_items_batch_by_batch():
+    from fnapi.data.builtin import skill_conversations
+    from fnapi.measures import build_plan, evaluate
+    from fnapi.models.tiny import tiny_model, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    plan = build_plan(tokenizer, tasks=[("skill", skill_conversations("test")[:10])], probes=["builtin:probes"],
+                      probe_samples=20, texts=["builtin:text"], text_samples=3, max_new_tokens=2)
+
+    class Progress:
+        def __init__(self):
+            self.steps: list[tuple[float, str]] = []
+
+        def advance(self, amount=1, message=""):
+            self.steps.append((amount, message))
+
+    progress = Progress()
+    evaluate(tiny_model("llama"), tokenizer, plan, progress=progress)
+    texts = len(plan.texts[0][1])
+    assert plan.items == 10 + 20 + texts
+    assert progress.steps == [(8, "task skill"), (2, "task skill"), (16, "probes builtin:probes"),
+                              (4, "probes builtin:probes"), (texts, "text builtin:text")]
+    assert sum(amount for amount, _ in progress.steps) == plan.items  # the bar ends full
