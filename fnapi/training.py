@@ -54,10 +54,10 @@ from fnapi.masking import mask as apply_mask
 from fnapi.models.registry import get_adapter, unwrap_model
 from fnapi.hardware import check_method_supported
 from fnapi.paths import atomic_write_text
+from fnapi.rundir import CHECKPOINT_STATE_FILE as STATE_FILE
 from fnapi.recipe import TrainSection
 
 CHECKPOINTS_DIR = "checkpoints"
-STATE_FILE = "fnapi_state.json"  # fnapi.rundir.CHECKPOINT_STATE_FILE names the same file
 STATE_FORMAT = "fnapi.train-state/1"
 # Hyperparameters that do not change the trajectory, so a resumed run may differ in them.
 _RESUME_NEUTRAL = {"logging_steps", "save_steps"}
