@@ -366,7 +366,12 @@ def baseline_scores(recipe: Recipe, plan: Any, loaded: Any, rundir: RunDir, sink
     key = _baseline_key(recipe, plan)
     if stored is not None:
         measures = EvalMeasures.from_dict(stored)
-        reference = [next_token_logprobs(model, prompts) for _, prompts in plan.texts]
+        # A resumed run reports the scores it measured before, so every view shows them again.
+        with stage(sink, "baseline", total=plan.items, unit="item", cancel=cancel,
+                   description="scores of the base model") as progress:
+            progress.log(f"base model scores: read from {path.name} (measured when this run started)")
+            reference = [next_token_logprobs(model, prompts) for _, prompts in plan.texts]
+            progress.metric(_headline(measures, "before"))
     elif _LAST_BASELINE is not None and _LAST_BASELINE[0] == key:
         # The same base model on the same evaluation items, earlier in this process (the runs of a
         # comparison): its scores are the same, so they are not measured again.

@@ -147,6 +147,9 @@ def test_a_signal_stops_at_a_step_saves_a_checkpoint_and_the_hint_resumes(tmp_pa
         resumed = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=900)
         assert resumed.returncode == 0, resumed.stderr
         assert f"resuming from checkpoint-{stopped_at}" in resumed.stderr
+        # The scores measured before training are reported again, so every view of the run shows them.
+        assert "base model scores: read from baseline.json" in resumed.stderr
+        assert "[baseline] task_before=" in resumed.stderr
         assert (run_dir / "finished.json").exists()
 
 
