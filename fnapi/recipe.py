@@ -91,6 +91,11 @@ class TemplateSection(Section):
     mode: Literal["global", "per_layer"] = "global"
     site: Site = "mlp.out"
     layers: str | None = Field(None, description='layer filter such as "0:4,9:" (default: all)')
+
+    @field_validator("layers")
+    @classmethod
+    def _layer_syntax(cls, value: str | None) -> str | None:
+        return _check_layer_syntax(value)
     data: list[str] = Field(default_factory=list, description="datasets to capture from (default: data.path)")
     samples: int = Field(64, gt=0, description="sequences per dataset")
     max_length: int = Field(128, gt=0)
@@ -107,6 +112,11 @@ class MaskSection(Section):
     components: list[int] | Literal["stable"] = Field(default_factory=list)
     top_stable: int = Field(3, gt=0, description='how many components "stable" means')
     layers: str | None = None
+
+    @field_validator("layers")
+    @classmethod
+    def _layer_syntax(cls, value: str | None) -> str | None:
+        return _check_layer_syntax(value)
     ablate: Ablate | None = None
     train: TrainWhich | None = None
     control: Literal["none", "random"] = Field(
@@ -475,6 +485,18 @@ def format_validation_error(exc: ValidationError, source: str, model: type[BaseM
         lines.append(f"{path}: {message}{shown}")
     unique = list(dict.fromkeys(lines))
     return f"{source}: invalid recipe\n  " + "\n  ".join(unique)
+
+
+def _check_layer_syntax(spec: str | None) -> str | None:
+    """A layer filter's form, checked before any model is known (the range is checked at load)."""
+    try:
+        parse_layers(spec, _ANY_DEPTH)
+    except RecipeError as exc:
+        raise ValueError(exc.message) from None
+    return spec
+
+
+_ANY_DEPTH = 1 << 20  # deeper than any model: only the filter's form can fail against it
 
 
 def parse_layers(spec: str | None, num_layers: int) -> list[int]:

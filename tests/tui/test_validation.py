@@ -240,3 +240,12 @@ async def test_unticking_the_recommended_settings_says_what_the_recipe_keeps(dra
         await pilot.press("ctrl+n")
         await settle(pilot)
         assert (app.draft.recipe.model.device, app.draft.recipe.model.dtype) == ("auto", "auto")
+
+
+async def test_a_bad_layer_filter_is_shown_at_its_field_before_any_model_loads(drafts):
+    app = make_app(drafts, step="template")
+    async with app.run_test(size=TERMINAL) as pilot:
+        await settle(pilot)
+        await enter(pilot, "tpl-layers", "0:99,foo")
+        assert app.session.model is None  # nothing was loaded to find this out
+        assert error_of(app.screen, "tpl-layers").startswith("layer filter '0:99,foo': cannot read 'foo'")

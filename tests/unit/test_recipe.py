@@ -224,3 +224,10 @@ def test_infinite_or_nan_numbers_are_refused_by_field(tmp_path, value):
     path.write_text(f"version: 1\ntrain: {{learning_rate: {value}}}\n", encoding="utf-8")
     with pytest.raises(RecipeError, match="train.learning_rate"):
         Recipe.from_yaml(path)
+
+
+@pytest.mark.parametrize("section", ["template", "mask"])
+def test_a_layer_filter_that_cannot_be_read_is_refused_when_validated(section):
+    with pytest.raises(RecipeError, match=f"{section}.layers: layer filter '0:99,foo': cannot read 'foo'"):
+        Recipe().replace(**{f"{section}.layers": "0:99,foo"})
+    assert getattr(Recipe().replace(**{f"{section}.layers": "0:4,-2"}), section).layers == "0:4,-2"
