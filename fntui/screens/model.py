@@ -15,7 +15,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.widget import Widget
-from textual.widgets import Input, Select, Static
+from textual.widgets import Input, ProgressBar, Select, Static
 
 from fnapi.errors import FnapiError
 from fnapi.models.loading import EMBEDDED_MODEL
@@ -85,10 +85,13 @@ class ModelScreen(StepScreen):
                                         id="dtype", compact=True), key="model.dtype",
                     help=f"device {model.device}, quantization {model.quantization} (set on the hardware step)")
         yield Static("", id="model-status", markup=False)
+        # Moves while a model loads (a first conversion takes about half a minute): not a frozen line.
+        yield ProgressBar(total=None, show_eta=False, show_percentage=False, id="model-wait")
         yield Static("", id="model-info")
 
     def load(self) -> None:
         self.query_one("#model-spec", Input).focus()
+        self.query_one("#model-wait", ProgressBar).display = False
         session = self.app.session
         if session.model is not None and session.model_key == self.key(self.recipe.model):
             self._show(session.model, self.recipe)
@@ -129,6 +132,7 @@ class ModelScreen(StepScreen):
         self.advance_after_check = advance
         self.query_one("#model-status", Static).update(f"Loading {recipe.model.name}…")
         self.query_one("#model-info", Static).update("")
+        self.query_one("#model-wait", ProgressBar).display = True
         self.check_model(recipe)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="model")
@@ -152,6 +156,7 @@ class ModelScreen(StepScreen):
         recipe, _ = self.check()
         if recipe is None or message.key != self.key(recipe.model):
             return  # the field changed while loading; this answer is stale
+        self.query_one("#model-wait", ProgressBar).display = False
         session = self.app.session
         session.model, session.model_key = message.result, message.key
         self._show(message.result, recipe)
@@ -166,6 +171,7 @@ class ModelScreen(StepScreen):
         if group != "model" or not isinstance(error, FnapiError) or self.checking is None:
             return False
         self.failures[self.checking] = describe_error(error)
+        self.query_one("#model-wait", ProgressBar).display = False
         self.query_one("#model-status", Static).update("")
         self.validate(show_all=True)
         return True

@@ -249,3 +249,29 @@ async def test_a_bad_layer_filter_is_shown_at_its_field_before_any_model_loads(d
         await enter(pilot, "tpl-layers", "0:99,foo")
         assert app.session.model is None  # nothing was loaded to find this out
         assert error_of(app.screen, "tpl-layers").startswith("layer filter '0:99,foo': cannot read 'foo'")
+
+
+async def test_loading_a_model_shows_a_moving_bar_that_goes_when_it_is_loaded(drafts):
+    import threading
+
+    from textual.widgets import ProgressBar
+
+    app = make_app(drafts, step="model")
+    release = threading.Event()
+    load = app.engine.load_model
+
+    def slow_load(*args, **kwargs):
+        release.wait(10)  # a first conversion takes about half a minute
+        return load(*args, **kwargs)
+
+    app.engine.load_model = slow_load
+    async with app.run_test(size=TERMINAL) as pilot:
+        await pilot.pause()
+        bar = app.screen.query_one("#model-wait", ProgressBar)
+        await pilot.press("ctrl+n")
+        await pilot.pause()
+        assert bar.display and bar.total is None  # indeterminate: it animates while nothing is known
+        assert text_of(app.screen.query_one("#model-status")).startswith("Loading")
+        release.set()
+        await settle(pilot)
+        assert app.draft.step == "data"  # loaded, checked, and on to the next step
