@@ -77,7 +77,8 @@ _OS_ADVICE = {
     errno.EEXIST: ("it already exists as a file", "give a folder path that is not a file"),
 }
 #: How a full disk surfaces through torch.save / safetensors, which drop the errno.
-_DISK_FULL_TEXT = ("No space left on device", "inline_container.cc", "file write failed", "PytorchStreamWriter")
+_DISK_FULL_TEXT = ("No space left on device", "inline_container.cc", "file write failed", "PytorchStreamWriter",
+                   "basic_ios::clear: iostream error")
 
 
 def storage_error(exc: BaseException) -> StorageError | None:

@@ -33,7 +33,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = 
     """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:  # name the file the caller asked for, not the temporary one
+        raise type(exc)(exc.errno, exc.strerror, str(target)) from exc
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -42,6 +45,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = 
         if mode is not None:
             os.chmod(tmp, mode)
         os.replace(tmp, target)
+    except OSError as exc:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise type(exc)(exc.errno, exc.strerror, str(target)) from exc
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
