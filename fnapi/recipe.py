@@ -378,8 +378,9 @@ class Recipe(Section):
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
-    def replace(self, **changes: Any) -> "Recipe":
-        """A copy with dotted-path changes, validated: ``recipe.replace(**{"train.steps": 10})``."""
+    def replace(self, source: str = "<recipe>", /, **changes: Any) -> "Recipe":
+        """A copy with dotted-path changes, validated: ``recipe.replace(**{"train.steps": 10})``.
+        ``source`` names where the changes come from in errors (``"run.yaml with --set"``)."""
         data = self.to_dict()
         for dotted, value in changes.items():
             node = data
@@ -393,7 +394,7 @@ class Recipe(Section):
                     raise RecipeError(f"cannot set {dotted}: {where} is a value ({node!r}), not a section",
                                       f"set {where} itself, e.g. {where}=...")
             node[leaf] = value
-        return Recipe.from_dict(data)
+        return Recipe.from_dict(data, source)
 
 
 def _strings(data: Any, where: str = "") -> Iterator[tuple[str, str]]:

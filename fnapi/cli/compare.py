@@ -42,7 +42,7 @@ def compare(
     loaded = [Recipe.from_yaml(path) for path in recipes]
     if overrides:
         changes = parse_overrides(overrides)
-        loaded = [recipe.replace(**changes) for recipe in loaded]
+        loaded = [recipe.replace(f"{path} with --set", **changes) for path, recipe in zip(recipes, loaded)]
     sink = console_sink()
     try:
         result = compare_recipes(loaded, output, seeds=seeds, task_target=task_target, controls=controls,

@@ -40,7 +40,7 @@ def run(
 
     recipe = Recipe.from_yaml(recipe_path)
     if overrides:
-        recipe = recipe.replace(**parse_overrides(overrides))
+        recipe = recipe.replace(f"{recipe_path} with --set", **parse_overrides(overrides))
     sink = console_sink()
     try:
         with stop_on_signals("the run") as stop:

@@ -231,3 +231,13 @@ def test_a_layer_filter_that_cannot_be_read_is_refused_when_validated(section):
     with pytest.raises(RecipeError, match=f"{section}.layers: layer filter '0:99,foo': cannot read 'foo'"):
         Recipe().replace(**{f"{section}.layers": "0:99,foo"})
     assert getattr(Recipe().replace(**{f"{section}.layers": "0:4,-2"}), section).layers == "0:4,-2"
+
+
+def test_set_errors_name_the_recipe_file_and_the_option(tmp_path, capsys):
+    from fnapi.cli import main
+
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("version: 1\n", encoding="utf-8")
+    assert main(["run", str(recipe), "--set", "seed=-1", "--output", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"{recipe} with --set: invalid recipe" in err and "seed: Input should be greater than or equal to 0" in err
