@@ -18,8 +18,9 @@ def planted():
 @pytest.fixture(scope="module")
 def consensus_pair(planted):
     X, layout, _ = planted
-    # 5 components for 3 planted networks: two clusters hold only noise
-    return [ConsensusICA(n_components=5, runs=6, pca_dims=12, random_state=seed).fit(X) for seed in (0, 1)]
+    # 5 components for 3 planted networks: two clusters hold only noise. 10 runs, the default: with 6,
+    # one run that mixes two networks pulled a planted component's stability to 0.74 on this machine.
+    return [ConsensusICA(n_components=5, runs=10, pca_dims=12, random_state=seed).fit(X) for seed in (0, 1)]
 
 
 def test_planted_components_are_stable_and_first(planted, consensus_pair):
@@ -28,7 +29,7 @@ def test_planted_components_are_stable_and_first(planted, consensus_pair):
         assert np.all(np.diff(fit.stability_) <= 1e-12), "ordered by stability"
         assert fit.stability_[:3].min() > 0.9
         assert fit.stability_[3:].max() < fit.stability_[:3].min() - 0.3
-        assert fit.runs_present_[:3].tolist() == [6, 6, 6]
+        assert fit.runs_present_[:3].tolist() == [10, 10, 10]
         found = fit.neuron_sets(layout, rule="zscore", value=4)[:3]
         assert sorted(max(iou(p, f) for f in found) for p in truth) == [1.0, 1.0, 1.0]
 
