@@ -193,9 +193,12 @@ class NeuronMask:
         """One line for logs: site, switches and neuron counts."""
         return f"{self.site}: {self._counted()}, ablate {self.ablate}, train {self.train}"
 
+    def _sizes(self) -> tuple[int, int]:
+        """(neurons, layers they sit in); layers the networks do not reach hold [] and do not count."""
+        return sum(len(v) for v in self.neurons.values()), sum(1 for v in self.neurons.values() if v)
+
     def _counted(self) -> str:
-        count = sum(len(v) for v in self.neurons.values())
-        layers = sum(1 for v in self.neurons.values() if v)  # layers the networks do not reach hold []
+        count, layers = self._sizes()
         return f"{_plural(count, 'selected neuron')} in {_plural(layers, 'layer')}"
 
     def in_words(self) -> str:
@@ -209,8 +212,7 @@ class NeuronMask:
             networks = "the networks"
         if self.source.get("control") == "random":
             networks = f"random neurons in place of {networks}"
-        count = sum(len(v) for v in self.neurons.values())
-        layers = sum(1 for v in self.neurons.values() if v)
+        count, layers = self._sizes()
         what = {
             ("none", "unselected"): "frozen, so what they hold survives; everything else trains",
             ("none", "selected"): "the only weights that train; the rest stays as it was",

@@ -98,17 +98,31 @@ def _trained_anything(path: Path) -> bool:
     return checkpoints.is_dir() and any(checkpoints.iterdir())
 
 
+def _base(recipe: Recipe, output: str | Path | None) -> Path:
+    return Path(str(output) if output is not None else recipe.output.dir.replace("{name}", recipe.name))
+
+
+def _candidate(base: Path) -> Path:
+    """``base``, or the first ``base-N`` after it that is not a finished run."""
+    candidate, number = base, 1
+    while _has_content(candidate) and is_finished(candidate):
+        number += 1
+        candidate = base.with_name(f"{base.name}-{number}")
+    return candidate
+
+
+def read_checkpoint_state(checkpoint: Path) -> dict:
+    """The state file of one checkpoint: run identity, step, losses (format owned by training)."""
+    return json.loads((checkpoint / CHECKPOINT_STATE_FILE).read_text(encoding="utf-8"))
+
+
 def resume_point(recipe: Recipe, output: str | Path | None = None) -> tuple[Path, int] | None:
     """Where running ``recipe`` again would resume, and from which step, without claiming anything.
 
     None when no unfinished run of this very recipe has a complete checkpoint in the folder it
     would use. The step is the newest checkpoint whose state file was written.
     """
-    base = Path(str(output) if output is not None else recipe.output.dir.replace("{name}", recipe.name))
-    candidate, number = base, 1
-    while _has_content(candidate) and is_finished(candidate):
-        number += 1
-        candidate = base.with_name(f"{base.name}-{number}")
+    candidate = _candidate(_base(recipe, output))
     recorded = _recorded_recipe(candidate)
     if recorded is None or recorded.fingerprint() != recipe.fingerprint():
         return None
@@ -123,14 +137,10 @@ def claim_run_dir(recipe: Recipe, output: str | Path | None = None) -> RunDir:
     ``output`` overrides ``recipe.output.dir`` (where ``{name}`` stands for the recipe name). Call
     :meth:`RunDir.release` when the run ends.
     """
-    base = Path(str(output) if output is not None else recipe.output.dir.replace("{name}", recipe.name))
+    base = _base(recipe, output)
     if base.exists() and not base.is_dir():
         raise RecipeError(f"the run directory {base} is a file", "choose another --output directory (or output.dir)")
-    candidate = base
-    number = 1
-    while _has_content(candidate) and is_finished(candidate):
-        number += 1
-        candidate = base.with_name(f"{base.name}-{number}")
+    candidate = _candidate(base)
     try:
         candidate.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -55,6 +55,7 @@ from fnapi.models.registry import get_adapter, unwrap_model
 from fnapi.hardware import check_method_supported
 from fnapi.paths import atomic_write_text
 from fnapi.rundir import CHECKPOINT_STATE_FILE as STATE_FILE
+from fnapi.rundir import read_checkpoint_state as _read_state
 from fnapi.recipe import TrainSection
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -293,8 +294,6 @@ def _checkpoints(root: Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def _read_state(checkpoint: Path) -> dict:
-    return json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
 
 
 def _remove_partial_checkpoints(root: Path, sink: EventSink | None) -> None:

@@ -82,12 +82,10 @@ class RunScreen(StepScreen):
         total = f" of {recipe.train.steps}" if recipe.train.steps else ""
         self.state = "cancelled"
         # The curve so far, from the checkpoint's own record: the resumed run only reports new steps.
-        import json
-
-        from fnapi.rundir import CHECKPOINT_STATE_FILE
+        from fnapi.rundir import read_checkpoint_state
 
         try:
-            saved = json.loads((folder / "checkpoints" / f"checkpoint-{step}" / CHECKPOINT_STATE_FILE).read_text())
+            saved = read_checkpoint_state(folder / "checkpoints" / f"checkpoint-{step}")
             losses = [(float(s), float(v)) for s, v in saved.get("losses", [])]
         except (OSError, ValueError, TypeError):
             losses = []
