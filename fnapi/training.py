@@ -192,9 +192,15 @@ def train(loaded_or_model: Any, tokenizer: Any, train_data: Any, eval_data: Any,
                     raise
             eval_loss = None
             if eval_data is not None and not callback.cancelled:
-                progress.log(f"measuring the validation loss on {len(eval_data)} examples "
-                             "(train.validation_samples)")
-                eval_loss = float(trainer.evaluate()["eval_loss"])
+                batches = math.ceil(len(eval_data) / arguments.per_device_eval_batch_size)
+                with stage(sink, "validate", total=batches, unit="batch",
+                           description=f"validation loss on {len(eval_data)} examples "
+                                       "(train.validation_samples)") as validating:
+                    callback.validating = validating
+                    try:
+                        eval_loss = float(trainer.evaluate()["eval_loss"])
+                    finally:
+                        callback.validating = None
         steps = saved["step"] if finished else trainer.state.global_step
         if callback.cancelled:
             raise CancelledError(
@@ -472,6 +478,7 @@ class _EventCallback(TrainerCallback):
         self.last_checkpoint: Path | None = None
         self._window: list[float] = []
         self.extra_state: Callable[[], dict] = dict  # more to keep in each checkpoint's state file
+        self.validating: Any = None  # the validation pass's stage while it runs (advanced per batch)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._start = (time.monotonic(), state.global_step)
@@ -490,6 +497,10 @@ class _EventCallback(TrainerCallback):
             self.cancelled = True
             control.should_training_stop = True
             control.should_save = True
+
+    def on_prediction_step(self, args, state, control, **kwargs):
+        if self.validating is not None:
+            self.validating.advance()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}

@@ -15,7 +15,7 @@ import pytest
 from fnapi.models.tiny import save_tiny
 from fnapi.recipe import Recipe
 from fnapi.runner import run
-from fnapi.events import ListSink, RunFinished, StageFinished
+from fnapi.events import ListSink, Progress, RunFinished, StageFinished, StageStarted
 
 RECIPE = """
 version: 1
@@ -55,7 +55,13 @@ def test_run_writes_every_output_with_computed_numbers(tmp_path, tiny_dir):
     assert Recipe.from_yaml(run_dir / "recipe.yaml") == recipe.replace(**{"output.dir": str(tmp_path / "run")})
     assert not (run_dir / ".fnapi.pid").exists()  # the lock is given up when the run ends
     logs = [e.message for e in sink.events if hasattr(e, "message")]
-    assert "measuring the validation loss on 3 examples (train.validation_samples)" in logs
+    # The validation pass is a stage with a bar: one progress event per batch, up to its total.
+    started = next(e for e in sink.events if isinstance(e, StageStarted) and e.stage == "validate")
+    assert started.description == "validation loss on 3 examples (train.validation_samples)"
+    ticks = [e for e in sink.events if isinstance(e, Progress) and e.stage == "validate"]
+    batch = recipe.train.batch_size
+    assert started.total == -(-3 // batch) and ticks and ticks[-1].completed == started.total
+    assert any(isinstance(e, StageFinished) and e.stage == "validate" for e in sink.events)
     report = json.loads((run_dir / "report.json").read_text())
     for key in ("before", "after"):
         assert 0.0 <= report["task"][key] <= 1.0
