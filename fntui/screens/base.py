@@ -16,7 +16,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Button, Checkbox, Footer, Input, Label, RadioSet, Select, Static
+from textual.widgets import Button, Checkbox, Collapsible, Footer, Input, Label, RadioSet, Select, Static
 from textual.worker import Worker, WorkerState
 
 from fnapi.errors import FnapiError, RecipeError
@@ -207,7 +207,12 @@ class StepScreen(Screen):
     def show_errors(self, errors: dict[str, str]) -> None:
         """Put each message under its field (``""`` goes to the banner) and block Next if any."""
         for field in self.query(Field):
-            field.set_error(errors.get(field.control.id or ""))
+            message = errors.get(field.control.id or "")
+            field.set_error(message)
+            if message:  # a problem inside a closed fold opens it
+                for fold in field.ancestors:
+                    if isinstance(fold, Collapsible):
+                        fold.collapsed = False
         self.show_banner(errors.get(""))
         self.query_one("#next", Button).disabled = bool(errors)
 

@@ -14,7 +14,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widget import Widget
-from textual.widgets import Input, RadioButton, RadioSet, Select, Static
+from textual.widgets import Checkbox, Collapsible, Input, RadioButton, RadioSet, Select, Static
 
 from fnapi.errors import FnapiError
 from fnapi.recipe import Recipe
@@ -31,6 +31,30 @@ PRESET_SENTENCES = {
     "preserve": "Only the picked networks stay on in the forward pass, and only they train.",
 }
 METHODS = (("LoRA adapters (lora)", "lora"), ("full fine-tuning (full)", "full"), ("4-bit LoRA (qlora, CUDA only)", "qlora"))
+
+
+SCHEDULERS = (("linear decay", "linear"), ("cosine", "cosine"), ("constant", "constant"),
+              ("constant after warmup", "constant_with_warmup"))
+
+
+def checkpoint_interval(steps: int | None, configured: int) -> int:
+    """A checkpoint interval that leaves at least two checkpoints when the run is short."""
+    if steps is None or steps >= 2 * configured:
+        return configured
+    return max(1, steps // 2)
+
+
+def linear_module_names(model: Any) -> set[str]:
+    """The last name part of every linear layer (what LoRA's target_modules match)."""
+    import torch
+
+    from fnapi.models.registry import unwrap_model
+
+    names = set()
+    for name, module in unwrap_model(model).named_modules():
+        if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D":
+            names.add(name.rsplit(".", 1)[-1])
+    return names - {"lm_head"}
 
 
 def presets_view(current: str | None) -> Table:
@@ -54,20 +78,14 @@ class TrainingScreen(StepScreen):
         train = recipe.train
         yield Field("Method", Select(METHODS, value=train.method, allow_blank=False, id="method", compact=True),
                     key="train.method")
-        yield Field("Steps", Input(str(train.steps or ""), id="steps", compact=True), key="train.steps")
+        yield Field("Steps", Input(str(train.steps or ""), placeholder="by epochs", id="steps", compact=True),
+                    key="train.steps", help="optimizer steps (empty: train for the epochs under Advanced)")
         yield Field("Batch size", Input(str(train.batch_size), id="batch-size", compact=True), key="train.batch_size")
         yield Field("Accumulation", Input(str(train.gradient_accumulation), id="grad-accum", compact=True),
                     key="train.gradient_accumulation", help="batches per optimizer step")
         yield Field("Learning rate", Input(f"{train.learning_rate:g}", id="learning-rate", compact=True),
                     key="train.learning_rate")
-        yield Field("LoRA rank", Input(str(train.lora.r), id="lora-r", compact=True), key="train.lora.r")
-        yield Field("Log every", Input(str(train.logging_steps), id="logging-steps", compact=True),
-                    key="train.logging_steps", help="steps between points of the live loss curve")
         yield Static("", id="prefill-note", markup=False)
-        validation = train.validation_samples
-        yield Field("Validation rows", Input("" if validation is None else str(validation), placeholder="all",
-                                             id="validation-samples", compact=True),
-                    key="train.validation_samples", help="held-out rows whose loss is measured after training (empty: all)")
         yield Field("Task examples", Input(str(recipe.eval.task_samples), id="task-samples", compact=True),
                     key="eval.task_samples", help="held-out examples scored before and after training")
         probes = recipe.eval.probe_samples
@@ -84,9 +102,46 @@ class TrainingScreen(StepScreen):
         default_path = self.app.draft.extras.get("recipe_path") or f"{recipe.name}.yaml"
         yield Field("Recipe file", Input(default_path, id="recipe-path", compact=True),
                     help="written when you press Next; replay it with fntui replay or fnapi run")
+        with Collapsible(title="Advanced: schedule, LoRA, checkpoints, seed", id="advanced"):
+            yield from self.compose_advanced()
+
+    def compose_advanced(self) -> ComposeResult:
+        recipe = self.app.draft.recipe
+        train, lora = recipe.train, recipe.train.lora
+        yield Field("Epochs", Input(f"{train.epochs:g}", id="epochs", compact=True), key="train.epochs",
+                    help="passes over the data, used when Steps is empty")
+        yield Field("Warmup", Input(f"{train.warmup_ratio:g}", id="warmup", compact=True), key="train.warmup_ratio",
+                    help="share of the steps the learning rate ramps up over (0 to below 1)")
+        yield Field("Scheduler", Select(SCHEDULERS, value=train.scheduler, allow_blank=False, id="scheduler",
+                                        compact=True), key="train.scheduler")
+        yield Field("Weight decay", Input(f"{train.weight_decay:g}", id="weight-decay", compact=True),
+                    key="train.weight_decay")
+        yield Field("LoRA rank", Input(str(lora.r), id="lora-r", compact=True), key="train.lora.r")
+        yield Field("LoRA alpha", Input(f"{lora.alpha:g}", id="lora-alpha", compact=True), key="train.lora.alpha",
+                    help="the adapter's scale is alpha / rank")
+        yield Field("LoRA dropout", Input(f"{lora.dropout:g}", id="lora-dropout", compact=True),
+                    key="train.lora.dropout")
+        targets = lora.target_modules if lora.target_modules == "auto" else ", ".join(lora.target_modules)
+        yield Field("LoRA targets", Input(targets, id="lora-targets", compact=True), key="train.lora.target_modules",
+                    help="auto (attention and MLP projections) or module names, comma-separated")
+        yield Field("Checkpointing", Checkbox("gradient checkpointing (less memory, slower)",
+                                              train.gradient_checkpointing, id="gradient-checkpointing", compact=True),
+                    key="train.gradient_checkpointing")
+        yield Field("Save every", Input(str(train.save_steps), id="save-steps", compact=True), key="train.save_steps",
+                    help="steps between checkpoints (a cancelled or crashed run resumes from the last)")
+        yield Field("Log every", Input(str(train.logging_steps), id="logging-steps", compact=True),
+                    key="train.logging_steps", help="steps between points of the live loss curve")
+        validation = train.validation_samples
+        yield Field("Validation rows", Input("" if validation is None else str(validation), placeholder="all",
+                                             id="validation-samples", compact=True),
+                    key="train.validation_samples", help="held-out rows whose loss is measured after training (empty: all)")
+        yield Field("Seed", Input(str(recipe.seed), id="seed", compact=True), key="seed",
+                    help="the same seed and recipe give the same run")
 
     def load(self) -> None:
         self.query_one("#method", Select).focus()
+        if not self.extras.get("save_steps_set"):
+            self._follow_steps()
         if not self.extras.get("train_prefilled"):
             self.recommend(self.recipe)
 
@@ -136,11 +191,21 @@ class TrainingScreen(StepScreen):
             preset = Form(self).raw("preset")
             self.query_one("#preset-help", Static).update(presets_view(preset))
             self.query_one("#mask-words", Static).update(self.mask_words(preset))
+        elif control.id == "steps" and "save-steps" not in self._touched and not self.extras.get("save_steps_set"):
+            self._follow_steps()
         elif control.id == "run-name" and "recipe-path" not in self._touched:
             # The recipe file follows the run name until it is edited itself.
             path = self.query_one("#recipe-path", Input)
             with path.prevent(Input.Changed):  # not the user's edit: keep following the name
                 path.value = f"{control.value.strip() or 'run'}.yaml"
+
+    def _follow_steps(self) -> None:
+        """The checkpoint interval follows Steps until it is edited, so a short run keeps two checkpoints."""
+        steps = self.query_one("#steps", Input).value.strip()
+        save = self.query_one("#save-steps", Input)
+        with save.prevent(Input.Changed):  # not the user's edit
+            save.value = str(checkpoint_interval(int(steps) if steps.isdigit() and int(steps) > 0 else None,
+                                                 self.recipe.train.save_steps))
 
     def changes(self, form: Form) -> dict[str, Any]:
         preset = form.raw("preset") or "none"
@@ -163,9 +228,30 @@ class TrainingScreen(StepScreen):
             form.fail("recipe-path", "a recipe file ends in .yaml or .yml")
         elif path and Path(path).expanduser().is_dir():
             form.fail("recipe-path", f"{path} is a folder; give a file name")
+        weight_decay = form.number("weight-decay")
+        if weight_decay is not None and weight_decay < 0:
+            form.fail("weight-decay", "must be 0 or more")
+        warmup = form.number("warmup")
+        if warmup is not None and not 0 <= warmup < 1:
+            form.fail("warmup", "a share of the steps: at least 0 and below 1 (for example 0.1)")
+        dropout = form.number("lora-dropout")
+        if dropout is not None and not 0 <= dropout < 1:
+            form.fail("lora-dropout", "at least 0 and below 1 (for example 0.05)")
+        if "save-steps" in self._touched:
+            self.extras["save_steps_set"] = True
         return {
             "train.method": method,
-            "train.steps": form.integer("steps", minimum=1),
+            "train.steps": form.integer("steps", optional=True, minimum=1),
+            "train.epochs": form.number("epochs", positive=True),
+            "train.warmup_ratio": warmup,
+            "train.scheduler": form.raw("scheduler"),
+            "train.weight_decay": weight_decay,
+            "train.lora.alpha": form.number("lora-alpha", positive=True),
+            "train.lora.dropout": dropout,
+            "train.lora.target_modules": self._targets(form),
+            "train.gradient_checkpointing": bool(form.raw("gradient-checkpointing")),
+            "train.save_steps": form.integer("save-steps", minimum=1),
+            "seed": form.integer("seed", minimum=0),
             "train.batch_size": form.integer("batch-size", minimum=1),
             "train.gradient_accumulation": form.integer("grad-accum", minimum=1),
             "train.learning_rate": form.number("learning-rate", positive=True),
@@ -177,6 +263,26 @@ class TrainingScreen(StepScreen):
             "mask.preset": preset,
             "name": form.text("run-name", required="enter a run name"),
         }
+
+    def _targets(self, form: Form) -> list[str] | str | None:
+        """``auto`` or the module names typed, each checked against the loaded model's modules."""
+        text = form.text("lora-targets", required="enter auto or module names such as q_proj, v_proj")
+        if text is None:
+            return None
+        if text.lower() == "auto":
+            return "auto"
+        names = [name.strip() for name in text.split(",") if name.strip()]
+        if not names:
+            form.fail("lora-targets", "enter auto or module names such as q_proj, v_proj")
+            return None
+        loaded = self.app.session.model
+        if loaded is not None:
+            linear = linear_module_names(loaded.model)
+            unknown = [name for name in names if name not in linear]
+            if unknown:
+                form.fail("lora-targets", f"{', '.join(unknown)} is not a linear layer of this model; it has "
+                                          f"{', '.join(sorted(linear))}")
+        return names
 
     def _check_memory(self, form: Form, method: Any) -> None:
         """Refuse at the field a batch that cannot fit in this machine's memory (what `fnapi run` would refuse)."""

@@ -4,7 +4,9 @@ as readable messages, not crashes."""
 from __future__ import annotations
 
 import pytest
-from textual.widgets import Button, Input, Static
+from textual.widgets import Button, Checkbox, Collapsible, Input, Select, Static
+
+from fnapi.recipe import Recipe
 
 from fnapi.errors import HardwareError
 from fntui.widgets.fields import Field
@@ -275,3 +277,68 @@ async def test_loading_a_model_shows_a_moving_bar_that_goes_when_it_is_loaded(dr
         release.set()
         await settle(pilot)
         assert app.draft.step == "data"  # loaded, checked, and on to the next step
+
+
+async def test_the_advanced_fold_writes_every_setting_to_the_recipe(drafts, tiny_model_dir):
+    app = make_app(drafts, step="training", **{"train.steps": 40})
+    async with app.run_test(size=TERMINAL) as pilot:
+        await settle(pilot)
+        app.session.model = app.engine.load_model(app.draft.recipe.model)  # what the Model step leaves behind
+        assert app.screen.query_one("#advanced", Collapsible).collapsed  # folded away at first
+        assert app.screen.query_one("#save-steps", Input).value == "20"  # 40 steps: two checkpoints, not none
+        await enter(pilot, "steps", "")  # by epochs
+        await enter(pilot, "epochs", "2.5")
+        await enter(pilot, "warmup", "0.1")
+        app.screen.query_one("#scheduler", Select).value = "cosine"
+        await enter(pilot, "weight-decay", "0.01")
+        await enter(pilot, "lora-r", "4")
+        await enter(pilot, "lora-alpha", "8")
+        await enter(pilot, "lora-dropout", "0.05")
+        await enter(pilot, "lora-targets", "q_proj, v_proj")
+        app.screen.query_one("#gradient-checkpointing", Checkbox).value = True
+        await enter(pilot, "save-steps", "7")
+        await enter(pilot, "seed", "123")
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert app.draft.step == "run", text_of(app.screen.query_one("#banner"))
+        train = app.draft.recipe.train
+        assert (train.steps, train.epochs, train.warmup_ratio, train.scheduler, train.weight_decay) == (
+            None, 2.5, 0.1, "cosine", 0.01)
+        assert (train.lora.r, train.lora.alpha, train.lora.dropout, train.lora.target_modules) == (
+            4, 8.0, 0.05, ["q_proj", "v_proj"])
+        assert train.gradient_checkpointing and train.save_steps == 7 and app.draft.recipe.seed == 123
+        assert Recipe.from_yaml(app.draft.extras["recipe_path"]) == app.draft.recipe
+
+
+async def test_bad_advanced_settings_open_the_fold_and_say_what_is_wrong(drafts, tiny_model_dir):
+    app = make_app(drafts, step="training")
+    async with app.run_test(size=TERMINAL) as pilot:
+        await settle(pilot)
+        app.session.model = app.engine.load_model(app.draft.recipe.model)
+        await enter(pilot, "warmup", "1.5")
+        await enter(pilot, "lora-dropout", "-0.1")
+        await enter(pilot, "lora-targets", "q_proj, attention")
+        await enter(pilot, "seed", "-1")
+        app.screen.query_one("#advanced", Collapsible).collapsed = True
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        screen = app.screen
+        assert app.draft.step == "training" and not screen.query_one("#advanced", Collapsible).collapsed
+        assert error_of(screen, "warmup").startswith("a share of the steps")
+        assert error_of(screen, "lora-dropout").startswith("at least 0 and below 1")
+        message = error_of(screen, "lora-targets")
+        assert message.startswith("attention is not a linear layer of this model") and "q_proj" in message
+        assert error_of(screen, "seed") == "must be at least 0"
+
+
+async def test_the_checkpoint_interval_follows_steps_until_it_is_edited(drafts):
+    app = make_app(drafts, step="training", **{"train.steps": 15})
+    async with app.run_test(size=TERMINAL) as pilot:
+        await settle(pilot)
+        save = app.screen.query_one("#save-steps", Input)
+        assert save.value == "7"  # checkpoints at 7 and 14 (the default 50 would leave none)
+        await enter(pilot, "steps", "300")
+        assert save.value == "50"  # long runs keep the recipe's interval
+        await enter(pilot, "save-steps", "25")
+        await enter(pilot, "steps", "10")
+        assert save.value == "25"  # the user's number wins

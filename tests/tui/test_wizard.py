@@ -98,7 +98,7 @@ async def test_wizard_writes_a_recipe_that_replays_to_the_same_template_and_loss
         "data.max_samples": 24, "template.components": 3, "template.samples": 8, "template.runs": 2,
         "template.max_length": 32, "template.data": ["builtin:text"], "mask.preset": "protect",
         "mask.components": [0], "train.steps": 3, "train.logging_steps": 1, "train.batch_size": 2,
-        "train.gradient_accumulation": 1,
+        "train.gradient_accumulation": 1, "train.save_steps": 1,  # follows the 3 steps: two checkpoints
         "eval.task_samples": 4, "eval.probe_samples": 8, "model.device": "cpu", "model.dtype": "float32",
     }
     assert written == Recipe().replace(**expected, **{"template.path": template_path})
