@@ -93,6 +93,19 @@ def test_training_prefilled_at_80x24(snap_compare, drafts):
     assert snap_compare(app, terminal_size=NARROW, run_before=settle)
 
 
+def test_training_advanced_open_at_80x24(snap_compare, drafts):
+    async def run_before(pilot):
+        await settle(pilot)
+        fold = pilot.app.screen.query_one("#advanced")
+        fold.collapsed = False
+        await settle(pilot)
+        pilot.app.screen.query_one("#seed", Input).focus()  # scrolls the fold's last field into view
+        await settle(pilot)
+
+    app = make_app(drafts, step="training", **{"train.steps": 15})
+    assert snap_compare(app, terminal_size=NARROW, run_before=run_before)
+
+
 def test_run_finished(snap_compare, drafts):
     async def run_before(pilot):
         await settle(pilot)
