@@ -128,6 +128,13 @@ def _fit_ica(acts: Activations, buffer_dtype: str, data: Any, section: TemplateS
             f"{acts.n_rows} captured token rows allow only {len(components) // blocks}; the template holds "
             f"{len(components)}. Capture more tokens (template.samples x template.max_length) for more.")
         _log(sink, warnings[-1], "warning")
+    positional = [c.id for c in components if c.one_position is not None]
+    if positional:
+        # Such components follow a token's position (massive activations), not the text's content.
+        warnings.append(f"component{'s' if len(positional) > 1 else ''} {', '.join(f'#{i}' for i in positional)}: "
+                        "every top token sits at one position (usually the first token); protecting "
+                        "such a component keeps little knowledge")
+        _log(sink, warnings[-1], "warning")
 
     return Template(
         site=section.site, width=acts.width, num_layers=num_layers, layers=layers, components=components,

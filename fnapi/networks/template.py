@@ -81,6 +81,20 @@ class Component:
         """Neuron count per layer (only layers that hold neurons)."""
         return {layer: len(channels) for layer, channels in self.neurons.items()}
 
+    @property
+    def one_position(self) -> int | None:
+        """The token position shared by all of the component's top tokens (at least three), else None.
+
+        A component whose strongest activations all sit at one position, usually the first token,
+        tracks where a token is (a massive-activation channel), not what the text says; protecting
+        it protects little knowledge."""
+        positions = {entry.get("position") for entry in self.stats.get("top_tokens") or []
+                     if isinstance(entry, dict)}
+        count = sum(1 for entry in self.stats.get("top_tokens") or [] if isinstance(entry, dict))
+        if count >= 3 and len(positions) == 1 and isinstance(next(iter(positions)), int):
+            return next(iter(positions))
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         stats = {"size": self.size, "per_layer": {str(k): v for k, v in self.per_layer.items()}}
         stats.update(copy.deepcopy(self.stats))

@@ -103,6 +103,12 @@ def component_preview(template: Template, component: Component) -> RenderableTyp
         layers.add_row(f"L{layer}", Text(bar, style="cyan"), str(count))
     parts: list[RenderableType] = [head, Text("\nneurons per layer", style="bold"), layers]
     tokens = component.stats.get("top_tokens") or []
+    position = component.one_position
+    if position is not None:
+        where = "the first token" if position == 0 else f"position {position}"
+        parts.append(Text(f"\n⚠ every top token sits at {where}: this component tracks where a token is, "
+                          "not what the text says (a massive-activation channel); protecting it keeps little "
+                          "knowledge", style="bold yellow"))
     if tokens:
         parts.append(Text("\ntop tokens (in context)", style="bold"))
         for entry in tokens:
@@ -222,6 +228,8 @@ class TemplateView(Horizontal):
         label = Text(f"{mark}#{component.id}", style="bold" if component.id in self.selected else "")
         # Stability first and spelled out: a cut label must not turn "stab 0.95" into "stab 0".
         label.append(f"  stability {_stability(component)}  {_neurons(component.size)}", style="dim")
+        if component.one_position is not None:
+            label.append(f"  ⚠ pos {component.one_position}", style="yellow")
         return label
 
     def fill(self, query: str) -> None:

@@ -13,7 +13,7 @@ from fntui.app import FntuiApp
 from fntui.engine import Engine
 from fntui.screens.browser import CompareScreen
 from fntui.widgets.template_view import LayerRef, NeuronRef, TemplateTree
-from tests.tui.helpers import TERMINAL, settle, text_of
+from tests.tui.helpers import TERMINAL, demo_template, settle, text_of
 
 pytestmark = pytest.mark.anyio
 
@@ -68,3 +68,25 @@ async def test_compare_shows_the_iou_of_every_pair(workdir):
         assert "mean best IoU" in text_of(app.screen.query_one("#compare-summary"))
         await pilot.press("escape")
         assert not isinstance(app.screen, CompareScreen)
+
+
+async def test_a_component_whose_top_tokens_all_sit_at_the_first_token_is_flagged(workdir):
+    template = demo_template(0)
+    first = [{"token": t, "context": t, "activation": 9.0, "sequence": i, "position": 0}
+             for i, t in enumerate(["<s>", " The", " In"])]
+    spread = [{"token": t, "context": t, "activation": 2.0, "sequence": 0, "position": i + 3}
+              for i, t in enumerate([" a", " b", " c"])]
+    template.components[0].stats["top_tokens"] = first
+    template.components[1].stats["top_tokens"] = spread
+    template.save(Path("templates/first.json"))
+    app = browse("templates/first.json")
+    async with app.run_test(size=TERMINAL) as pilot:
+        await settle(pilot)
+        tree = app.screen.query_one(TemplateTree)
+        labels = [str(node.label) for node in tree.root.children]
+        assert "⚠ pos 0" in labels[0] and "⚠" not in labels[1] and "⚠" not in labels[2]
+        preview = app.screen.query_one(".tv-detail")
+        await pilot.press("down")  # component #0
+        assert "every top token sits at the first token" in text_of(preview)
+        await pilot.press("down")  # component #1: tokens at different positions
+        assert "every top token sits" not in text_of(preview)

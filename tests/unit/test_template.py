@@ -303,3 +303,15 @@ def test_cli_broken_file_exits_2(tmp_path, capsys):
     assert main(["template", "show", str(path)]) == 2
     assert str(path) in capsys.readouterr().err
     assert main(["template", "compare", str(path), str(LEGACY / "10.json")]) == 2
+
+
+def test_one_position_names_the_position_all_top_tokens_share():
+    def component(positions):
+        top = [{"token": "x", "context": "x", "activation": 1.0, "position": p} for p in positions]
+        return Component(0, {0: [1]}, 0.9, {"top_tokens": top})
+
+    assert component([0, 0, 0]).one_position == 0
+    assert component([4, 4, 4, 4]).one_position == 4
+    assert component([0, 0, 1]).one_position is None
+    assert component([0, 0]).one_position is None  # two tokens say too little
+    assert Component(0, {0: [1]}, 0.9, {"top_tokens": [{"token": "x"}] * 3}).one_position is None  # no positions

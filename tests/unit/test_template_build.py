@@ -184,3 +184,21 @@ def test_cli_bad_input_exits_2(args, message, model_dir, text_file, tmp_path, ca
     assert code == 2
     assert message in captured.err
     assert captured.out == ""
+
+
+def test_components_whose_top_tokens_share_one_position_are_named_in_a_warning(text_file, monkeypatch):
+    import fnapi.networks.build as build
+
+    real = build.top_tokens
+
+    def first_token_for_component_1(*args, **kwargs):
+        tokens = real(*args, **kwargs)
+        tokens[1] = [{**entry, "position": 0} for entry in tokens[1]]
+        return tokens
+
+    monkeypatch.setattr(build, "top_tokens", first_token_for_component_1)
+    template = build_template(_loaded("llama"), TemplateSection(**SMALL), [str(text_file)], seed=0)
+    assert template.components[1].one_position == 0
+    assert [w for w in template.warnings if "one position" in w] == [
+        "component #1: every top token sits at one position (usually the first token); protecting such a "
+        "component keeps little knowledge"]
