@@ -95,6 +95,32 @@ def evaluate_target(target: str | Path, *, probes: Sequence[str] | None = None, 
     return TargetEvaluation(str(target), "run", measures, base)
 
 
+@dataclass(frozen=True)
+class RunAnswers:
+    """One prompt answered greedily by a run's model as trained and by its base model."""
+
+    prompt: str
+    tuned: str
+    base: str
+
+
+def ask_run(folder: str | Path, prompt: str, *, loaded: Any = None, max_new_tokens: int = 64,
+            sink: EventSink | None = None) -> RunAnswers:
+    """Ask the run in ``folder`` and its base model the same question. ``loaded`` is the base
+    model already in memory (loaded from the run's recipe otherwise); it is left as it was."""
+    from fnapi.models.generation import answer
+    from fnapi.models.loading import load_model
+
+    sink = sink if sink is not None else NullSink()
+    folder = Path(folder)
+    recipe = _run_recipe(folder)
+    loaded = loaded if loaded is not None else load_model(recipe.model, sink=sink)
+    base = answer(loaded.model, loaded.tokenizer, prompt, max_new_tokens=max_new_tokens)
+    with _trained(folder, recipe, loaded, sink, None) as model:
+        tuned = answer(model, loaded.tokenizer, prompt, max_new_tokens=max_new_tokens)
+    return RunAnswers(prompt, tuned, base)
+
+
 def _run_recipe(folder: Path) -> Recipe:
     from fnapi.rundir import RECIPE_FILE
 

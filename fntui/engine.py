@@ -197,6 +197,17 @@ class Engine:
         run_fn = self._run_fn or default_run_function()
         return run_fn(recipe, sink=sink, cancel=cancel, output=output)
 
+    def ask_run(self, run_dir: str | Path, prompt: str, max_new_tokens: int = 64) -> Any:
+        """The run's and its base model's greedy answers to ``prompt`` (``fnapi.eval_target.ask_run``)."""
+        from fnapi.eval_target import ask_run
+        from fnapi.recipe import Recipe
+        from fnapi.rundir import RECIPE_FILE
+
+        folder = self.resolve(run_dir)
+        loaded = self.load_model(Recipe.from_yaml(folder / RECIPE_FILE).model)
+        with self._model_lock:  # the run's adapter goes into the shared model while it answers
+            return ask_run(folder, prompt, loaded=loaded, max_new_tokens=max_new_tokens)
+
     # ---- paths ------------------------------------------------------------------------------
     def resolve(self, path: str | Path) -> Path:
         """``path`` with ``~`` expanded, relative paths taken from ``workdir``."""

@@ -10,12 +10,13 @@ from typing import Any
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
-from textual.widgets import Button, Static
+from textual.containers import Horizontal
+from textual.widgets import Button, Input, Static
 
 from fnapi.report import ForgettingReport
-from fntui.screens.base import StepScreen
+from fntui.screens.base import StepScreen, describe_error
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -81,6 +82,13 @@ class SummaryScreen(StepScreen):
         yield Static(Text.assemble(("On a cluster: ", "bold"), f"fnapi slurm {path} --time 04:00:00 --submit",
                                    ("   (SLURM script with torchrun; memory check: fnapi estimate ", "dim"),
                                    (f"{path}", "dim"), (")", "dim")), id="cluster")
+        if (run_dir / "adapter").is_dir() or (run_dir / "model").is_dir():
+            yield Static(Text("Try it: ask the fine-tuned model and the base the same question", style="bold"),
+                         id="try-title")
+            with Horizontal(id="try-row"):
+                yield Input(placeholder="a question, then Enter", id="try-prompt", compact=True)
+                yield Button("Ask", id="try-ask", compact=True)
+            yield Static("", id="try-answers", markup=False)
         yield Button("New run", id="new-run", compact=True)
 
     def _report(self, run_dir: Path) -> ForgettingReport | None:
@@ -98,6 +106,38 @@ class SummaryScreen(StepScreen):
         if action == "next":
             return False  # the last step
         return super().check_action(action, parameters)
+
+    @on(Input.Submitted, "#try-prompt")
+    @on(Button.Pressed, "#try-ask")
+    def _ask(self) -> None:
+        prompt = self.query_one("#try-prompt", Input).value.strip()
+        if not prompt:
+            self.query_one("#try-answers", Static).update("Type a question first.")
+            return
+        self.query_one("#try-answers", Static).update("Asking both models… (greedy, up to 64 tokens)")
+        self.query_one("#try-ask", Button).disabled = True
+        self.ask(prompt)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="ask")
+    def ask(self, prompt: str) -> None:
+        answers = self.app.engine.ask_run(self.app.draft.extras["run_dir"], prompt)
+        self.app.call_from_thread(self._answered, answers)
+
+    def _answered(self, answers: Any) -> None:
+        self.query_one("#try-ask", Button).disabled = False
+        table = Table.grid(padding=(0, 1))
+        table.add_column(style="bold", no_wrap=True)
+        table.add_column()
+        table.add_row("fine-tuned", answers.tuned or "(no answer)")
+        table.add_row("base", answers.base or "(no answer)")
+        self.query_one("#try-answers", Static).update(table)
+
+    def work_failed(self, group: str, error: BaseException) -> bool:
+        if group != "ask":
+            return False
+        self.query_one("#try-ask", Button).disabled = False
+        self.query_one("#try-answers", Static).update(f"Could not ask: {describe_error(error)}")
+        return True
 
     @on(Button.Pressed, "#new-run")
     def _new_run(self) -> None:

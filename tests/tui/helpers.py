@@ -153,3 +153,21 @@ def text_of(widget) -> str:
     console = Console(width=200, file=io.StringIO(), color_system=None)
     console.print(widget.content)
     return console.file.getvalue()
+
+
+def add_random_adapter(run_dir: Path, model_name: str = TINY_MODEL) -> Path:
+    """Give a run folder an ``adapter/`` as a LoRA run leaves it, with random (not zero) weights,
+    so the fine-tuned model answers differently from its base."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from fnapi.models.loading import load_model
+    from fnapi.recipe import ModelSection
+
+    torch.manual_seed(0)
+    loaded = load_model(ModelSection(name=model_name))
+    config = LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj", "down_proj"],
+                        init_lora_weights=False, task_type="CAUSAL_LM")
+    peft_model = get_peft_model(loaded.model, config)
+    peft_model.save_pretrained(str(run_dir / "adapter"))
+    return run_dir / "adapter"

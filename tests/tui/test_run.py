@@ -170,3 +170,34 @@ async def test_a_stopped_run_of_this_recipe_is_offered_as_a_resume_from_its_step
         note = str(app.screen.query_one(".progress-stage").render())
         assert f"Resume from step 7 of {recipe.train.steps}" in note and "runs/demo" in note
         assert app.screen.query_one(LossPlot).points == [(5.0, 2.5), (7.0, 2.0)]  # the curve so far
+
+
+async def test_the_summary_asks_the_fine_tuned_model_and_the_base_side_by_side(drafts):
+    from pathlib import Path
+
+    from fnapi.eval_target import ask_run
+    from tests.tui.helpers import add_random_adapter
+
+    app = make_app(drafts, step="run", name="demo", extras={"recipe_path": "demo.yaml"})
+    async with app.run_test(size=TERMINAL) as pilot:
+        await settle(pilot)
+        await pilot.press("ctrl+n")  # run (fake): the folder gets a recipe and a report
+        await settle(pilot)
+        add_random_adapter(Path(app.draft.extras["run_dir"]))  # what a LoRA run leaves
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, SummaryScreen)
+        await pilot.click("#try-ask")  # nothing typed yet
+        await settle(pilot)
+        assert text_of(screen.query_one("#try-answers")).strip() == "Type a question first."
+        prompt = screen.query_one("#try-prompt", Input)
+        prompt.focus()
+        prompt.value = "What is two plus two?"
+        await pilot.press("enter")
+        await settle(pilot)
+        expected = ask_run(app.draft.extras["run_dir"], "What is two plus two?")
+        shown = text_of(screen.query_one("#try-answers"))
+        assert f"fine-tuned {expected.tuned}".strip() in " ".join(shown.split())
+        assert f"base {expected.base}".strip() in " ".join(shown.split())
+        assert not screen.query_one("#try-ask", Button).disabled
