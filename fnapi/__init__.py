@@ -48,6 +48,8 @@ _EXPORTS = {
     "mean_kl": "fnapi.drift",
     # forgetting measures and comparisons
     "evaluate_target": "fnapi.eval_target",
+    "ask_run": "fnapi.eval_target",
+    "RunAnswers": "fnapi.eval_target",
     "build_plan": "fnapi.measures",
     "evaluate": "fnapi.measures",
     "compare_measures": "fnapi.measures",
