@@ -51,7 +51,7 @@ from fnapi.events import EventSink, Log, Metric, NullSink, Progress, stage
 from fnapi.masking import NeuronMask, frozen_checksums, plain_state_dict
 from fnapi.masking import bake_lesion as bake_lesion_into
 from fnapi.masking import mask as apply_mask
-from fnapi.models.registry import get_adapter, unwrap_model
+from fnapi.models.registry import get_adapter, linear_module_names
 from fnapi.hardware import check_method_supported
 from fnapi.paths import atomic_write_text
 from fnapi.rundir import CHECKPOINT_STATE_FILE as STATE_FILE
@@ -383,7 +383,7 @@ def _lora_targets(model: Any, targets: list[str] | str) -> list[str]:
     """LoRA target module names: the family's attention and MLP projections for ``auto``."""
     if targets != "auto":
         return list(targets)
-    names = {name.rsplit(".", 1)[-1] for name, _ in unwrap_model(model).named_modules()}
+    names = linear_module_names(model)
     return [t for t in get_adapter(model).lora_targets if t in names]
 
 

@@ -121,6 +121,16 @@ _BY_MODEL_TYPE = {model_type: adapter for adapter in ADAPTERS.values() for model
 _INTERMEDIATE_ATTRS = ("intermediate_size", "ffn_dim", "n_inner", "ffn_hidden_size")
 
 
+def linear_module_names(model: nn.Module) -> set[str]:
+    """The last name part of every Linear or Conv1D layer except the output head: what LoRA's
+    ``target_modules`` can name."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    return {name.rsplit(".", 1)[-1] for name, module in unwrap_model(model).named_modules()
+            if isinstance(module, (torch.nn.Linear, Conv1D))} - {"lm_head"}
+
+
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The base causal-LM inside peft wrappers (``PeftModel`` -> ``LoraModel`` -> model).
 

@@ -88,11 +88,9 @@ class Component:
         A component whose strongest activations all sit at one position, usually the first token,
         tracks where a token is (a massive-activation channel), not what the text says; protecting
         it protects little knowledge."""
-        positions = {entry.get("position") for entry in self.stats.get("top_tokens") or []
-                     if isinstance(entry, dict)}
-        count = sum(1 for entry in self.stats.get("top_tokens") or [] if isinstance(entry, dict))
-        if count >= 3 and len(positions) == 1 and isinstance(next(iter(positions)), int):
-            return next(iter(positions))
+        positions = [entry.get("position") for entry in self.stats.get("top_tokens") or [] if isinstance(entry, dict)]
+        if len(positions) >= 3 and len(set(positions)) == 1 and isinstance(positions[0], int):
+            return positions[0]
         return None
 
     def to_dict(self) -> dict[str, Any]:

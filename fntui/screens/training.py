@@ -44,19 +44,6 @@ def checkpoint_interval(steps: int | None, configured: int) -> int:
     return max(1, steps // 2)
 
 
-def linear_module_names(model: Any) -> set[str]:
-    """The last name part of every linear layer (what LoRA's target_modules match)."""
-    import torch
-
-    from fnapi.models.registry import unwrap_model
-
-    names = set()
-    for name, module in unwrap_model(model).named_modules():
-        if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D":
-            names.add(name.rsplit(".", 1)[-1])
-    return names - {"lm_head"}
-
-
 def presets_view(current: str | None) -> Table:
     """Every preset with its sentence; the chosen one stands out."""
     table = Table.grid(padding=(0, 1))
@@ -277,6 +264,8 @@ class TrainingScreen(StepScreen):
             return None
         loaded = self.app.session.model
         if loaded is not None:
+            from fnapi.models.registry import linear_module_names
+
             linear = linear_module_names(loaded.model)
             unknown = [name for name in names if name not in linear]
             if unknown:
