@@ -49,6 +49,8 @@ _EXPORTS = {
     # forgetting measures and comparisons
     "evaluate_target": "fnapi.eval_target",
     "ask_run": "fnapi.eval_target",
+    "estimate_time": "fnapi.timing",
+    "TimeEstimate": "fnapi.timing",
     "RunAnswers": "fnapi.eval_target",
     "build_plan": "fnapi.measures",
     "evaluate": "fnapi.measures",

@@ -404,7 +404,7 @@ def _token_counts(recipe: Any, shape: ModelShape, read_data: bool) -> tuple[dict
 
         tokenizer = load_tokenizer(recipe.model.name)
         if specs:
-            counts.update(_capture_counts(specs, section, tokenizer))
+            counts.update(capture_counts(specs, section, tokenizer))
         data = load_data(recipe.data, seed=recipe.seed)
         tokens = tokenize(data.train, tokenizer, chat_template=recipe.data.chat_template,
                           max_length=recipe.data.max_length)
@@ -416,7 +416,8 @@ def _token_counts(recipe: Any, shape: ModelShape, read_data: bool) -> tuple[dict
         return counts, [f"token counts are upper bounds: the data could not be read ({exc.message})"]
 
 
-def _capture_counts(specs: list[str], section: Any, tokenizer: Any) -> dict[str, int]:
+def capture_counts(specs: list[str], section: Any, tokenizer: Any) -> dict[str, int]:
+    """Captured token rows (special tokens excluded) and the biggest capture batch of a template build."""
     import torch
 
     from fnapi.networks.capture import batch_plan, load_sequences

@@ -58,8 +58,10 @@ def estimate(
     memory: Optional[str] = typer.Option(None, "--memory", help="memory of the device to check against, e.g. 24G "
                                                                  "(default: detected)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    timed: bool = typer.Option(False, "--time", help="also time every stage on this machine (loads the model and "
+                                                     "measures its throughput: seconds to a minute)"),
 ) -> None:
-    """Predict the peak memory of a recipe's stages.
+    """Predict the peak memory of a recipe's stages, and with --time how long each takes here.
 
     Lists each stage's biggest terms; warns (and exits 1) when a stage will not fit the device's memory.
     """
@@ -68,9 +70,36 @@ def estimate(
     from fnapi.estimate import estimate_recipe, parse_size, render_text
 
     result = estimate_recipe(recipe_path, device=device, memory=parse_size(memory) if memory else None)
-    print(json.dumps(result.to_dict(), indent=2) if as_json else render_text(result))
+    duration = _time_recipe(recipe_path) if timed else None
+    if as_json:
+        print(json.dumps({**result.to_dict(), **({"time": duration.to_dict()} if duration else {})}, indent=2))
+    else:
+        print(render_text(result))
+        if duration is not None:
+            from fnapi.timing import format_duration
+
+            print(f"\ntime on this machine: {duration.describe()}")
+            for item in duration.stages:
+                print(f"  {item.stage:<12} {format_duration(item.seconds):>12}  {item.detail}")
     if not result.fits:
         raise typer.Exit(1)
+
+
+def _time_recipe(recipe_path: Path):
+    import time
+
+    import sys
+
+    from fnapi.events import console_sink
+    from fnapi.models.loading import load_model
+    from fnapi.recipe import Recipe
+    from fnapi.timing import estimate_time
+
+    recipe = Recipe.from_yaml(recipe_path)
+    started = time.perf_counter()
+    sink = console_sink(sys.stderr)
+    loaded = load_model(recipe.model, sink=sink)
+    return estimate_time(recipe, loaded, load_seconds=time.perf_counter() - started, sink=sink)
 
 
 def register(app: typer.Typer) -> None:

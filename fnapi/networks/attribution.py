@@ -33,6 +33,9 @@ import torch
 from fnapi.errors import DataError, TemplateError
 from fnapi.events import EventSink, stage
 from fnapi.models.registry import get_adapter
+
+#: Points of the integrated-gradients path (the trapezoid rule's nodes), run as one batch per example.
+DEFAULT_STEPS = 8
 from fnapi.networks.template import Component, Template, model_identity
 
 SELECTIONS = ("most", "least")
@@ -42,7 +45,8 @@ _TOP_TOKENS = 8
 _CONTEXT_TOKENS = 6
 
 
-def attribution_scores(model: torch.nn.Module, examples: Any, *, steps: int = 8, layers: Sequence[int] | None = None,
+def attribution_scores(model: torch.nn.Module, examples: Any, *, steps: int = DEFAULT_STEPS,
+                       layers: Sequence[int] | None = None,
                        sink: EventSink | None = None, cancel: threading.Event | None = None) -> torch.Tensor:
     """Integrated-gradients attribution of every ``mlp.out`` channel, per sample.
 
@@ -113,7 +117,7 @@ def quota_size(quota_percent: float, width: int) -> int:
     return max(1, round(quota_percent / 100 * width))
 
 
-def attribution_template(loaded: Any, examples: Any, *, quota_percent: float = 10.0, steps: int = 8,
+def attribution_template(loaded: Any, examples: Any, *, quota_percent: float = 10.0, steps: int = DEFAULT_STEPS,
                          layers: Sequence[int] | None = None, select: Sequence[str] = SELECTIONS,
                          sources: list[str] | None = None, sink: EventSink | None = None,
                          cancel: threading.Event | None = None) -> Template:

@@ -191,3 +191,16 @@ def test_a_run_refuses_training_that_cannot_fit_and_warns_when_tight(monkeypatch
         with_ram(need // 2)
     assert "train.batch_size 8 with rows of 40 tokens" in str(refused.value)
     assert "activations" in str(refused.value) and refused.value.exit_code == 2
+
+
+def test_cli_times_every_stage_on_this_machine(workspace, capsys):
+    assert main(["estimate", str(workspace / "recipe.yaml"), "--device", "cpu", "--memory", "64G", "--json",
+                 "--time"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    stages = {s["stage"]: s for s in data["time"]["stages"]}
+    assert {"model", "capture", "ica", "baseline", "train", "evaluate"} <= set(stages)
+    assert stages["train"]["detail"].startswith("100 steps of about ")  # the recipe's default steps
+    assert data["time"]["seconds"] == pytest.approx(sum(s["seconds"] for s in stages.values()), abs=0.5)
+    assert main(["estimate", str(workspace / "recipe.yaml"), "--device", "cpu", "--memory", "64G", "--time"]) == 0
+    out = capsys.readouterr().out
+    assert "time on this machine: about " in out and "  train " in out
