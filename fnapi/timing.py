@@ -27,8 +27,8 @@ from typing import Any
 
 from fnapi.events import check_cancelled
 
-#: Items of each evaluation kind timed to find its rate (one scoring batch).
-SCORING_SAMPLE = 8
+#: Items of each evaluation kind timed to find its rate (one batch of probes, two of generation).
+SCORING_SAMPLE = 16
 #: Captured tokens an ICA timing fit uses at most; the fit is linear in rows, so it is scaled up.
 ICA_SAMPLE_ROWS = 1024
 #: Rows of the timed training batch at most (time is linear in rows at these sizes).

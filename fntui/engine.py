@@ -22,9 +22,12 @@ if TYPE_CHECKING:
     from fnapi.models.loading import LoadedModel, ModelInfo
     from fnapi.networks.template import Comparison, Template
     from fnapi.recipe import DataSection, ModelSection, Recipe, TemplateSection
+    from fnapi.timing import TimeEstimate
 
 #: ``run(recipe, *, sink=None, cancel=None, output=None) -> RunResult`` (see fnapi.runner).
 RunFunction = Callable[..., Any]
+#: ``timer(recipe)`` (a run) or ``timer(recipe, "template")`` (its template build) -> TimeEstimate.
+TimerFunction = Callable[..., Any]
 
 #: Examples shown in the data preview.
 PREVIEW_EXAMPLES = 3
@@ -46,12 +49,15 @@ class Engine:
     """The wizard's doorway to fnapi.
 
     ``run_fn`` replaces :func:`fnapi.runner.run`; ``hardware`` replaces detection with a fixed
-    report; ``workdir`` is where relative paths (``.env``, templates) are resolved.
+    report; ``workdir`` is where relative paths (``.env``, templates) are resolved; ``timer``
+    replaces the time estimates measured on this machine (tests want fixed numbers).
     """
 
     def __init__(self, *, run_fn: RunFunction | None = None, hardware: HardwareReport | None = None,
-                 workdir: Path | None = None) -> None:
+                 workdir: Path | None = None, timer: TimerFunction | None = None) -> None:
         self._run_fn = run_fn
+        self._timer = timer
+        self._rates: dict = {}  # rates measured by the time estimates, kept for the session
         self._hardware = hardware
         self.workdir = Path(workdir) if workdir is not None else Path.cwd()
         self._model_lock = threading.Lock()
@@ -189,6 +195,29 @@ class Engine:
         from fnapi.networks.template import compare
 
         return compare(a, b)
+
+    # ---- time -----------------------------------------------------------------------------
+    def time_estimate(self, recipe: Recipe, cancel: threading.Event | None = None) -> TimeEstimate:
+        """How long ``recipe`` will run here, every stage timed on the loaded model (fnapi.timing)."""
+        if self._timer is not None:
+            return self._timer(recipe)
+        from fnapi.timing import estimate_time
+
+        loaded = self.load_model(recipe.model)
+        with self._model_lock:
+            return estimate_time(recipe, loaded, cancel=cancel, cache=self._rates)
+
+    def template_time(self, recipe: Recipe, cancel: threading.Event | None = None) -> TimeEstimate:
+        """How long building the template ``recipe.template`` describes will take here."""
+        if self._timer is not None:
+            return self._timer(recipe, "template")
+        from fnapi.timing import estimate_template_time
+
+        section = recipe.template
+        loaded = self.load_model(recipe.model)
+        with self._model_lock:
+            return estimate_template_time(section, list(section.data) or [recipe.data.path], loaded,
+                                          cache=self._rates, cancel=cancel)
 
     # ---- running ----------------------------------------------------------------------------
     def run(self, recipe: Recipe, *, sink: EventSink | None = None, cancel: threading.Event | None = None,

@@ -8,6 +8,7 @@ event: fnapi stops at its next step and keeps a checkpoint, and starting again r
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -19,7 +20,7 @@ from fnapi.errors import CancelledError
 from fnapi.events import Log, Metric, RunCancelled, RunFailed, RunFinished, RunStarted
 from fnapi.recipe import Recipe
 from fntui.messages import EngineEvent, MessageSink, WorkDone
-from fntui.screens.base import StepScreen
+from fntui.screens.base import StepScreen, describe_error
 from fntui.widgets.loss_plot import LossPlot
 from fntui.widgets.progress_pane import ProgressPane
 
@@ -38,12 +39,14 @@ class RunScreen(StepScreen):
     def __init__(self) -> None:
         super().__init__()
         self.cancel = threading.Event()
+        self.estimating = threading.Event()  # set to stop the time estimate (a run is starting)
         self.state = "ready"  # ready | running | cancelling | finished | cancelled | failed
 
     def compose_body(self) -> ComposeResult:
         path = self.app.draft.extras.get("recipe_path", "recipe.yaml")
         yield Static(f"Recipe {path} · replay it headless any time: fntui replay {path}", id="run-recipe",
                      markup=False)
+        yield Static("", id="run-estimate", markup=False)
         yield ProgressPane(idle="Not started: press Next (ctrl+n) to run.", id="run-progress")
         with Horizontal(id="run-panes"):
             yield LossPlot(id="loss-plot")
@@ -66,6 +69,30 @@ class RunScreen(StepScreen):
         if self.state == "ready":
             self._show_resume_point()
         self._show_state()
+        if self.state in ("ready", "cancelled"):
+            self.query_one("#run-estimate", Static).update("Estimated time: measuring this machine's speed on "
+                                                          "the recipe's sizes…")
+            self.estimate_time(self.app.draft.recipe)
+        else:
+            self._show_saved_estimate()
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="estimate")
+    def estimate_time(self, recipe: Recipe) -> None:
+        estimate = self.app.engine.time_estimate(recipe, cancel=self.estimating)
+        self.app.call_from_thread(self._estimated, recipe, estimate)
+
+    def _estimated(self, recipe: Recipe, estimate: Any) -> None:
+        self.app.draft.extras["run_estimate"] = {"recipe": recipe.fingerprint(), **estimate.to_dict()}
+        self.app.save_draft()
+        self._show_saved_estimate()
+
+    def _show_saved_estimate(self) -> None:
+        saved = self.app.draft.extras.get("run_estimate") or {}
+        if saved.get("recipe") == self.app.draft.recipe.fingerprint():
+            from fnapi.timing import TimeEstimate
+
+            self.query_one("#run-estimate", Static).update(
+                f"Estimated time on this machine: {TimeEstimate.from_dict(saved).describe()}")
 
     def _show_resume_point(self) -> None:
         """A stopped run of this recipe is resumed, not started: say so, and from where."""
@@ -119,6 +146,7 @@ class RunScreen(StepScreen):
         if self.state != "cancelled":  # a resumed run continues the curve it had drawn
             self.query_one("#loss-plot", LossPlot).clear()
             self.query_one("#metrics", DataTable).clear()
+        self.estimating.set()  # the run needs both cores
         self.cancel = threading.Event()
         self.state = "running"
         self.show_banner(None)
@@ -185,6 +213,11 @@ class RunScreen(StepScreen):
         self.refresh_bindings()
 
     def work_failed(self, group: str, error: BaseException) -> bool:
+        if group == "estimate":
+            if not isinstance(error, CancelledError):
+                self.query_one("#run-estimate", Static).update(f"Estimated time: not available "
+                                                              f"({describe_error(error)})")
+            return True
         if group != "run":
             return False
         if isinstance(error, CancelledError):
@@ -203,3 +236,4 @@ class RunScreen(StepScreen):
 
     def on_unmount(self) -> None:
         self.cancel.set()
+        self.estimating.set()

@@ -23,8 +23,11 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def report_view(report: ForgettingReport) -> Group:
-    """Before/after scores, how much general knowledge was kept, drift and cost."""
+def report_view(report: ForgettingReport, estimated_seconds: float | None = None) -> Group:
+    """Before/after scores, how much general knowledge was kept, drift and cost (with the time the
+    run took beside the time estimated before it started)."""
+    from fnapi.timing import format_duration
+
     scores = Table(box=None, padding=(0, 2), header_style="bold")
     for name, justify in (("measure", "left"), ("before", "right"), ("after", "right"), ("change", "right")):
         scores.add_column(name, justify=justify)
@@ -41,6 +44,9 @@ def report_view(report: ForgettingReport) -> Group:
     share = f" ({100 * report.trainable_parameters / report.total_parameters:.2f}%)" if report.total_parameters else ""
     facts.add_row("trainable", f"{report.trainable_parameters:,} of {report.total_parameters:,} parameters{share}")
     facts.add_row("training", f"{report.steps} steps, final loss {_fmt(report.final_loss, 4)}")
+    if report.total_seconds:
+        estimated = "" if estimated_seconds is None else f" (estimated before the start: {format_duration(estimated_seconds)})"
+        facts.add_row("time", f"{format_duration(report.total_seconds)}{estimated}")
     mask = report.mask or {}
     if mask.get("preset") not in (None, "none"):
         facts.add_row("mask", f"{mask.get('preset')}: " + (mask.get("in_words") or f"components {mask.get('components')}"))
@@ -74,7 +80,10 @@ class SummaryScreen(StepScreen):
             return
         run_dir = Path(extras.get("run_dir", ""))
         report = self._report(run_dir)
-        yield Static(report_view(report) if report else Text("No report found in the run folder."), id="report")
+        saved = extras.get("run_estimate") or {}
+        estimated = saved.get("seconds") if saved.get("recipe") == self.app.draft.recipe.fingerprint() else None
+        yield Static(report_view(report, estimated) if report else Text("No report found in the run folder."),
+                     id="report")
         yield Static(files_view(run_dir), id="files")
         path = extras.get("recipe_path", "recipe.yaml")
         yield Static(Text.assemble(("Replay headless: ", "bold"), f"fntui replay {path}",

@@ -60,6 +60,8 @@ class TemplateScreen(StepScreen):
     def __init__(self) -> None:
         super().__init__()
         self.cancel = threading.Event()
+        self.estimating = threading.Event()  # set to stop a build-time estimate
+        self._estimate_timer: Any = None
         self.failures: dict[str, str] = {}
         self.working: str | None = None
 
@@ -91,6 +93,7 @@ class TemplateScreen(StepScreen):
                         key="template.site")
             yield Field("Layers", Input(build.layers or "", id="tpl-layers", compact=True, placeholder="all"),
                         key="template.layers", help="for example 0:4,9: (empty: every layer)")
+            yield Static("", id="tpl-estimate", markup=False)
         with Vertical(id="load-settings"):
             yield Field("Template file", Input(section.path if section and section.path else "", id="tpl-path",
                                                compact=True, suggester=PathSuggester(suffixes=(".json",))),
@@ -110,6 +113,40 @@ class TemplateScreen(StepScreen):
             self._show_template(session.template, session.template_warnings)
         elif recipe is not None and self.recipe.template is not None and self.recipe.template.path:
             self.start(recipe, existing=self.recipe.template.path)
+        else:
+            self._estimate_soon(delay=0.0)
+
+    # ---- the build's time estimate ------------------------------------------------------------
+    def _estimate_soon(self, delay: float = 0.8) -> None:
+        """Estimate the build time once the settings stop changing (timed on the loaded model)."""
+        if self._estimate_timer is not None:
+            self._estimate_timer.stop()
+        if self._mode() != "build" or self.working is not None:
+            return
+        self._estimate_timer = self.set_timer(delay, self._estimate_now) if delay else None
+        if not delay:
+            self._estimate_now()
+
+    def _estimate_now(self) -> None:
+        self._estimate_timer = None
+        recipe, errors = self.check()
+        line = self.query_one("#tpl-estimate", Static)
+        if recipe is None or recipe.template is None or errors:
+            line.update("")
+            return
+        line.update("Build time: measuring this machine's speed…")
+        self.estimating.set()
+        self.estimating = threading.Event()
+        self.estimate_build(recipe, self.estimating)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="estimate")
+    def estimate_build(self, recipe: Recipe, cancel: threading.Event) -> None:
+        estimate = self.app.engine.template_time(recipe, cancel=cancel)
+        self.app.call_from_thread(self._estimated, estimate, cancel)
+
+    def _estimated(self, estimate: Any, cancel: threading.Event) -> None:
+        if not cancel.is_set():
+            self.query_one("#tpl-estimate", Static).update(f"Build time on this machine: {estimate.describe()}")
 
     def _mode(self) -> str:
         return Form(self).raw("template-mode") or "build"
@@ -123,6 +160,7 @@ class TemplateScreen(StepScreen):
     def edited(self, control: Widget) -> None:
         if control.id == "template-mode":
             self._show_mode()
+        self._estimate_soon()
         ready = self.app.session.template_key
         recipe, _ = self.check()
         if recipe is None or self.key(recipe) != ready:
@@ -189,6 +227,7 @@ class TemplateScreen(StepScreen):
         return None
 
     def start(self, recipe: Recipe, existing: str | None = None) -> None:
+        self.estimating.set()  # the build needs the cores
         self.working = self.key(recipe)
         self.cancel = threading.Event()
         mode = "load" if existing or self._mode() == "load" else "build"
@@ -261,6 +300,10 @@ class TemplateScreen(StepScreen):
         self.call_after_refresh(table.scroll_visible, animate=False)
 
     def work_failed(self, group: str, error: BaseException) -> bool:
+        if group == "estimate":
+            if not isinstance(error, CancelledError):
+                self.query_one("#tpl-estimate", Static).update(f"Build time: not available ({describe_error(error)})")
+            return True
         if group != "template":
             return False
         key, self.working = self.working, None
@@ -279,3 +322,4 @@ class TemplateScreen(StepScreen):
 
     def on_unmount(self) -> None:
         self.cancel.set()
+        self.estimating.set()

@@ -15,6 +15,7 @@ from fnapi.events import Metric, Progress, RunFinished, RunStarted, StageFinishe
 from fnapi.hardware import BitsAndBytesStatus, CpuInfo, HardwareReport
 from fnapi.networks.template import Component, Template
 from fnapi.report import ForgettingReport, Score
+from fnapi.timing import StageTime, TimeEstimate
 from fntui.app import FntuiApp
 from fntui.drafts import Draft, DraftStore
 from fntui.engine import Engine
@@ -81,6 +82,7 @@ class FakeRun:
         report = ForgettingReport(
             name=recipe.name, task=Score(0.1, 0.8, 10, "exact match"), probes=Score(0.6, 0.58, 20, "accuracy"),
             kl_to_base=0.0123, trainable_parameters=1_000, total_parameters=140_096, train_seconds=2.0,
+            total_seconds=75.0,
             final_loss=losses[-1][1], steps=self.steps, losses=losses, method=recipe.train.method,
             mask={"preset": recipe.mask.preset, "components": recipe.mask.components},
         )
@@ -112,6 +114,13 @@ def demo_template(seed: int = 0) -> Template:
     )
 
 
+def fixed_timer(*args: Any) -> TimeEstimate:
+    """Fixed time estimates: a run (called with its recipe) or a template build (recipe, "template")."""
+    if len(args) == 2:
+        return TimeEstimate((StageTime("capture", 12.0), StageTime("ica", 40.0)))
+    return TimeEstimate((StageTime("baseline", 20.0), StageTime("train", 50.0), StageTime("evaluate", 20.0)))
+
+
 def make_app(drafts: DraftStore, *, step: str = "welcome", run_fn=None, draft: Draft | None = None,
              extras: dict[str, Any] | None = None, **changes: Any) -> FntuiApp:
     """The wizard opened at ``step`` with a draft holding ``changes`` (dotted recipe paths).
@@ -124,7 +133,7 @@ def make_app(drafts: DraftStore, *, step: str = "welcome", run_fn=None, draft: D
         draft.step = step
         draft.recipe = draft.recipe.replace(**{"model.name": TINY_MODEL, **changes})
         draft.extras = {"train_prefilled": True} if extras is None else dict(extras)
-    engine = Engine(run_fn=run_fn or FakeRun(), hardware=fixed_hardware())
+    engine = Engine(run_fn=run_fn or FakeRun(), hardware=fixed_hardware(), timer=fixed_timer)
     return FntuiApp(engine=engine, drafts=drafts, draft=draft)
 
 

@@ -4,6 +4,7 @@ run works, cancel at the next step, and the summary afterwards."""
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 
@@ -34,6 +35,10 @@ async def test_run_fills_the_panes_and_the_summary(drafts):
     app = make_app(drafts, step="run", name="demo", extras={"recipe_path": "demo.yaml"})
     async with app.run_test(size=TERMINAL, message_hook=seen.append) as pilot:
         await settle(pilot)
+        # The time estimate (fixed here: 20 + 50 + 20 s) is shown before Start and kept with the draft
+        assert text_of(app.screen.query_one("#run-estimate")).strip() == (
+            "Estimated time on this machine: about 1 min 30 s (train 50 s, baseline 20 s, evaluate 20 s)")
+        assert app.draft.extras["run_estimate"]["seconds"] == 90.0
         await pilot.press("ctrl+n")
         await settle(pilot)
         screen = app.screen
@@ -51,6 +56,7 @@ async def test_run_fills_the_panes_and_the_summary(drafts):
         assert isinstance(app.screen, SummaryScreen)
         report = text_of(app.screen.query_one("#report"))
         assert "0.100" in report and "0.800" in report and "96.7%" in report
+        assert re.search(r"time +1 min 15 s \(estimated before the start: 1 min 30 s\)", report)  # beside the actual
         assert "fntui replay demo.yaml" in text_of(app.screen.query_one("#replay"))
 
 
@@ -201,3 +207,19 @@ async def test_the_summary_asks_the_fine_tuned_model_and_the_base_side_by_side(d
         assert f"fine-tuned {expected.tuned}".strip() in " ".join(shown.split())
         assert f"base {expected.base}".strip() in " ".join(shown.split())
         assert not screen.query_one("#try-ask", Button).disabled
+
+
+async def test_the_run_estimate_is_measured_on_the_loaded_model_when_no_timer_is_given(drafts, tmp_path):
+    from fntui.engine import Engine
+
+    app = make_app(drafts, step="run", name="timed", **{"train.steps": 3, "eval.task_samples": 4,
+                                                         "eval.probe_samples": 8, "eval.kl_prompts": 2,
+                                                         "data.max_samples": 40})
+    app.engine = Engine(run_fn=FakeRun(), hardware=app.engine.detect_hardware())  # the real timer
+    async with app.run_test(size=TERMINAL) as pilot:
+        await settle(pilot)
+        line = text_of(app.screen.query_one("#run-estimate"))
+        assert line.startswith("Estimated time on this machine: about "), line
+        saved = app.draft.extras["run_estimate"]
+        assert {s["stage"] for s in saved["stages"]} == {"baseline", "train", "validate", "evaluate"}
+        assert next(s for s in saved["stages"] if s["stage"] == "train")["detail"].startswith("3 steps of ")

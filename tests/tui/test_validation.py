@@ -253,6 +253,33 @@ async def test_a_bad_layer_filter_is_shown_at_its_field_before_any_model_loads(d
         assert error_of(app.screen, "tpl-layers").startswith("layer filter '0:99,foo': cannot read 'foo'")
 
 
+async def test_the_template_build_time_is_estimated_and_follows_the_settings(drafts):
+    import asyncio
+
+    from tests.tui.helpers import fixed_timer
+
+    asked = []
+
+    def timer(recipe, what=None):
+        asked.append((what, recipe.template.samples if recipe.template else None))
+        return fixed_timer(recipe, what) if what else fixed_timer(recipe)
+
+    app = make_app(drafts, step="template")
+    app.engine._timer = timer
+    async with app.run_test(size=TERMINAL) as pilot:
+        await settle(pilot)
+        line = app.screen.query_one("#tpl-estimate", Static)
+        assert text_of(line).strip() == "Build time on this machine: about 52 s (ica 40 s, capture 12 s)"
+        await enter(pilot, "tpl-samples", "99")
+        await asyncio.sleep(1.0)  # the estimate waits until the settings stop changing
+        await settle(pilot)
+        assert asked[-1] == ("template", 99)
+        await enter(pilot, "tpl-samples", "x")
+        await asyncio.sleep(1.0)
+        await settle(pilot)
+        assert text_of(line).strip() == ""  # nothing is estimated for settings that are wrong
+
+
 async def test_loading_a_model_shows_a_moving_bar_that_goes_when_it_is_loaded(drafts):
     import threading
 
