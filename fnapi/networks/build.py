@@ -41,6 +41,10 @@ TEMPLATES_DIR = Path("ica_templates")
 #: Top-activating tokens kept per component, and tokens of context shown before each.
 TOP_TOKENS = 8
 CONTEXT_TOKENS = 8
+#: Per neuron of a component: the tokens of its ``NEURON_TOP_ROWS`` strongest rows, the
+#: ``NEURON_TOKENS`` most frequent of them kept with their counts (the browser's neuron detail).
+NEURON_TOP_ROWS = 32
+NEURON_TOKENS = 3
 
 
 def build_template(loaded: Any, section: TemplateSection, data_specs: Sequence[str] | None = None, *, seed: int,
@@ -106,6 +110,7 @@ def _fit_ica(acts: Activations, buffer_dtype: str, data: Any, section: TemplateS
         progress.summary["explained_variance"] = [round(v, 4) for v in consensus.explained_variance_ratio_]
     neuron_sets = consensus.neuron_sets(acts.layout, rule=selection.rule, value=selection.value, sign=selection.sign)
     tokens = top_tokens(consensus, acts, tokenizer, sink=sink, cancel=cancel)
+    details = neuron_details(consensus, acts, tokenizer, neuron_sets)
 
     components = []
     for index, neurons in enumerate(neuron_sets):
@@ -113,6 +118,7 @@ def _fit_ica(acts: Activations, buffer_dtype: str, data: Any, section: TemplateS
             "runs_found": int(consensus.runs_present_[index]),
             "cluster_size": int(consensus.cluster_size_[index]),
             "top_tokens": tokens[index],
+            "neuron_detail": details[index],
         }
         if section.mode == "per_layer":
             stats["layer"] = layers[int(consensus.component_block_[index])]
@@ -196,6 +202,55 @@ def top_tokens(decomposition: Any, acts: Activations, tokenizer: Any, *, k: int 
             if len(entries) == k:
                 break
         result.append(entries)
+    return result
+
+
+def neuron_details(decomposition: Any, acts: Activations, tokenizer: Any, neuron_sets: Sequence[dict[int, list[int]]],
+                   *, top_rows: int = NEURON_TOP_ROWS, tokens: int = NEURON_TOKENS,
+                   column_chunk: int = 256) -> list[dict[str, list]]:
+    """What the browser shows for each neuron of each component, as columns (one entry per neuron,
+    in the component's layer and channel order): ``layer``, ``channel``, ``loading`` (the neuron's
+    weight in the component), ``mean`` and ``std`` of its captured activation, and ``top_tokens``:
+    the most frequent tokens among its ``top_rows`` strongest rows (in the direction of its
+    loading), as ``[token, count]`` pairs."""
+    layout = acts.layout
+    position = {layer: i for i, layer in enumerate(layout.layers)}
+    token_ids = acts.token_ids
+    found: dict[tuple[int, int], tuple[float, float, list[list[Any]]]] = {}
+    wanted: list[tuple[int, int, int]] = []  # (column, component, sign)
+    for index, neurons in enumerate(neuron_sets):
+        for layer, channels in neurons.items():
+            for channel in channels:
+                column = position[layer] * layout.width + channel
+                sign = 1 if decomposition.weights_[index, column] >= 0 else -1
+                wanted.append((column, index, sign))
+    needed = sorted({(column, sign) for column, _, sign in wanted})
+    for start in range(0, len(needed), column_chunk):
+        part = needed[start:start + column_chunk]
+        columns = torch.tensor([c for c, _ in part])
+        signs = torch.tensor([float(s) for _, s in part])
+        values = acts.values[:, columns].float()  # (rows, part)
+        means, stds = values.mean(dim=0), values.std(dim=0, unbiased=False)
+        top = (values * signs).topk(min(top_rows, values.shape[0]), dim=0).indices  # (top_rows, part)
+        for j, (column, sign) in enumerate(part):
+            counts: dict[int, int] = {}
+            for row in top[:, j].tolist():
+                token = int(token_ids[row])
+                counts[token] = counts.get(token, 0) + 1
+            best = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:tokens]
+            found[(column, sign)] = (float(means[j]), float(stds[j]),
+                                     [[tokenizer.decode([token]), count] for token, count in best])
+    result = [{"layer": [], "channel": [], "loading": [], "mean": [], "std": [], "top_tokens": []}
+              for _ in neuron_sets]
+    for column, index, sign in wanted:
+        mean, std, top_tokens_ = found[(column, sign)]
+        entry = result[index]
+        entry["layer"].append(layout.layers[column // layout.width])
+        entry["channel"].append(column % layout.width)
+        entry["loading"].append(round(float(decomposition.weights_[index, column]), 5))
+        entry["mean"].append(round(mean, 5))
+        entry["std"].append(round(std, 5))
+        entry["top_tokens"].append(top_tokens_)
     return result
 
 

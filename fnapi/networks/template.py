@@ -93,6 +93,19 @@ class Component:
             return positions[0]
         return None
 
+    def neuron_detail(self, layer: int, channel: int) -> dict[str, Any] | None:
+        """What the build recorded about one neuron of this component (``loading``, ``mean``,
+        ``std``, ``top_tokens`` as ``[token, count]`` pairs), or None when it recorded nothing
+        (attribution and imported templates, and templates built before this was recorded)."""
+        detail = self.stats.get("neuron_detail")
+        if not isinstance(detail, dict):
+            return None
+        for i, (at_layer, at_channel) in enumerate(zip(detail.get("layer", []), detail.get("channel", []))):
+            if at_layer == layer and at_channel == channel:
+                return {key: values[i] for key, values in detail.items()
+                        if key not in ("layer", "channel") and isinstance(values, list) and i < len(values)}
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         stats = {"size": self.size, "per_layer": {str(k): v for k, v in self.per_layer.items()}}
         stats.update(copy.deepcopy(self.stats))
@@ -259,6 +272,20 @@ class Template:
                 if layer in union:
                     union[layer].update(channels)
         return {layer: sorted(channels) for layer, channels in union.items()}
+
+    def overlaps(self) -> list[tuple[int, int, int, float]]:
+        """Every pair of components that share neurons: ``(a, b, shared neurons, IoU)``, the most
+        shared first."""
+        sets = {c.id: {(layer, ch) for layer, channels in c.neurons.items() for ch in channels}
+                for c in self.components}
+        pairs = []
+        ids = sorted(sets)
+        for i, a in enumerate(ids):
+            for b in ids[i + 1:]:
+                shared = len(sets[a] & sets[b])
+                if shared:
+                    pairs.append((a, b, shared, shared / len(sets[a] | sets[b])))
+        return sorted(pairs, key=lambda pair: (-pair[2], pair[0], pair[1]))
 
     def summary_rows(self) -> list[dict[str, Any]]:
         """One row per component for a table: id, stability, size, percent of the site's neurons,

@@ -25,6 +25,10 @@ from textual.widgets.tree import TreeNode
 from fnapi.networks.template import Component, Template
 
 BAR_WIDTH = 24
+#: Heatmap shades, from no neurons to the most neurons any component has in one layer.
+SHADES = " ░▒▓█"
+#: Overlapping pairs listed in the template's preview (all of them in each component's).
+OVERLAPS_SHOWN = 6
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,56 @@ def template_preview(template: Template, title: str) -> RenderableType:
     parts: list[RenderableType] = [table]
     for warning in template.warnings:
         parts.append(Text(f"! {warning}", style="yellow"))
+    if template.components:
+        parts += [Text(""), heatmap(template), Text(""), overlap_view(template)]
     return Group(*parts)
+
+
+def shade(count: int, most: int) -> str:
+    """One heatmap cell: blank for none, then four shades up to ``most``."""
+    if count <= 0 or most <= 0:
+        return SHADES[0]
+    return SHADES[min(len(SHADES) - 1, 1 + (len(SHADES) - 2) * count // most)]
+
+
+def heatmap(template: Template) -> RenderableType:
+    """Neurons per layer (columns) and component (rows), one shaded cell each, with the row's total."""
+    most = max((n for c in template.components for n in c.per_layer.values()), default=0)
+    layers = template.layers
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(justify="right", no_wrap=True)
+    grid.add_column(no_wrap=True)
+    grid.add_column(justify="right", no_wrap=True)
+    ticks = "".join(str(layer % 10) if layer % 5 == 0 else "·" for layer in layers)
+    grid.add_row("", Text(ticks, style="dim"), "")
+    for component in sorted(template.components, key=lambda c: c.id):
+        cells = "".join(shade(component.per_layer.get(layer, 0), most) for layer in layers)
+        grid.add_row(f"#{component.id}", Text(cells, style="cyan on grey11"), str(component.size))
+    title = Text.assemble(("neurons per layer", "bold"),
+                          (f" (columns: layers {layers[0]}-{layers[-1]}; █ = {most} in a layer)" if layers else "",
+                           "dim"))
+    return Group(title, grid)
+
+
+def overlap_view(template: Template, component: Component | None = None) -> RenderableType:
+    """Components that share neurons: the most-shared pairs, or every partner of ``component``."""
+    pairs = template.overlaps()
+    if component is not None:
+        pairs = [p for p in pairs if component.id in p[:2]]
+    title = Text("overlap with other components" if component is not None else "overlap between components",
+                 style="bold")
+    if not pairs:
+        return Group(title, Text("  no neuron is shared" + ("" if component is None else " with another component"),
+                                 style="dim"))
+    lines = [title]
+    shown = pairs if component is not None else pairs[:OVERLAPS_SHOWN]
+    for a, b, shared, value in shown:
+        names = f"#{b}" if component is not None and a == component.id else \
+            f"#{a}" if component is not None else f"#{a} & #{b}"
+        lines.append(Text(f"  {names}: {_neurons(shared)} shared, IoU {value:.2f}"))
+    if len(pairs) > len(shown):
+        lines.append(Text(f"  … {len(pairs) - len(shown)} more pairs", style="dim"))
+    return Group(*lines)
 
 
 def component_preview(template: Template, component: Component) -> RenderableType:
@@ -101,7 +154,8 @@ def component_preview(template: Template, component: Component) -> RenderableTyp
         count = component.per_layer.get(layer, 0)
         bar = "█" * (round(BAR_WIDTH * count / most) if most else 0)
         layers.add_row(f"L{layer}", Text(bar, style="cyan"), str(count))
-    parts: list[RenderableType] = [head, Text("\nneurons per layer", style="bold"), layers]
+    parts: list[RenderableType] = [head, Text("\nneurons per layer", style="bold"), layers, Text(""),
+                                   overlap_view(template, component)]
     tokens = component.stats.get("top_tokens") or []
     position = component.one_position
     if position is not None:
@@ -142,13 +196,36 @@ def layer_preview(ref: LayerRef) -> RenderableType:
 
 
 def neuron_preview(template: Template, ref: NeuronRef) -> RenderableType:
-    others = [c.id for c in template.components
-              if c.id != ref.component.id and ref.channel in c.neurons.get(ref.layer, [])]
-    return Group(
+    """One neuron: its loading in every component that holds it, its activation's mean and spread,
+    and the tokens it fires on most (counted over its strongest rows)."""
+    holders = [c for c in template.components if ref.channel in c.neurons.get(ref.layer, [])]
+    others = [c.id for c in holders if c.id != ref.component.id]
+    parts: list[RenderableType] = [
         Text(f"neuron {ref.channel} of layer {ref.layer} ({template.site})", style="bold"),
         Text(f"in component #{ref.component.id}"),
         Text(f"also in components {', '.join(f'#{i}' for i in others)}" if others else "in no other component"),
-    )
+    ]
+    details = {c.id: c.neuron_detail(ref.layer, ref.channel) for c in holders}
+    if not any(details.values()):
+        parts.append(Text("\nno per-neuron detail in this template (ICA builds record it)", style="dim"))
+        return Group(*parts)
+    loadings = Table.grid(padding=(0, 2))
+    loadings.add_column(style="bold")
+    loadings.add_column(justify="right")
+    for cid, detail in details.items():
+        if detail and "loading" in detail:
+            loadings.add_row(f"#{cid}", f"{detail['loading']:+.4f}")
+    parts += [Text("\nloading in each component", style="bold"), loadings]
+    detail = details.get(ref.component.id) or next(d for d in details.values() if d)
+    if "mean" in detail and "std" in detail:
+        parts.append(Text.assemble(("\nactivation ", "bold"), f"mean {detail['mean']:.4g}, spread (std) "
+                                                              f"{detail['std']:.4g}"))
+    tokens = detail.get("top_tokens") or []
+    if tokens:
+        parts.append(Text("top tokens (count among its strongest rows)", style="bold"))
+        for token, count in tokens:
+            parts.append(Text(f"  {visible(str(token))}  ×{count}"))
+    return Group(*parts)
 
 
 def matches(component: Component, query: str) -> bool:

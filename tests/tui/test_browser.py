@@ -90,3 +90,62 @@ async def test_a_component_whose_top_tokens_all_sit_at_the_first_token_is_flagge
         assert "every top token sits at the first token" in text_of(preview)
         await pilot.press("down")  # component #1: tokens at different positions
         assert "every top token sits" not in text_of(preview)
+
+
+def _researched_template() -> Template:
+    """Three components, two of which share neurons, with per-neuron detail on the first."""
+    detail = {"layer": [0, 0, 1], "channel": [1, 2, 4], "loading": [0.31, -0.12, 0.08], "mean": [0.5, -0.2, 1.25],
+              "std": [0.75, 0.1, 2.0], "top_tokens": [[[" Paris", 12], [" Rome", 3]], [[" a", 1]], [[" x", 2]]]}
+    base = demo_template(0)
+    components = [
+        Component(0, {0: [1, 2], 1: [4]}, 0.95, {**base.components[0].stats, "neuron_detail": detail}),
+        Component(1, {0: [2], 1: [4, 5, 6]}, 0.81, base.components[1].stats),
+        Component(2, {1: [30]}, 0.42, base.components[2].stats),
+    ]
+    return Template(site="mlp.out", width=64, num_layers=2, layers=[0, 1], components=components, model=base.model,
+                    method=base.method, data=base.data, created=base.created)
+
+
+async def test_the_template_shows_a_layer_heatmap_and_the_overlap_of_its_components(workdir):
+    _researched_template().save(Path("templates/researched.json"))
+    app = browse("templates/researched.json")
+    async with app.run_test(size=TERMINAL) as pilot:
+        await settle(pilot)
+        preview = text_of(app.screen.query_one(".tv-detail"))
+        assert "neurons per layer (columns: layers 0-1; █ = 3 in a layer)" in preview
+        rows = {line.split()[0]: line for line in preview.splitlines() if line.strip().startswith("#")}
+        # #1 holds 1 neuron in layer 0 (a third of the most: ▒) and 3 in layer 1 (the most: █); 4 in all
+        assert rows["#1"].split()[1:] == ["▒█", "4"]
+        # #2 has one neuron, in layer 1 only: layer 0's cell is blank, its layer 1 cell is shaded
+        assert rows["#2"].split()[1:] == ["▒", "1"] and rows["#2"].index("▒") == rows["#1"].index("█")
+        assert "#0 & #1: 2 neurons shared, IoU 0.40" in preview
+        await pilot.press("down")  # component #0: its partners
+        assert "overlap with other components" in text_of(app.screen.query_one(".tv-detail"))
+        assert "#1: 2 neurons shared, IoU 0.40" in text_of(app.screen.query_one(".tv-detail"))
+
+
+async def test_a_neuron_shows_its_loadings_activation_and_top_tokens_with_counts(workdir):
+    _researched_template().save(Path("templates/researched.json"))
+    app = browse("templates/researched.json")
+    async with app.run_test(size=TERMINAL) as pilot:
+        await settle(pilot)
+        await pilot.press("down", "enter", "down", "enter", "down")  # #0, layer 0, neuron 1
+        tree = app.screen.query_one(TemplateTree)
+        assert tree.cursor_node.data == NeuronRef(tree.cursor_node.data.component, 0, 1)
+        preview = text_of(app.screen.query_one(".tv-detail"))
+        assert "loading in each component" in preview and "#0  +0.3100" in preview
+        assert "activation mean 0.5, spread (std) 0.75" in preview
+        assert "␣Paris  ×12" in preview and "␣Rome  ×3" in preview
+        await pilot.press("down")  # neuron 2 of layer 0 is in #1 too, which recorded no detail
+        preview = text_of(app.screen.query_one(".tv-detail"))
+        assert "also in components #1" in preview and "#0  -0.1200" in preview
+
+
+async def test_a_template_without_neuron_detail_says_so(workdir):
+    app = browse("templates/demo.json")
+    async with app.run_test(size=TERMINAL) as pilot:
+        await settle(pilot)
+        await pilot.press("down", "enter", "down", "enter", "down")
+        assert "no per-neuron detail in this template (ICA builds record it)" in text_of(
+            app.screen.query_one(".tv-detail"))
+        assert "no neuron is shared" not in text_of(app.screen.query_one(".tv-detail"))

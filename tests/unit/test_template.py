@@ -315,3 +315,10 @@ def test_one_position_names_the_position_all_top_tokens_share():
     assert component([0, 0, 1]).one_position is None
     assert component([0, 0]).one_position is None  # two tokens say too little
     assert Component(0, {0: [1]}, 0.9, {"top_tokens": [{"token": "x"}] * 3}).one_position is None  # no positions
+
+
+def test_overlaps_list_every_pair_that_shares_neurons_most_shared_first():
+    template = Template(site="mlp.out", width=8, num_layers=2, components=[
+        Component(0, {0: [1, 2, 3], 1: [4]}), Component(1, {0: [2, 3], 1: [4, 5]}), Component(2, {1: [5]}),
+        Component(3, {0: [7]})])
+    assert template.overlaps() == [(0, 1, 3, 3 / 5), (1, 2, 1, 1 / 4)]

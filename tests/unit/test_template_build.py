@@ -202,3 +202,32 @@ def test_components_whose_top_tokens_share_one_position_are_named_in_a_warning(t
     assert [w for w in template.warnings if "one position" in w] == [
         "component #1: every top token sits at one position (usually the first token); protecting such a "
         "component keeps little knowledge"]
+
+
+def test_each_neuron_of_a_component_records_its_loading_activation_and_tokens(text_file, tmp_path):
+    from fnapi.networks.capture import capture_activations, load_sequences
+
+    loaded = _loaded("llama")
+    section = TemplateSection(**SMALL)
+    template = build_template(loaded, section, [str(text_file)], seed=0)
+    data = load_sequences([str(text_file)], loaded.tokenizer, samples=section.samples, max_length=section.max_length)
+    acts = capture_activations(loaded.model, data.sequences, exclude_token_ids=loaded.tokenizer.all_special_ids,
+                               max_length=section.max_length)
+    for component in template.components:
+        detail = component.stats["neuron_detail"]
+        assert len(detail["layer"]) == len(detail["loading"]) == len(detail["top_tokens"]) == component.size
+        layer, channel = detail["layer"][0], detail["channel"][0]
+        assert channel in component.neurons[layer]
+        column = acts.layers.index(layer) * acts.width + channel
+        values = acts.values[:, column].float()
+        found = component.neuron_detail(layer, channel)
+        assert found["mean"] == pytest.approx(float(values.mean()), abs=1e-4)
+        assert found["std"] == pytest.approx(float(values.std(unbiased=False)), abs=1e-4)
+        assert found["loading"] != 0
+        counts = [count for _, count in found["top_tokens"]]
+        assert counts == sorted(counts, reverse=True) and sum(counts) <= 32
+    assert template.components[0].neuron_detail(99, 0) is None
+    again = Template.load(template.save(tmp_path / "t.json"))  # the detail survives the file
+    first = template.components[0]
+    layer, channel = first.stats["neuron_detail"]["layer"][0], first.stats["neuron_detail"]["channel"][0]
+    assert again.components[0].neuron_detail(layer, channel) == first.neuron_detail(layer, channel)
