@@ -40,7 +40,7 @@ class AuthScreen(StepScreen):
         yield Field("New token", Input(id="token", password=True, compact=True,
                                        placeholder="hf_… (empty keeps the current one)"),
                     help="typed characters are hidden; the token never goes into the recipe")
-        yield Checkbox("Save it to ./.env, readable only by you (otherwise it is used for this session only)",
+        yield Checkbox("Save to ./.env (readable only by you); unticked: this session only",
                        id="save-token", compact=True)
 
     def load(self) -> None:

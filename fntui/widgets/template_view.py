@@ -95,18 +95,18 @@ def shade(count: int, most: int) -> str:
 
 
 def heatmap(template: Template) -> RenderableType:
-    """Neurons per layer (columns) and component (rows), one shaded cell each, with the row's total."""
+    """Neurons per layer (columns) and component (rows), one shaded cell each: one character per
+    layer, so the 30 layers of a small model fit the preview at 80 columns (sizes are in the tree)."""
     most = max((n for c in template.components for n in c.per_layer.values()), default=0)
     layers = template.layers
     grid = Table.grid(padding=(0, 1))
     grid.add_column(justify="right", no_wrap=True)
     grid.add_column(no_wrap=True)
-    grid.add_column(justify="right", no_wrap=True)
     ticks = "".join(str(layer % 10) if layer % 5 == 0 else "·" for layer in layers)
-    grid.add_row("", Text(ticks, style="dim"), "")
+    grid.add_row("", Text(ticks, style="dim"))
     for component in sorted(template.components, key=lambda c: c.id):
         cells = "".join(shade(component.per_layer.get(layer, 0), most) for layer in layers)
-        grid.add_row(f"#{component.id}", Text(cells, style="cyan on grey11"), str(component.size))
+        grid.add_row(f"#{component.id}", Text(cells, style="cyan on grey11"))
     title = Text.assemble(("neurons per layer", "bold"),
                           (f" (columns: layers {layers[0]}-{layers[-1]}; █ = {most} in a layer)" if layers else "",
                            "dim"))
@@ -303,10 +303,11 @@ class TemplateView(Horizontal):
     def component_label(self, component: Component) -> Text:
         mark = ("[x] " if component.id in self.selected else "[ ] ") if self.selectable else ""
         label = Text(f"{mark}#{component.id}", style="bold" if component.id in self.selected else "")
-        # Stability first and spelled out: a cut label must not turn "stab 0.95" into "stab 0".
-        label.append(f"  stability {_stability(component)}  {_neurons(component.size)}", style="dim")
-        if component.one_position is not None:
-            label.append(f"  ⚠ pos {component.one_position}", style="yellow")
+        if component.one_position is not None:  # before the numbers, so it is never the part cut off
+            label.append(f" ⚠pos{component.one_position}", style="yellow")
+        # Stability first and spelled out: a cut label must not turn "stab 0.95" into "stab 0"; the
+        # pane is wide enough for the whole label at 80 columns (see .tv-left).
+        label.append(f" stability {_stability(component)} · {_neurons(component.size)}", style="dim")
         return label
 
     def fill(self, query: str) -> None:
