@@ -130,6 +130,9 @@ class TrainingScreen(StepScreen):
         if not self.extras.get("save_steps_set"):
             self._follow_steps()
         if not self.extras.get("train_prefilled"):
+            self.query_one("#prefill-note", Static).update(
+                "Working out the batch size for this machine and model (the model loads first if it is not "
+                "loaded)…")
             self.recommend(self.recipe)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="prefill")
@@ -151,6 +154,15 @@ class TrainingScreen(StepScreen):
         batch = next((r for r in rec.reasons if r.startswith("batch size")), "")
         self.query_one("#prefill-note", Static).update(f"Prefilled: {batch}" if batch else "")
         self.extras["train_prefilled"] = True
+
+    def work_failed(self, group: str, error: BaseException) -> bool:
+        if group != "prefill":
+            return False
+        from fntui.screens.base import describe_error
+
+        self.query_one("#prefill-note", Static).update(
+            f"The batch size was not worked out ({describe_error(error)}); the one shown is the recipe's.")
+        return True
 
     def mask_words(self, preset: str | None) -> str:
         """What the chosen preset does to the picked networks, in words (or why there is no mask)."""

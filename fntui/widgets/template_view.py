@@ -24,7 +24,7 @@ from textual.widgets.tree import TreeNode
 
 from fnapi.networks.template import Component, Template
 
-BAR_WIDTH = 24
+BAR_WIDTH = 20  # with the layer name and count, fits the preview at 80 columns
 #: Heatmap shades, from no neurons to the most neurons any component has in one layer.
 SHADES = " ░▒▓█"
 #: Overlapping pairs listed in the template's preview (all of them in each component's).
@@ -95,21 +95,23 @@ def shade(count: int, most: int) -> str:
 
 
 def heatmap(template: Template) -> RenderableType:
-    """Neurons per layer (columns) and component (rows), one shaded cell each: one character per
-    layer, so the 30 layers of a small model fit the preview at 80 columns (sizes are in the tree)."""
-    most = max((n for c in template.components for n in c.per_layer.values()), default=0)
+    """Neurons per layer (columns) and component (rows), one shaded cell each, scaled to each
+    component's busiest layer: one massive first-token component would otherwise leave every
+    other row pale. One character per layer, so a 30-layer model fits the preview at 80 columns
+    (sizes are in the tree)."""
     layers = template.layers
     grid = Table.grid(padding=(0, 1))
     grid.add_column(justify="right", no_wrap=True)
-    grid.add_column(no_wrap=True)
+    grid.add_column(no_wrap=True, overflow="crop")
     ticks = "".join(str(layer % 10) if layer % 5 == 0 else "·" for layer in layers)
     grid.add_row("", Text(ticks, style="dim"))
     for component in sorted(template.components, key=lambda c: c.id):
+        most = max(component.per_layer.values(), default=0)
         cells = "".join(shade(component.per_layer.get(layer, 0), most) for layer in layers)
         grid.add_row(f"#{component.id}", Text(cells, style="cyan on grey11"))
     title = Text.assemble(("neurons per layer", "bold"),
-                          (f" (columns: layers {layers[0]}-{layers[-1]}; █ = {most} in a layer)" if layers else "",
-                           "dim"))
+                          (f" (layers {layers[0]}-{layers[-1]}; █ = the component's busiest layer)" if layers
+                           else "", "dim"))
     return Group(title, grid)
 
 
@@ -118,8 +120,8 @@ def overlap_view(template: Template, component: Component | None = None) -> Rend
     pairs = template.overlaps()
     if component is not None:
         pairs = [p for p in pairs if component.id in p[:2]]
-    title = Text("overlap with other components" if component is not None else "overlap between components",
-                 style="bold")
+    title = Text("neurons shared with other components" if component is not None
+                 else "neurons shared between components", style="bold")
     if not pairs:
         return Group(title, Text("  no neuron is shared" + ("" if component is None else " with another component"),
                                  style="dim"))
@@ -128,7 +130,7 @@ def overlap_view(template: Template, component: Component | None = None) -> Rend
     for a, b, shared, value in shown:
         names = f"#{b}" if component is not None and a == component.id else \
             f"#{a}" if component is not None else f"#{a} & #{b}"
-        lines.append(Text(f"  {names}: {_neurons(shared)} shared, IoU {value:.2f}"))
+        lines.append(Text(f"  {names}: {shared:,} shared, IoU {value:.2f}"))
     if len(pairs) > len(shown):
         lines.append(Text(f"  … {len(pairs) - len(shown)} more pairs", style="dim"))
     return Group(*lines)
@@ -146,9 +148,9 @@ def component_preview(template: Template, component: Component) -> RenderableTyp
     head.add_row("size", f"{_neurons(component.size)}, {100 * component.size / total:.2f}% of {template.site}"
                  if total else _neurons(component.size))
     layers = Table.grid(padding=(0, 1))
-    layers.add_column(justify="right")
-    layers.add_column()
-    layers.add_column(justify="right")
+    layers.add_column(justify="right", no_wrap=True)
+    layers.add_column(no_wrap=True, overflow="crop")  # a bar may lose cells, never the count beside it
+    layers.add_column(justify="right", no_wrap=True)
     most = max(component.per_layer.values(), default=0)
     for layer in template.layers:
         count = component.per_layer.get(layer, 0)
@@ -304,10 +306,10 @@ class TemplateView(Horizontal):
         mark = ("[x] " if component.id in self.selected else "[ ] ") if self.selectable else ""
         label = Text(f"{mark}#{component.id}", style="bold" if component.id in self.selected else "")
         if component.one_position is not None:  # before the numbers, so it is never the part cut off
-            label.append(f" ⚠pos{component.one_position}", style="yellow")
-        # Stability first and spelled out: a cut label must not turn "stab 0.95" into "stab 0"; the
-        # pane is wide enough for the whole label at 80 columns (see .tv-left).
-        label.append(f" stability {_stability(component)} · {_neurons(component.size)}", style="dim")
+            label.append("⚠", style="yellow")
+        # Stability spelled out, then the neuron count ("size" in the count line above the tree): the
+        # whole label fits the pane at 80 columns (see .tv-left), so no number is ever cut short.
+        label.append(f" stability {_stability(component)} · {component.size:,}", style="dim")
         return label
 
     def fill(self, query: str) -> None:
@@ -319,7 +321,8 @@ class TemplateView(Horizontal):
             tree.root.add(self.component_label(component), data=component, allow_expand=bool(component.neurons))
         total = len(self.template.components)
         self.query_one(".tv-count", Label).update(
-            f"{len(shown)} of {total} components" + (f" match {query!r}" if query.strip() else ""))
+            f"{len(shown)} of {total} components" + (f" match {query!r}" if query.strip() else "")
+            + " · stability · size")
 
     @on(Input.Changed, ".tv-search")
     def _search(self, event: Input.Changed) -> None:

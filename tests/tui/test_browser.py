@@ -84,7 +84,7 @@ async def test_a_component_whose_top_tokens_all_sit_at_the_first_token_is_flagge
         await settle(pilot)
         tree = app.screen.query_one(TemplateTree)
         labels = [str(node.label) for node in tree.root.children]
-        assert "⚠pos0" in labels[0] and "⚠" not in labels[1] and "⚠" not in labels[2]
+        assert "#0⚠ stability 0.95" in labels[0] and "⚠" not in labels[1] and "⚠" not in labels[2]
         preview = app.screen.query_one(".tv-detail")
         await pilot.press("down")  # component #0
         assert "every top token sits at the first token" in text_of(preview)
@@ -112,16 +112,16 @@ async def test_the_template_shows_a_layer_heatmap_and_the_overlap_of_its_compone
     async with app.run_test(size=TERMINAL) as pilot:
         await settle(pilot)
         preview = text_of(app.screen.query_one(".tv-detail"))
-        assert "neurons per layer (columns: layers 0-1; █ = 3 in a layer)" in preview
+        assert "neurons per layer (layers 0-1; █ = the component's busiest layer)" in preview
         rows = {line.split()[0]: line for line in preview.splitlines() if line.strip().startswith("#")}
-        # #1 holds 1 neuron in layer 0 (a third of the most: ▒) and 3 in layer 1 (the most: █)
+        # #1 holds 1 neuron in layer 0 (a third of its busiest layer: ▒) and 3 in layer 1 (█)
         assert rows["#1"].split()[1:] == ["▒█"]
-        # #2 has one neuron, in layer 1 only: layer 0's cell is blank, its layer 1 cell is shaded
-        assert rows["#2"].split()[1:] == ["▒"] and rows["#2"].index("▒") == rows["#1"].index("█")
-        assert "#0 & #1: 2 neurons shared, IoU 0.40" in preview
+        # #2 has one neuron, in layer 1 only: layer 0's cell is blank, layer 1 is its busiest
+        assert rows["#2"].split()[1:] == ["█"] and rows["#2"].index("█") == rows["#1"].index("█")
+        assert "#0 & #1: 2 shared, IoU 0.40" in preview
         await pilot.press("down")  # component #0: its partners
-        assert "overlap with other components" in text_of(app.screen.query_one(".tv-detail"))
-        assert "#1: 2 neurons shared, IoU 0.40" in text_of(app.screen.query_one(".tv-detail"))
+        assert "neurons shared with other components" in text_of(app.screen.query_one(".tv-detail"))
+        assert "#1: 2 shared, IoU 0.40" in text_of(app.screen.query_one(".tv-detail"))
 
 
 async def test_a_neuron_shows_its_loadings_activation_and_top_tokens_with_counts(workdir):

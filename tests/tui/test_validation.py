@@ -369,3 +369,23 @@ async def test_the_checkpoint_interval_follows_steps_until_it_is_edited(drafts):
         await enter(pilot, "save-steps", "25")
         await enter(pilot, "steps", "10")
         assert save.value == "25"  # the user's number wins
+
+
+async def test_the_batch_prefill_says_it_is_working_and_says_when_it_could_not(drafts):
+    import threading
+
+    app = make_app(drafts, step="training", extras={})
+    release = threading.Event()
+
+    def slow_load(*args, **kwargs):
+        release.wait(10)
+        raise HardwareError("the model could not be loaded here")
+
+    app.engine.load_model = slow_load
+    async with app.run_test(size=TERMINAL) as pilot:
+        await pilot.pause()
+        note = app.screen.query_one("#prefill-note", Static)
+        assert text_of(note).startswith("Working out the batch size for this machine and model")
+        release.set()
+        await settle(pilot)
+        assert text_of(note).startswith("The batch size was not worked out (the model could not be loaded here")
