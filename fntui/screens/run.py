@@ -8,6 +8,7 @@ event: fnapi stops at its next step and keeps a checkpoint, and starting again r
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from textual import on, work
@@ -70,11 +71,22 @@ class RunScreen(StepScreen):
             self._show_resume_point()
         self._show_state()
         if self.state in ("ready", "cancelled"):
-            self.query_one("#run-estimate", Static).update("Estimated time: measuring this machine's speed on "
-                                                          "the recipe's sizes…")
+            self._measuring_since = time.monotonic()
+            self._measuring = self.set_interval(1.0, self._show_measuring)
+            self._show_measuring()
             self.estimate_time(self.app.draft.recipe)
         else:
             self._show_saved_estimate()
+
+    def _show_measuring(self) -> None:
+        seconds = int(time.monotonic() - self._measuring_since)
+        self.query_one("#run-estimate", Static).update(
+            f"Estimated time: measuring this machine's speed on the recipe's sizes… {seconds} s")
+
+    def _stop_measuring(self) -> None:
+        if getattr(self, "_measuring", None) is not None:
+            self._measuring.stop()
+            self._measuring = None
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="estimate")
     def estimate_time(self, recipe: Recipe) -> None:
@@ -82,6 +94,9 @@ class RunScreen(StepScreen):
         self.app.call_from_thread(self._estimated, recipe, estimate)
 
     def _estimated(self, recipe: Recipe, estimate: Any) -> None:
+        self._stop_measuring()
+        if self.estimating.is_set():  # the run started first: its line says so
+            return
         self.app.draft.extras["run_estimate"] = {"recipe": recipe.fingerprint(), **estimate.to_dict()}
         self.app.save_draft()
         self._show_saved_estimate()
@@ -147,6 +162,9 @@ class RunScreen(StepScreen):
             self.query_one("#loss-plot", LossPlot).clear()
             self.query_one("#metrics", DataTable).clear()
         self.estimating.set()  # the run needs both cores
+        if getattr(self, "_measuring", None) is not None:
+            self._stop_measuring()
+            self.query_one("#run-estimate", Static).update("Estimated time: not measured (the run started first)")
         self.cancel = threading.Event()
         self.state = "running"
         self.show_banner(None)
@@ -214,7 +232,8 @@ class RunScreen(StepScreen):
 
     def work_failed(self, group: str, error: BaseException) -> bool:
         if group == "estimate":
-            if not isinstance(error, CancelledError):
+            self._stop_measuring()
+            if not isinstance(error, CancelledError) and not self.estimating.is_set():
                 self.query_one("#run-estimate", Static).update(f"Estimated time: not available "
                                                               f"({describe_error(error)})")
             return True

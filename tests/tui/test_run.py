@@ -223,3 +223,26 @@ async def test_the_run_estimate_is_measured_on_the_loaded_model_when_no_timer_is
         saved = app.draft.extras["run_estimate"]
         assert {s["stage"] for s in saved["stages"]} == {"baseline", "train", "validate", "evaluate"}
         assert next(s for s in saved["stages"] if s["stage"] == "train")["detail"].startswith("3 steps of ")
+
+
+async def test_the_estimate_counts_its_seconds_and_gives_way_to_the_run(drafts):
+    release = threading.Event()
+    app = make_app(drafts, step="run", name="hurry")
+
+    def slow_timer(recipe):
+        release.wait(10)
+        raise AssertionError("unreachable: the run started first")
+
+    app.engine._timer = slow_timer
+    async with app.run_test(size=TERMINAL) as pilot:
+        await pilot.pause(1.2)
+        line = app.screen.query_one("#run-estimate")
+        assert re.match(r"Estimated time: measuring this machine's speed on the recipe's sizes… [1-9] s",
+                        text_of(line).strip())
+        await pilot.press("ctrl+n")  # start before the estimate is done
+        await pilot.pause()
+        assert text_of(line).strip() == "Estimated time: not measured (the run started first)"
+        release.set()
+        await settle(pilot)
+        assert app.screen.state == "finished"
+        assert text_of(line).strip() == "Estimated time: not measured (the run started first)"
