@@ -27,8 +27,10 @@ from typing import Any
 
 from fnapi.events import check_cancelled
 
-#: Items of each evaluation kind timed to find its rate (one batch of probes, two of generation).
-SCORING_SAMPLE = 16
+#: Items of each evaluation kind timed to find its rate: two batches of generation and of text, and
+#: two of probes (scoring sorts a whole set's items by length, so one batch of mixed lengths pads
+#: more than the real run does and overstates the rate by up to 2x; two batches come within 1.3x).
+SCORING_SAMPLE = {"task": 16, "probe": 32, "text": 16}
 #: Captured tokens an ICA timing fit uses at most; the fit is linear in rows, so it is scaled up.
 ICA_SAMPLE_ROWS = 1024
 #: Rows of the timed training batch at most (time is linear in rows at these sizes).
@@ -216,25 +218,36 @@ def time_model_passes(model: Any, *, rows: int, length: int, full: bool = False)
     return forward_seconds / tokens, train_seconds / tokens
 
 
-def time_scoring(model: Any, tokenizer: Any, plan: Any, sample: int = SCORING_SAMPLE,
+def time_scoring(model: Any, tokenizer: Any, plan: Any, sample: dict[str, int] | None = None,
                  cancel: threading.Event | None = None) -> dict[str, float]:
     """Seconds per item of each kind in ``plan`` (``task``, ``probe``, ``text``), by scoring
-    ``sample`` items of its first source of that kind with :func:`fnapi.measures.evaluate`, after
-    one untimed item (the first call of a kind allocates and fills caches)."""
+    ``sample[kind]`` items (default :data:`SCORING_SAMPLE`), spread over its first source of that
+    kind, with :func:`fnapi.measures.evaluate`, after one untimed item (the first call of a kind
+    allocates and fills caches)."""
     from fnapi.measures import evaluate
 
     empty = replace(plan, tasks=(), probes=(), texts=())
 
+    def spread(items: tuple, start: int, count: int) -> tuple:
+        # Evenly spaced items, not the first ones: sets are generated category by category, and
+        # one category's lengths (which set the padded batch's cost) can be far from the mean.
+        rest = items[start:]
+        if len(rest) <= count:
+            return rest
+        return tuple(rest[round(i * len(rest) / count)] for i in range(count))
+
     def part(kind: str, start: int, stop: int) -> Any:
+        count = stop - start
         if kind == "task":
-            return [replace(empty, tasks=((s, c[start:stop]),)) for s, c in plan.tasks[:1] if c[start:stop]]
+            return [replace(empty, tasks=((s, spread(c, start, count)),)) for s, c in plan.tasks[:1] if c[start:stop]]
         if kind == "probe":
-            return [replace(empty, probes=((s, i[start:stop]),)) for s, i in plan.probes[:1] if i[start:stop]]
-        return [replace(empty, texts=((s, p[start:stop]),)) for s, p in plan.texts[:1] if p[start:stop]]
+            return [replace(empty, probes=((s, spread(i, start, count)),)) for s, i in plan.probes[:1] if i[start:stop]]
+        return [replace(empty, texts=((s, spread(p, start, count)),)) for s, p in plan.texts[:1] if p[start:stop]]
 
     rates: dict[str, float] = {}
     for kind in ("task", "probe", "text"):
-        warm, timed = part(kind, 0, 1), part(kind, 1, 1 + sample) or part(kind, 0, sample)
+        count = (sample or SCORING_SAMPLE)[kind]
+        warm, timed = part(kind, 0, 1), part(kind, 1, 1 + count) or part(kind, 0, count)
         for sub in warm:
             check_cancelled(cancel, "the time estimate")
             evaluate(model, tokenizer, sub)
