@@ -109,7 +109,11 @@ class SummaryScreen(StepScreen):
 
     def load(self) -> None:
         self.query_one("#next", Button).display = False
-        self.query_one("#new-run", Button).focus()
+        # Typing goes to the question box, and the view stays on the scores: focusing a widget
+        # further down would scroll the before/after table out of an 80x24 screen.
+        prompts = self.query("#try-prompt")
+        (prompts.first() if prompts else self.query_one("#new-run", Button)).focus(scroll_visible=False)
+        self.query_one("#body").scroll_home(animate=False)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "next":

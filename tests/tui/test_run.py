@@ -209,6 +209,31 @@ async def test_the_summary_asks_the_fine_tuned_model_and_the_base_side_by_side(d
         assert not screen.query_one("#try-ask", Button).disabled
 
 
+async def test_at_80x24_the_summary_opens_on_its_scores_with_typing_going_to_the_question_box(drafts):
+    """Focus on 'New run' scrolled the scores out of an 80x24 view, and a question typed at once
+    went nowhere until Enter pressed 'New run' and left the summary."""
+    from pathlib import Path
+
+    from tests.tui.helpers import add_random_adapter
+
+    app = make_app(drafts, step="run", name="demo", extras={"recipe_path": "demo.yaml"})
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        add_random_adapter(Path(app.draft.extras["run_dir"]))
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, SummaryScreen)
+        assert screen.query_one("#body").scroll_y == 0  # the before/after table is on screen
+        assert app.focused is screen.query_one("#try-prompt", Input)
+        await pilot.press("h", "i", "enter")
+        await settle(pilot)
+        assert app.screen is screen and screen.query_one("#try-prompt", Input).value == "hi"
+        assert text_of(screen.query_one("#try-answers")).strip() != ""
+
+
 async def test_the_run_estimate_is_measured_on_the_loaded_model_when_no_timer_is_given(drafts, tmp_path):
     from fntui.engine import Engine
 
