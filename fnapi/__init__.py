@@ -32,7 +32,7 @@ _EXPORTS = {
     "load_probes": "fnapi.data.probes",
     "load_texts": "fnapi.data.probes",
     "detect_hardware": "fnapi.hardware",
-    "recommend": "fnapi.hardware",
+    "recommend": "fnapi.sizing",
     "resolve_token": "fnapi.auth",
     # functional networks
     "build_template": "fnapi.networks.build",

@@ -160,11 +160,38 @@ class ModelShape:
 
 
 def model_shape(name: str, *, trust_remote_code: bool = False) -> ModelShape:
-    """The shape of model ``name`` (embedded name, folder, ``.gguf`` file or cached hub id), offline."""
+    """The shape of model ``name`` (embedded name, folder, ``.gguf`` file or cached hub id), offline.
+
+    Kept per process while the files behind ``name`` are unchanged: reading a GGUF file's config
+    takes seconds, and ``fnapi validate`` over several recipes asks for the same model each time.
+    """
+    key = (name, trust_remote_code, _files_stamp(name))
+    if key not in _SHAPES:
+        _SHAPES[key] = shape_of_config(_read_config(name, trust_remote_code), name,
+                                       trust_remote_code=trust_remote_code)
+    return _SHAPES[key]
+
+
+_SHAPES: dict[tuple, ModelShape] = {}
+
+
+def _files_stamp(name: str) -> tuple:
+    """What changes when the files a model spec reads change: their paths and modification times."""
+    from fnapi.models import loading
+
+    if name.lower() == loading.EMBEDDED_MODEL:
+        candidates = [loading.embedded_cache_dir() / "config.json"]
+    else:
+        path = Path(name).expanduser()
+        candidates = [path / "config.json" if path.is_dir() else path]
+    return tuple((str(p), p.stat().st_mtime_ns) for p in candidates if p.exists())
+
+
+def shape_of_config(config: Any, name: str, *, trust_remote_code: bool = False) -> ModelShape:
+    """The :class:`ModelShape` of a model built from ``config`` on the meta device (no weights)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    config = _read_config(name, trust_remote_code)
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     return shape_of(skeleton, name)
@@ -300,20 +327,54 @@ def train_terms(shape: ModelShape, *, method: str, dtype: str, quantization: str
 
 # ---- a whole recipe ------------------------------------------------------------------------------------
 
+def runtime_terms(device: str) -> list[Term]:
+    """What a process holds before the model loads: Python and the libraries, or the CUDA context."""
+    if device == "cuda":
+        return [Term("runtime", CUDA_CONTEXT, "device", "CUDA context"),
+                Term("host runtime", CUDA_HOST_RUNTIME, "host", "Python, torch and CUDA libraries")]
+    return [Term("runtime", CPU_RUNTIME, "device", "Python with torch, transformers and fnapi")]
+
+
+def training_memory(shape: ModelShape, *, device: str, batch_size: int, seq_len: int, method: str = "lora",
+                    dtype: str = "float32", quantization: str = "none", lora_rank: int = 8,
+                    lora_targets: Any = "auto", gradient_checkpointing: bool = False) -> StageEstimate:
+    """The training stage's peak for a model of ``shape``: the one memory model that ``fnapi run``
+    checks a batch with, ``fnapi estimate`` reports and :func:`fnapi.sizing.recommend` sizes a
+    batch by. ``device`` is ``cpu``, ``mps`` (counted like the CPU) or ``cuda``; ``lora_targets``
+    is a list of module suffixes or ``auto`` (every linear layer the adapter knows)."""
+    device = "cpu" if device == "mps" else device
+    weights = Term("weights", weight_bytes(shape, dtype, quantization), "device",
+                   f"{shape.parameters:,} parameters in {quantization if quantization != 'none' else dtype}")
+    targets = list(shape.lora_shapes) if lora_targets == "auto" else list(lora_targets)
+    return StageEstimate("train", train_terms(
+        shape, method=method, dtype=dtype, quantization=quantization, lora_rank=lora_rank, lora_targets=targets,
+        batch_size=batch_size, seq_len=seq_len, gradient_checkpointing=gradient_checkpointing,
+        runtime=runtime_terms(device), weights=weights), device)
+
+
+def added_by_training(peak: StageEstimate) -> int:
+    """Bytes training adds to a process that already holds the runtime and the weights (on CPU the
+    memory still available must hold this much)."""
+    return sum(t.bytes for t in peak.terms if t.name not in ("runtime", "host runtime", "weights"))
+
+
 def training_peak(recipe: Any, model: Any, longest: int, device: str) -> StageEstimate:
     """The training stage of ``recipe`` for a model already loaded and data already tokenised."""
     shape = shape_of(model, recipe.model.name)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     dtype = dtype if dtype in _DTYPE_BYTES else "bfloat16"
-    runtime = [Term("runtime", CUDA_CONTEXT if device == "cuda" else CPU_RUNTIME, "device")]
-    quantization = recipe.model.quantization
-    weights = Term("weights", weight_bytes(shape, dtype, quantization), "device")
+    return recipe_training_memory(recipe, shape, device=device, dtype=dtype, seq_len=longest)
+
+
+def recipe_training_memory(recipe: Any, shape: ModelShape, *, device: str, dtype: str, seq_len: int,
+                           batch_size: int | None = None) -> StageEstimate:
+    """:func:`training_memory` with the recipe's method, quantization, LoRA and batch settings."""
     train = recipe.train
-    targets = list(train.lora.target_modules) if train.lora.target_modules != "auto" else list(shape.lora_shapes)
-    return StageEstimate("train", train_terms(
-        shape, method=train.method, dtype=dtype, quantization=quantization, lora_rank=train.lora.r,
-        lora_targets=targets, batch_size=train.batch_size, seq_len=longest,
-        gradient_checkpointing=train.gradient_checkpointing, runtime=runtime, weights=weights), device)
+    return training_memory(shape, device=device, batch_size=train.batch_size if batch_size is None else batch_size,
+                           seq_len=seq_len, method=train.method, dtype=dtype,
+                           quantization=recipe.model.quantization, lora_rank=train.lora.r,
+                           lora_targets=train.lora.target_modules,
+                           gradient_checkpointing=train.gradient_checkpointing)
 
 
 def estimate_recipe(recipe: Any, *, device: str | None = None, memory: int | None = None,
@@ -348,11 +409,7 @@ def estimate_recipe(recipe: Any, *, device: str | None = None, memory: int | Non
     shape = model_shape(recipe.model.name, trust_remote_code=recipe.model.trust_remote_code)
     dtype = recipe.model.dtype if recipe.model.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
     counts, notes = _token_counts(recipe, shape, read_data)
-    if device == "cuda":
-        runtime = [Term("runtime", CUDA_CONTEXT, "device", "CUDA context"),
-                   Term("host runtime", CUDA_HOST_RUNTIME, "host", "Python, torch and CUDA libraries")]
-    else:
-        runtime = [Term("runtime", CPU_RUNTIME, "device", "Python with torch, transformers and fnapi")]
+    runtime = runtime_terms(device)
     quantization = recipe.model.quantization
     weights = Term("weights", weight_bytes(shape, dtype, quantization), "device",
                    f"{shape.parameters:,} parameters in {quantization if quantization != 'none' else dtype}")
@@ -374,12 +431,7 @@ def estimate_recipe(recipe: Any, *, device: str | None = None, memory: int | Non
                                                      pca_dims=dims, capture=capture), device))
     elif section is not None and not section.path:
         notes.append("attribution templates are not estimated (they take one gradient pass per example)")
-    train = recipe.train
-    targets = list(train.lora.target_modules) if train.lora.target_modules != "auto" else list(shape.lora_shapes)
-    stages.append(StageEstimate("train", train_terms(
-        shape, method=train.method, dtype=dtype, quantization=quantization, lora_rank=train.lora.r,
-        lora_targets=targets, batch_size=train.batch_size, seq_len=counts["train_longest"],
-        gradient_checkpointing=train.gradient_checkpointing, runtime=runtime, weights=weights), device))
+    stages.append(recipe_training_memory(recipe, shape, device=device, dtype=dtype, seq_len=counts["train_longest"]))
     return Estimate(device=device, memory=memory, host_memory=host_memory, stages=stages, model=shape.to_dict(),
                     tokens=counts, notes=notes)
 

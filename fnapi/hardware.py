@@ -1,36 +1,26 @@
-"""What this machine can do: devices, memory, disk, quantization, and the settings that fit.
+"""What this machine has: devices, memory, disk and quantization, and the checks that refuse a
+feature the hardware cannot give.
 
 :func:`detect_hardware` asks a :class:`SystemProbe` a few cheap questions (no model is loaded, no
 network is used). Every question may fail on some machine; a failure becomes a ``reason`` string in
 the report instead of an exception. Tests pass their own probe object with the same methods.
 
-:func:`recommend` turns a report and a model size into device, dtype, quantization and batch
-settings, each with a sentence saying why.
-
->>> report = detect_hardware()                      # doctest: +SKIP
->>> recommend(report, EMBEDDED_MODEL_PARAMETERS).dtype  # doctest: +SKIP
-'float32'
+This module sits below the model loader and the memory model; the settings that fit a model here
+are :func:`fnapi.sizing.recommend`'s, which uses both.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import math
 import platform
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from fnapi.errors import HardwareError
 from fnapi.paths import cache_dir
-
-#: Parameters of the embedded default model (SmolLM2-135M-Instruct, tied embeddings counted once).
-EMBEDDED_MODEL_PARAMETERS = 134_515_008
-
-#: Effective batch (per-device batch x gradient accumulation) that recommendations aim for.
-TARGET_EFFECTIVE_BATCH = 16
 
 
 class Unavailable(Exception):
@@ -281,174 +271,6 @@ def _with_usability(bnb: BitsAndBytesStatus, has_cuda: bool) -> BitsAndBytesStat
     if bnb.importable and not has_cuda:
         reason = "bitsandbytes is importable but there is no CUDA GPU to run it on"
     return dataclasses.replace(bnb, usable=False, reason=reason or "bitsandbytes cannot be used")
-
-
-# ---- recommendation --------------------------------------------------------------------------
-
-Method = Literal["lora", "qlora", "full"]
-
-_BYTES_PER_WEIGHT = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "4bit": 0.55}
-#: Share of a GPU's memory we plan to use (the CUDA context and fragmentation take the rest).
-_GPU_BUDGET = 0.85
-#: Share of available RAM we plan to use on CPU/MPS (the OS and other programs keep the rest).
-_RAM_BUDGET = 0.7
-_ASSUMED_VOCAB = 50_000
-
-
-@dataclass
-class Recommendation:
-    """Settings that should fit this machine, and ``reasons`` (one sentence per choice)."""
-
-    device: Literal["cuda", "mps", "cpu"]
-    device_index: int | None
-    dtype: Literal["bfloat16", "float16", "float32"]
-    quantization: Literal["none", "4bit"]
-    method: str
-    batch_size: int
-    gradient_accumulation: int
-    estimated_memory: int  # bytes: weights + training state + one batch of activations
-    memory_budget: int | None  # bytes we plan to use on the chosen device (None: unknown)
-    fits: bool
-    reasons: list[str] = field(default_factory=list)
-
-    @property
-    def effective_batch(self) -> int:
-        return self.batch_size * self.gradient_accumulation
-
-    def recipe_changes(self) -> dict[str, Any]:
-        """Dotted recipe paths and values, for ``Recipe.replace(**changes)``."""
-        return {
-            "model.device": self.device,
-            "model.dtype": self.dtype,
-            "model.quantization": self.quantization,
-            "train.batch_size": self.batch_size,
-            "train.gradient_accumulation": self.gradient_accumulation,
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "effective_batch": self.effective_batch}
-
-
-def estimate_training_memory(model_parameters: int, *, weight_format: str, method: str,
-                             batch_size: int, seq_len: int) -> int:
-    """Rough bytes needed to fine-tune: static part (weights, gradients, optimizer) + activations.
-
-    The estimate, in bytes, with ``P`` parameters and ``w`` bytes per weight (4 float32, 2 for
-    16-bit, 0.55 for 4-bit):
-
-    * LoRA/QLoRA: ``P * w`` frozen weights + about 1% of ``P`` trainable at 16 bytes each (fp32
-      weight, gradient and two Adam moments) -> ``P * (w + 0.16)``.
-    * Full: weights + gradients + two fp32 Adam moments + an fp32 master copy when the weights are
-      16-bit -> ``P * 16`` either way.
-    * Activations per sample: ``17 * seq_len * layers * hidden`` values (Korthikanti et al. 2022,
-      attention scores excluded as fused attention does not keep them), with ``layers * hidden``
-      taken as ``1.5 * sqrt(P)`` (true within ~30% from 135M to 70B for Llama-like shapes), plus
-      fp32 logits and their gradient for a ~50k vocabulary.
-    """
-    w = _BYTES_PER_WEIGHT[weight_format]
-    if method == "full":
-        static = model_parameters * 16.0
-    else:
-        static = model_parameters * (w + 0.16)
-    return int(static + batch_size * activation_bytes_per_sample(model_parameters, weight_format, seq_len))
-
-
-def activation_bytes_per_sample(model_parameters: int, weight_format: str, seq_len: int) -> int:
-    """Activation memory of one sequence (see :func:`estimate_training_memory`)."""
-    act_bytes = 4 if weight_format == "float32" else 2
-    layers_times_hidden = 1.5 * math.sqrt(model_parameters)
-    hidden_states = 17 * seq_len * layers_times_hidden * act_bytes
-    logits = seq_len * _ASSUMED_VOCAB * 4 * 2
-    return int(hidden_states + logits)
-
-
-def recommend(report: HardwareReport, model_parameters: int, method: str = "lora",
-              seq_len: int = 256) -> Recommendation:
-    """Device, dtype, quantization and batch settings for fine-tuning a model of this size here.
-
-    Aims for an effective batch of :data:`TARGET_EFFECTIVE_BATCH` with the largest power-of-two
-    per-device batch that the memory estimate (:func:`estimate_training_memory`) allows.
-    """
-    if model_parameters <= 0:
-        raise ValueError(f"model_parameters must be positive, got {model_parameters}")
-    reasons: list[str] = []
-    gpu = report.best_cuda_device()
-    device_index = None
-    if gpu is not None:
-        device, device_index = "cuda", gpu.index
-        others = f" ({len(report.cuda_devices)} GPUs found; `fnapi cluster` can launch on all)" if len(report.cuda_devices) > 1 else ""
-        reasons.append(f"device cuda:{gpu.index}: {gpu.name} with {format_bytes(gpu.total_memory)}{others}")
-        if gpu.supports_bf16:
-            dtype = "bfloat16"
-            reasons.append(f"dtype bfloat16: compute capability {gpu.capability[0]}.{gpu.capability[1]} supports bf16 natively (>= 8.0)")
-        else:
-            dtype = "float16"
-            reasons.append(f"dtype float16: compute capability {gpu.capability[0]}.{gpu.capability[1]} has no native bf16 (needs 8.0)")
-        free = gpu.free_memory if gpu.free_memory is not None else gpu.total_memory
-        budget = int(min(free, gpu.total_memory * _GPU_BUDGET))
-        budget_note = f"{int(_GPU_BUDGET * 100)}% of GPU memory"
-    else:
-        device = "mps" if report.mps_available else "cpu"
-        dtype = "float32"
-        if device == "mps":
-            reasons.append("device mps: Apple GPU available (no CUDA)")
-            reasons.append("dtype float32: half-precision training on MPS is unreliable")
-        else:
-            reasons.append(f"device cpu: no GPU; {report.cuda_reason or 'no CUDA device found'}")
-            reasons.append("dtype float32: CPUs train in float32 (half precision is slow or unsupported there)")
-        budget = int(report.ram_available * _RAM_BUDGET) if report.ram_available else None
-        budget_note = f"{int(_RAM_BUDGET * 100)}% of available RAM"
-
-    quantization = "none"
-    weights = dtype
-    one_sample = estimate_training_memory(model_parameters, weight_format=weights, method=method, batch_size=1, seq_len=seq_len)
-    bnb = report.bitsandbytes
-    if device == "cuda" and method != "full":
-        too_big = budget is not None and one_sample > budget
-        if method == "qlora" or too_big:
-            why = "method qlora asks for 4-bit weights" if not too_big else (
-                f"{dtype} weights plus training need ~{format_bytes(one_sample)}, more than {format_bytes(budget)} "
-                f"({budget_note})")
-            if bnb.usable:
-                quantization, weights = "4bit", "4bit"
-                reasons.append(f"quantization 4bit: {why}")
-            else:
-                reasons.append(f"quantization none: {why}, but 4-bit is unavailable ({bnb.reason})")
-        else:
-            reasons.append(f"quantization none: {dtype} weights fit in {format_bytes(budget)} ({budget_note})")
-    elif device == "cuda":
-        reasons.append("quantization none: full fine-tuning updates every weight, so they cannot be 4-bit")
-    else:
-        reasons.append("quantization none: 4-bit loading needs a CUDA GPU")
-
-    per_sample = activation_bytes_per_sample(model_parameters, weights, seq_len)
-    static = estimate_training_memory(model_parameters, weight_format=weights, method=method, batch_size=0, seq_len=seq_len)
-    if budget is None:
-        batch = 1
-        fits = True
-        reasons.append("batch size 1: free memory is unknown, so the smallest batch is the safe choice")
-    else:
-        room = (budget - static) // per_sample
-        fits = room >= 1
-        batch = _power_of_two_at_most(int(max(1, min(room, TARGET_EFFECTIVE_BATCH))))
-        reasons.append(
-            f"batch size {batch}: each sequence of {seq_len} tokens needs ~{format_bytes(per_sample)} of activations "
-            f"on top of ~{format_bytes(static)} for weights and training state, within {format_bytes(budget)} ({budget_note})")
-        if not fits:
-            reasons.append(f"warning: the estimate exceeds the budget even at batch size 1; use a smaller model, "
-                           f"a shorter max_length{', or 4-bit on a CUDA GPU' if device != 'cuda' else ''}")
-    accumulation = math.ceil(TARGET_EFFECTIVE_BATCH / batch)
-    reasons.append(f"gradient accumulation {accumulation}: {batch} x {accumulation} = {batch * accumulation} "
-                   f"sequences per optimizer step (target {TARGET_EFFECTIVE_BATCH})")
-    return Recommendation(
-        device=device, device_index=device_index, dtype=dtype, quantization=quantization, method=method,
-        batch_size=batch, gradient_accumulation=accumulation,
-        estimated_memory=static + batch * per_sample, memory_budget=budget, fits=fits, reasons=reasons,
-    )
-
-
-def _power_of_two_at_most(n: int) -> int:
-    return 1 << (max(n, 1).bit_length() - 1)
 
 
 def format_bytes(n: int | float | None) -> str:

@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fnapi import distributed
-from fnapi.errors import (CancelledError, DataError, FnapiError, HardwareError, StorageError, TemplateError,
-                          storage_error)
+from fnapi.errors import CancelledError, DataError, FnapiError, HardwareError, StorageError, TemplateError, storage_error
 from fnapi.events import (
     CompositeSink,
     EventSink,
@@ -73,6 +72,11 @@ def run(recipe: Recipe, *, sink: EventSink | None = None, cancel: threading.Even
 
 def _run(recipe: Recipe, sink: EventSink | None, cancel: threading.Event | None,
          output: str | Path | None) -> RunResult:
+    from fnapi.preflight import check_recipe
+
+    # Missing files, unknown formats, filters and templates that do not fit the model: refused
+    # before a run folder is claimed or a weight is loaded.
+    check_recipe(recipe, f"recipe {recipe.name!r}")
     rundir = distributed.on_main(claim_run_dir, recipe, output, share=_shareable_rundir)
     try:
         return _run_in(recipe, rundir, sink, cancel)
@@ -227,8 +231,7 @@ def _run_stages(recipe: Recipe, rundir: RunDir, sink: EventSink, cancel: threadi
 def check_hardware(recipe: Recipe, sink: EventSink) -> None:
     """Refuse CUDA-only features the machine lacks before anything slow starts (whether the batch fits
     is checked once the model is loaded, by :func:`check_training_fits`)."""
-    from fnapi.hardware import check_quantization_supported, detect_hardware, format_bytes
-    from fnapi.hardware import check_method_supported
+    from fnapi.hardware import check_method_supported, check_quantization_supported, detect_hardware, format_bytes
 
     with stage(sink, "hardware", description="devices and memory") as progress:
         report = detect_hardware()
@@ -252,7 +255,7 @@ TIGHT_MEMORY_SHARE = 0.85
 
 def check_training_fits(recipe: Recipe, model: Any, train_tokens: Any, sink: EventSink) -> None:
     """Refuse, before the slow stages, a batch that cannot fit in the memory left; warn when it is tight."""
-    from fnapi.estimate import training_peak
+    from fnapi.estimate import added_by_training, training_peak
     from fnapi.hardware import detect_hardware, format_bytes
 
     parameter = next(model.parameters())
@@ -265,7 +268,7 @@ def check_training_fits(recipe: Recipe, model: Any, train_tokens: Any, sink: Eve
         need, have = peak.total, torch.cuda.get_device_properties(parameter.device).total_memory
     else:
         # The weights and the runtime are already resident; what training adds must fit in what is left.
-        need = sum(t.bytes for t in peak.terms if t.name not in ("runtime", "weights"))
+        need = added_by_training(peak)
         have = detect_hardware().ram_available
     if not have or need <= TIGHT_MEMORY_SHARE * have:
         return

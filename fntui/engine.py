@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from fnapi.errors import FnapiError
 
 if TYPE_CHECKING:
     from fnapi.auth import TokenStatus, ValidationResult
     from fnapi.data.inspect import DataPreview
+    from fnapi.estimate import ModelShape, StageEstimate
     from fnapi.events import EventSink
-    from fnapi.hardware import HardwareReport, Recommendation
+    from fnapi.hardware import HardwareReport
     from fnapi.models.loading import LoadedModel, ModelInfo
     from fnapi.networks.template import Comparison, Template
     from fnapi.recipe import DataSection, ModelSection, Recipe, TemplateSection
+    from fnapi.sizing import Recommendation
     from fnapi.timing import TimeEstimate
 
 #: ``run(recipe, *, sink=None, cancel=None, output=None) -> RunResult`` (see fnapi.runner).
@@ -63,6 +66,7 @@ class Engine:
         self._model_lock = threading.Lock()
         self._model_key: str | None = None
         self._model: LoadedModel | None = None
+        self._embedded_shape: ModelShape | None = None
 
     # ---- hardware ---------------------------------------------------------------------------
     def detect_hardware(self) -> HardwareReport:
@@ -73,27 +77,42 @@ class Engine:
             self._hardware = detect_hardware()
         return self._hardware
 
-    def recommend(self, parameters: int | None = None, method: str = "lora", seq_len: int = 256) -> Recommendation:
-        """Settings for this machine; ``parameters`` defaults to the embedded model's size."""
-        from fnapi.hardware import EMBEDDED_MODEL_PARAMETERS, recommend
+    def model_shape(self, loaded: LoadedModel) -> ModelShape:
+        """What the memory model needs to know of ``loaded`` (kept by the Model step's check)."""
+        from fnapi.estimate import shape_of
 
-        method = method if method in ("lora", "qlora", "full") else "lora"
-        return recommend(self.detect_hardware(), parameters or EMBEDDED_MODEL_PARAMETERS, method=method,
-                         seq_len=seq_len)
+        return shape_of(loaded.model, loaded.info.name)
 
-    def memory_estimate(self, info: ModelInfo, recipe: Recipe) -> tuple[int, int]:
-        """(weights, weights + training state + one batch) in bytes for ``info`` under ``recipe``."""
-        from fnapi.hardware import estimate_training_memory
+    def recommend(self, shape: ModelShape | None = None, recipe: Recipe | None = None) -> Recommendation:
+        """Settings for this machine, with the batch sized for a model of ``shape`` (default: the
+        embedded model, read from its config) under ``recipe``'s method, LoRA and row length."""
+        from fnapi.sizing import recommend
 
-        if recipe.model.quantization == "4bit":
-            weight_format = "4bit"
-        else:  # auto means float32 on the CPU, where the wizard's estimates matter most
-            weight_format = recipe.model.dtype if recipe.model.dtype != "auto" else "float32"
-        bytes_per = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "4bit": 0.55}[weight_format]
-        method = recipe.train.method if recipe.train.method in ("lora", "qlora", "full") else "lora"
-        training = estimate_training_memory(info.num_parameters, weight_format=weight_format, method=method,
-                                            batch_size=recipe.train.batch_size, seq_len=recipe.data.max_length)
-        return int(info.num_parameters * bytes_per), training
+        if shape is None:
+            if self._embedded_shape is None:
+                from fnapi.estimate import model_shape
+                from fnapi.models.loading import EMBEDDED_MODEL
+
+                self._embedded_shape = model_shape(EMBEDDED_MODEL)
+            shape = self._embedded_shape
+        if recipe is None:
+            return recommend(self.detect_hardware(), shape)
+        train = recipe.train
+        method = train.method if train.method in ("lora", "qlora", "full") else "lora"
+        return recommend(self.detect_hardware(), shape, method=method, seq_len=recipe.data.max_length,
+                         lora_rank=train.lora.r, lora_targets=train.lora.target_modules,
+                         gradient_checkpointing=train.gradient_checkpointing)
+
+    def memory_estimate(self, shape: ModelShape, dtype: str, recipe: Recipe) -> StageEstimate:
+        """The training peak of ``recipe`` for a model of ``shape`` loaded in ``dtype``, with rows of
+        ``data.max_length`` tokens: the memory model ``fnapi run`` refuses a batch by."""
+        from fnapi.estimate import recipe_training_memory
+
+        device = "cuda" if recipe.model.device == "cuda" or (
+            recipe.model.device == "auto" and self.detect_hardware().has_cuda) else "cpu"
+        dtype = dtype.removeprefix("torch.")
+        dtype = dtype if dtype in ("float32", "float16", "bfloat16") else "bfloat16"
+        return recipe_training_memory(recipe, shape, device=device, dtype=dtype, seq_len=recipe.data.max_length)
 
     # ---- Hugging Face token -----------------------------------------------------------------
     @property

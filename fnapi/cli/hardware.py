@@ -3,64 +3,39 @@
 from __future__ import annotations
 
 import json
-from typing import Optional
 
 import typer
-
-EMBEDDED_MODEL = "smollm2-135m-instruct"
 
 
 def detect(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object {hardware, recommendation}"),
-    model_params: Optional[int] = typer.Option(None, "--model-params", min=1, help="model size in parameters"),
-    model: Optional[str] = typer.Option(
-        None, "--model", help="count the parameters of this model from its config (local folder or cached hub id)"),
+    model: str = typer.Option(
+        "smollm2-135m-instruct", "--model",
+        help="the model to size the batch for, read from its config alone: the embedded name, a local folder, "
+             "a .gguf file or a cached hub id"),
     method: str = typer.Option("lora", "--method", help="lora, qlora or full"),
     seq_len: int = typer.Option(256, "--max-length", min=1, help="tokens per training sequence"),
 ) -> None:
     """Show devices, memory, disk and bitsandbytes, then recommended device/dtype/quantization/batch with reasons."""
     from fnapi.errors import FnapiError
-    from fnapi.hardware import EMBEDDED_MODEL_PARAMETERS, detect_hardware, recommend
+    from fnapi.estimate import model_shape
+    from fnapi.hardware import detect_hardware
+    from fnapi.sizing import recommend
 
-    if model_params is not None and model is not None:
-        raise FnapiError("--model-params and --model both give the model size; pass only one")
     if method not in ("lora", "qlora", "full"):
         raise FnapiError(f"--method: unknown method {method!r}; use lora, qlora or full")
-    if model_params is None:
-        model_params = _parameters_of(model) if model is not None else EMBEDDED_MODEL_PARAMETERS
+    shape = model_shape(model)  # the same memory model as `fnapi estimate` and `fnapi run`
     report = detect_hardware()
-    rec = recommend(report, model_params, method=method, seq_len=seq_len)
+    rec = recommend(report, shape, method=method, seq_len=seq_len)
     if as_json:
-        payload = {"hardware": report.to_dict(), "recommendation": {**rec.to_dict(), "model_parameters": model_params}}
+        payload = {"hardware": report.to_dict(),
+                   "recommendation": {**rec.to_dict(), "model": model, "model_parameters": shape.parameters}}
         print(json.dumps(payload, indent=2))
         return
-    _print_tables(report, rec, model_params)
+    _print_tables(report, rec, model, shape.parameters)
 
 
-def _parameters_of(spec: str) -> int:
-    """Parameter count of ``spec`` from its config alone (weights are never loaded)."""
-    from fnapi.errors import ModelError
-    from fnapi.hardware import EMBEDDED_MODEL_PARAMETERS
-
-    if spec == EMBEDDED_MODEL:
-        return EMBEDDED_MODEL_PARAMETERS
-    hint = "Pass the size with --model-params N instead."
-    if spec.lower().endswith(".gguf"):
-        raise ModelError(f"--model {spec}: a .gguf file has no config to count parameters from", hint=hint)
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    try:
-        # local_files_only: a hub that cannot be reached would otherwise stall for a long time.
-        config = AutoConfig.from_pretrained(spec, local_files_only=True)
-        with torch.device("meta"):
-            skeleton = AutoModelForCausalLM.from_config(config)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"--model {spec}: cannot read its config offline ({type(exc).__name__}: {exc})", hint=hint) from None
-    return sum(p.numel() for p in skeleton.parameters())
-
-
-def _print_tables(report, rec, model_params: int) -> None:
+def _print_tables(report, rec, model: str, parameters: int) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -93,7 +68,7 @@ def _print_tables(report, rec, model_params: int) -> None:
     console.print(table, markup=False)
 
     device = rec.device if rec.device_index is None else f"{rec.device}:{rec.device_index}"
-    console.print(f"\nRecommended for {model_params:,} parameters ({rec.method}):", markup=False)
+    console.print(f"\nRecommended for {model} ({parameters:,} parameters, {rec.method}):", markup=False)
     console.print(
         f"  device {device}, dtype {rec.dtype}, quantization {rec.quantization}, batch {rec.batch_size} "
         f"x accumulation {rec.gradient_accumulation} (effective {rec.effective_batch}), "

@@ -35,6 +35,19 @@ class ModelCheck:
     weights: int
     training: int
     budget: int | None
+    shape: Any = None  # fnapi.estimate.ModelShape: what later memory checks (batch size) are worked out from
+    linear_names: frozenset[str] = frozenset()  # what LoRA's target_modules can name in this model
+
+    @classmethod
+    def of(cls, engine: Any, loaded: Any, recipe: Recipe) -> ModelCheck:
+        """The check of ``loaded`` (an fnapi LoadedModel) under ``recipe``, by the run's memory model."""
+        from fnapi.models.registry import linear_module_names
+
+        shape = engine.model_shape(loaded)
+        peak = engine.memory_estimate(shape, loaded.info.dtype, recipe)
+        weights = next(t.bytes for t in peak.terms if t.name == "weights")
+        return cls(loaded.info, weights, peak.total, engine.recommend(shape, recipe).memory_budget, shape,
+                   frozenset(linear_module_names(loaded.model)))
 
 
 def looks_like_path(spec: str) -> bool:
@@ -139,9 +152,7 @@ class ModelScreen(StepScreen):
     def check_model(self, recipe: Recipe) -> None:
         engine = self.app.engine
         loaded = engine.load_model(recipe.model, sink=MessageSink(self))
-        weights, training = engine.memory_estimate(loaded.info, recipe)
-        budget = engine.recommend(loaded.info.num_parameters, recipe.train.method).memory_budget
-        self.post_message(WorkDone("model", ModelCheck(loaded.info, weights, training, budget),
+        self.post_message(WorkDone("model", ModelCheck.of(engine, loaded, recipe),
                                    key=self.key(recipe.model)))
 
     @on(EngineEvent)

@@ -139,9 +139,10 @@ class TrainingScreen(StepScreen):
     def recommend(self, recipe: Recipe) -> None:
         """Batch and accumulation for this machine and the chosen model (loaded if need be)."""
         engine = self.app.engine
-        info = engine.load_model(recipe.model).info
-        self.post_message(WorkDone("prefill", engine.recommend(info.num_parameters, recipe.train.method,
-                                                               seq_len=recipe.data.max_length)))
+        check = self.app.session.model
+        shape = check.shape if check is not None and check.shape is not None else \
+            engine.model_shape(engine.load_model(recipe.model))
+        self.post_message(WorkDone("prefill", engine.recommend(shape, recipe)))
 
     @on(WorkDone)
     def _prefill(self, message: WorkDone) -> None:
@@ -274,11 +275,9 @@ class TrainingScreen(StepScreen):
         if not names:
             form.fail("lora-targets", "enter auto or module names such as q_proj, v_proj")
             return None
-        loaded = self.app.session.model
-        if loaded is not None:
-            from fnapi.models.registry import linear_module_names
-
-            linear = linear_module_names(loaded.model)
+        check = self.app.session.model
+        if check is not None and check.linear_names:
+            linear = check.linear_names
             unknown = [name for name in names if name not in linear]
             if unknown:
                 form.fail("lora-targets", f"{', '.join(unknown)} is not a linear layer of this model; it has "
@@ -289,8 +288,9 @@ class TrainingScreen(StepScreen):
         """Refuse at the field a batch that cannot fit in this machine's memory (what `fnapi run` would refuse)."""
         loaded = self.app.session.model
         batch = form.raw("batch-size")
-        if loaded is None or not str(batch).strip().isdigit() or int(batch) < 1:
+        if loaded is None or loaded.shape is None or not str(batch).strip().isdigit() or int(batch) < 1:
             return
+        from fnapi.estimate import added_by_training
         from fnapi.hardware import format_bytes
 
         try:
@@ -298,11 +298,11 @@ class TrainingScreen(StepScreen):
         except FnapiError:
             return
         engine = self.app.engine
-        weights, training = engine.memory_estimate(loaded.info, candidate)
+        peak = engine.memory_estimate(loaded.shape, loaded.info.dtype, candidate)
         available = engine.detect_hardware().ram_available
-        if available and training - weights > available:
+        if available and added_by_training(peak) > available:
             form.fail("batch-size", f"batch {batch} of {candidate.data.max_length}-token rows needs about "
-                                    f"{format_bytes(training)} and {format_bytes(available)} is available; "
+                                    f"{format_bytes(peak.total)} and {format_bytes(available)} is available; "
                                     "lower it and raise Accumulation to keep the effective batch")
 
     async def before_next(self, recipe: Recipe) -> Recipe | None:

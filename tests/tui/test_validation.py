@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from textual.widgets import Button, Checkbox, Collapsible, Input, Select, Static
 
-from fnapi.recipe import Recipe
-
 from fnapi.errors import HardwareError
+from fnapi.recipe import Recipe
+from fntui.screens.model import ModelCheck
 from fntui.widgets.fields import Field
 from tests.tui.helpers import TERMINAL, FakeRun, make_app, settle, text_of
 
@@ -188,7 +188,8 @@ async def test_a_batch_that_cannot_fit_in_memory_is_refused_at_the_field(drafts,
     app = make_app(drafts, step="training")
     async with app.run_test(size=TERMINAL) as pilot:
         await settle(pilot)
-        app.session.model = app.engine.load_model(app.draft.recipe.model)  # what the Model step leaves behind
+        # what the Model step leaves behind
+        app.session.model = ModelCheck.of(app.engine, app.engine.load_model(app.draft.recipe.model), app.draft.recipe)
         await enter(pilot, "batch-size", "100000000")
         await pilot.press("ctrl+n")
         await settle(pilot)
@@ -205,7 +206,7 @@ async def test_max_tokens_beyond_what_the_model_reads_are_refused_at_the_field(d
     app = make_app(drafts, step="data", **{"data.path": "data/sums.jsonl"})
     async with app.run_test(size=TERMINAL) as pilot:
         await settle(pilot)
-        app.session.model = app.engine.load_model(app.draft.recipe.model)
+        app.session.model = ModelCheck.of(app.engine, app.engine.load_model(app.draft.recipe.model), app.draft.recipe)
         longest = app.session.model.info.context_length
         assert longest and longest < 99999
         await enter(pilot, "max-length", "99999")
@@ -310,7 +311,8 @@ async def test_the_advanced_fold_writes_every_setting_to_the_recipe(drafts, tiny
     app = make_app(drafts, step="training", **{"train.steps": 40})
     async with app.run_test(size=TERMINAL) as pilot:
         await settle(pilot)
-        app.session.model = app.engine.load_model(app.draft.recipe.model)  # what the Model step leaves behind
+        # what the Model step leaves behind
+        app.session.model = ModelCheck.of(app.engine, app.engine.load_model(app.draft.recipe.model), app.draft.recipe)
         assert app.screen.query_one("#advanced", Collapsible).collapsed  # folded away at first
         assert app.screen.query_one("#save-steps", Input).value == "20"  # 40 steps: two checkpoints, not none
         await enter(pilot, "steps", "")  # by epochs
@@ -341,7 +343,7 @@ async def test_bad_advanced_settings_open_the_fold_and_say_what_is_wrong(drafts,
     app = make_app(drafts, step="training")
     async with app.run_test(size=TERMINAL) as pilot:
         await settle(pilot)
-        app.session.model = app.engine.load_model(app.draft.recipe.model)
+        app.session.model = ModelCheck.of(app.engine, app.engine.load_model(app.draft.recipe.model), app.draft.recipe)
         await enter(pilot, "warmup", "1.5")
         await enter(pilot, "lora-dropout", "-0.1")
         await enter(pilot, "lora-targets", "q_proj, attention")

@@ -10,18 +10,39 @@ from fnapi import hardware
 from fnapi.cli import main
 from fnapi.errors import HardwareError
 from fnapi.hardware import (
-    EMBEDDED_MODEL_PARAMETERS,
     BitsAndBytesStatus,
     CpuInfo,
     CudaDevice,
     Unavailable,
     check_quantization_supported,
     detect_hardware,
-    recommend,
     require_cuda,
 )
+from fnapi.sizing import recommend
 
 GiB = 1024**3
+
+
+def llama_shape(hidden, intermediate, layers, heads, vocab, name):
+    """A model's shape from a config alone (meta device), as `fnapi detect --model` reads it."""
+    from transformers import LlamaConfig
+
+    from fnapi.estimate import shape_of_config
+
+    return shape_of_config(LlamaConfig(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+                                       num_attention_heads=heads, num_key_value_heads=heads, vocab_size=vocab), name)
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    from fnapi.estimate import model_shape
+
+    return model_shape("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="module")
+def llama_7b():
+    return llama_shape(4096, 11008, 32, 32, 32000, "llama-7b")
 
 
 class FakeProbe:
@@ -77,12 +98,12 @@ A100 = gpu("NVIDIA A100-SXM4-80GB", 80, (8, 0))
 T4 = gpu("Tesla T4", 16, (7, 5))
 
 
-def test_no_gpu_recommends_cpu_float32_without_quantization():
+def test_no_gpu_recommends_cpu_float32_without_quantization(embedded):
     report = detect_hardware(FakeProbe())
     assert not report.has_cuda and report.cuda_reason == "no CUDA device is visible"
     assert report.cpu.physical_cores == 6 and report.cpu.logical_cores == 12
     assert not report.bitsandbytes.usable
-    rec = recommend(report, EMBEDDED_MODEL_PARAMETERS)
+    rec = recommend(report, embedded)
     assert (rec.device, rec.dtype, rec.quantization) == ("cpu", "float32", "none")
     assert rec.fits
     assert rec.batch_size * rec.gradient_accumulation >= 16
@@ -90,51 +111,51 @@ def test_no_gpu_recommends_cpu_float32_without_quantization():
     assert "device cpu" in text and "dtype float32" in text and "quantization none" in text
 
 
-def test_a100_gets_bfloat16_and_large_batch():
-    rec = recommend(detect_hardware(FakeProbe(gpus=[A100])), EMBEDDED_MODEL_PARAMETERS)
+def test_a100_gets_bfloat16_and_large_batch(embedded):
+    rec = recommend(detect_hardware(FakeProbe(gpus=[A100])), embedded)
     assert (rec.device, rec.device_index, rec.dtype, rec.quantization) == ("cuda", 0, "bfloat16", "none")
     assert rec.batch_size == 16 and rec.gradient_accumulation == 1
     assert any("8.0" in r and "bf16" in r for r in rec.reasons)
 
 
-def test_t4_gets_float16_because_capability_7_5_lacks_bf16():
+def test_t4_gets_float16_because_capability_7_5_lacks_bf16(embedded):
     report = detect_hardware(FakeProbe(gpus=[T4]))
     assert report.cuda_devices[0].supports_bf16 is False
-    rec = recommend(report, EMBEDDED_MODEL_PARAMETERS)
+    rec = recommend(report, embedded)
     assert rec.dtype == "float16"
     assert any("7.5" in r for r in rec.reasons)
 
 
-def test_best_of_two_gpus_is_the_larger_one():
+def test_best_of_two_gpus_is_the_larger_one(embedded):
     report = detect_hardware(FakeProbe(gpus=[gpu("small", 8, (8, 6), 0), gpu("big", 24, (8, 9), 1)]))
-    rec = recommend(report, EMBEDDED_MODEL_PARAMETERS)
+    rec = recommend(report, embedded)
     assert rec.device_index == 1
     assert any("2 GPUs" in r for r in rec.reasons)
 
 
-def test_small_gpu_and_large_model_uses_4bit_when_bitsandbytes_works():
+def test_small_gpu_and_large_model_uses_4bit_when_bitsandbytes_works(llama_7b):
     small = gpu("RTX 3060", 12, (8, 6))
-    with_bnb = recommend(detect_hardware(FakeProbe(gpus=[small], bnb=True)), 7_000_000_000)
+    with_bnb = recommend(detect_hardware(FakeProbe(gpus=[small], bnb=True)), llama_7b)
     assert with_bnb.quantization == "4bit"
     assert with_bnb.dtype == "bfloat16"
     assert any(r.startswith("quantization 4bit") for r in with_bnb.reasons)
 
-    without_bnb = recommend(detect_hardware(FakeProbe(gpus=[small], bnb=False)), 7_000_000_000)
+    without_bnb = recommend(detect_hardware(FakeProbe(gpus=[small], bnb=False)), llama_7b)
     assert without_bnb.quantization == "none"
     assert not without_bnb.fits
     assert any("4-bit is unavailable" in r for r in without_bnb.reasons)
 
 
-def test_batch_shrinks_and_accumulation_grows_when_memory_is_tight():
-    roomy = recommend(detect_hardware(FakeProbe(ram_available=64 * GiB)), EMBEDDED_MODEL_PARAMETERS)
-    tight = recommend(detect_hardware(FakeProbe(ram_available=3 * GiB)), EMBEDDED_MODEL_PARAMETERS)
+def test_batch_shrinks_and_accumulation_grows_when_memory_is_tight(embedded):
+    roomy = recommend(detect_hardware(FakeProbe(ram_available=64 * GiB)), embedded)
+    tight = recommend(detect_hardware(FakeProbe(ram_available=3 * GiB)), embedded)
     assert tight.batch_size < roomy.batch_size
     assert tight.gradient_accumulation > roomy.gradient_accumulation
     assert tight.effective_batch >= 16 and tight.estimated_memory <= tight.memory_budget
 
 
-def test_mps_uses_float32():
-    rec = recommend(detect_hardware(FakeProbe(mps=True)), EMBEDDED_MODEL_PARAMETERS)
+def test_mps_uses_float32(embedded):
+    rec = recommend(detect_hardware(FakeProbe(mps=True)), embedded)
     assert (rec.device, rec.dtype) == ("mps", "float32")
 
 
@@ -198,28 +219,33 @@ def fake_machine(monkeypatch):
     monkeypatch.setattr(hardware, "SystemProbe", lambda: FakeProbe(gpus=[T4]))
 
 
-def test_detect_json_through_the_cli(fake_machine, capsys):
+def test_detect_json_through_the_cli(fake_machine, capsys, embedded):
     assert main(["detect", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert set(data) == {"hardware", "recommendation"}
     assert {"cuda", "mps", "cpu", "ram", "disk", "bitsandbytes", "torch"} <= set(data["hardware"])
     assert data["hardware"]["cuda"]["devices"][0]["capability"] == "7.5"
     rec = data["recommendation"]
-    assert rec["dtype"] == "float16" and rec["model_parameters"] == EMBEDDED_MODEL_PARAMETERS
+    assert rec["dtype"] == "float16" and rec["model_parameters"] == embedded.parameters
+    assert rec["model"] == "smollm2-135m-instruct"
     assert rec["reasons"] and rec["effective_batch"] >= 16
 
 
-def test_detect_table_shows_cpu_cores_and_reasons(fake_machine, capsys):
-    assert main(["detect", "--model-params", "7000000000"]) == 0
-    out = capsys.readouterr().out
+def test_detect_table_shows_cpu_cores_and_reasons(fake_machine, capsys, tmp_path):
+    from transformers import LlamaConfig
+
+    LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                num_key_value_heads=32, vocab_size=32000).save_pretrained(tmp_path)
+    assert main(["detect", "--model", str(tmp_path)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
     assert "Fake CPU 9000" in out and "6 physical / 12 logical cores" in out
-    assert "Tesla T4" in out and "7,000,000,000 parameters" in out
+    assert "Tesla T4" in out and "6,738,415,616 parameters" in out
     assert "dtype float16" in out
 
 
-def test_detect_rejects_two_model_sizes(fake_machine, capsys):
-    assert main(["detect", "--model-params", "5", "--model", "x"]) == 2
-    assert "pass only one" in capsys.readouterr().err
+def test_detect_refuses_a_model_it_cannot_read_offline(fake_machine, capsys, tmp_path):
+    assert main(["detect", "--model", str(tmp_path / "nowhere")]) == 2
+    assert "cannot read its config offline" in capsys.readouterr().err
 
 
 def test_detect_counts_parameters_from_a_local_config(fake_machine, tmp_path, capsys):
@@ -231,3 +257,23 @@ def test_detect_counts_parameters_from_a_local_config(fake_machine, tmp_path, ca
     params = json.loads(capsys.readouterr().out)["recommendation"]["model_parameters"]
     # 2 embeddings (untied) + 2 layers of attention, MLP and norms + final norm
     assert params == 2 * 100 * 32 + 2 * (4 * 32 * 32 + 3 * 32 * 64 + 2 * 32) + 32
+
+
+def test_the_batch_detect_recommends_is_one_that_estimate_says_fits(tmp_path, capsys, monkeypatch):
+    """One memory model: `fnapi detect` sizes the batch with the estimate `fnapi estimate` and
+    `fnapi run` use, so its batch fits by that estimate, and twice that batch does not."""
+    from fnapi.estimate import estimate_recipe
+    from fnapi.recipe import Recipe
+
+    ram = 3 * GiB
+    monkeypatch.setattr(hardware, "SystemProbe", lambda: FakeProbe(ram_available=ram))
+    assert main(["detect", "--json", "--max-length", "256"]) == 0
+    rec = json.loads(capsys.readouterr().out)["recommendation"]
+    assert 1 <= rec["batch_size"] < 16  # the budget, not the target, limits it
+    recipe = Recipe.model_validate({"version": 1, "name": "agree", "model": {"name": "smollm2-135m-instruct"},
+                                    "data": {"path": "builtin:skill", "max_length": 256},
+                                    "train": {"method": "lora", "batch_size": rec["batch_size"]}})
+    fits = estimate_recipe(recipe, device="cpu", memory=rec["memory_budget"], read_data=False)
+    assert fits.fits and fits.stage("train").total == rec["estimated_memory"]
+    double = recipe.replace(**{"train.batch_size": 2 * rec["batch_size"]})
+    assert not estimate_recipe(double, device="cpu", memory=rec["memory_budget"], read_data=False).fits
