@@ -15,8 +15,9 @@ import difflib
 import hashlib
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -80,6 +81,31 @@ class SelectionSection(Section):
     value: float = Field(98.0, description="percentile (0-100), z threshold, or k per layer")
     sign: Literal["abs", "positive", "negative"] = "abs"
 
+    @model_validator(mode="after")
+    def _value_fits_rule(self) -> SelectionSection:
+        problem = selection_problem(self.rule, self.value, self.sign)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+
+def selection_problem(rule: str, value: float, sign: str) -> str | None:
+    """Why a neuron-selection rule, value and sign cannot work together (None: they can)."""
+    if sign not in ("abs", "positive", "negative"):
+        return f"selection.sign {sign!r} is unknown; use abs, positive or negative"
+    if rule == "percentile":
+        if not 0 < value < 100:
+            return f"selection.value {value} is not a percentile; use a number between 0 and 100 (e.g. 98)"
+    elif rule == "zscore":
+        if value <= 0:
+            return f"selection.value {value} must be a positive z threshold (e.g. 3) for rule zscore"
+    elif rule == "topk":
+        if value < 1 or int(value) != value:
+            return f"selection.value {value} must be a whole number of neurons per layer for rule topk"
+    else:
+        return f"selection.rule {rule!r} is unknown; use percentile, zscore or topk"
+    return None
+
 
 class TemplateSection(Section):
     """Load a template, or build one from data."""
@@ -124,7 +150,7 @@ class MaskSection(Section):
                             "seed, in place of the networks (the control row of a comparison)")
 
     @model_validator(mode="after")
-    def _needs_components(self) -> "MaskSection":
+    def _needs_components(self) -> MaskSection:
         ablate, train = self.switches()
         if (ablate != "none" or train != "all") and self.components == []:
             raise ValueError(f"preset {self.preset!r} needs components (a list of ids or 'stable')")
@@ -297,7 +323,7 @@ class Recipe(Section):
         return data
 
     @model_validator(mode="after")
-    def _no_secrets(self) -> "Recipe":
+    def _no_secrets(self) -> Recipe:
         # Recipes are saved exactly, so a token must never get into one: tokens come from HF_TOKEN,
         # a .env file or `fnapi auth login`, never from a recipe field.
         for where, value in _strings(self.to_dict()):
@@ -307,7 +333,7 @@ class Recipe(Section):
         return self
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Recipe":
+    def _consistent(self) -> Recipe:
         if self.mask.switches() != ("none", "all") and self.template is None:
             raise ValueError("mask uses components, so the recipe needs a template section (path or build settings)")
         return self
@@ -322,7 +348,7 @@ class Recipe(Section):
 
     # ---- IO -------------------------------------------------------------------------------
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "Recipe":
+    def from_yaml(cls, path: str | Path) -> Recipe:
         """Read and validate a recipe file. Errors name the file and the YAML path."""
         path = Path(path)
         try:
@@ -334,7 +360,7 @@ class Recipe(Section):
         return cls.from_yaml_text(text, source=str(path))
 
     @classmethod
-    def from_yaml_text(cls, text: str, source: str = "<recipe>") -> "Recipe":
+    def from_yaml_text(cls, text: str, source: str = "<recipe>") -> Recipe:
         try:
             data = yaml.load(text, Loader=_RecipeLoader)
         except yaml.YAMLError as exc:
@@ -347,7 +373,7 @@ class Recipe(Section):
         return cls.from_dict(data, source=source)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "<recipe>") -> "Recipe":
+    def from_dict(cls, data: dict[str, Any], source: str = "<recipe>") -> Recipe:
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
@@ -378,7 +404,7 @@ class Recipe(Section):
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
-    def replace(self, source: str = "<recipe>", /, **changes: Any) -> "Recipe":
+    def replace(self, source: str = "<recipe>", /, **changes: Any) -> Recipe:
         """A copy with dotted-path changes, validated: ``recipe.replace(**{"train.steps": 10})``.
         ``source`` names where the changes come from in errors (``"run.yaml with --set"``)."""
         data = self.to_dict()

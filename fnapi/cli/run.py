@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -26,7 +25,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, object]:
 
 def run(
     recipe_path: Path = typer.Argument(..., metavar="RECIPE", help="recipe YAML file"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="run directory (default: recipe output.dir)"),
+    output: Path | None = typer.Option(None, "--output", "-o", help="run directory (default: recipe output.dir)"),
     overrides: list[str] = typer.Option([], "--set", help="override a recipe value, e.g. --set train.steps=10"),
 ) -> None:
     """Run a recipe end to end (template, masked training, report); prints the run directory last.
@@ -34,13 +33,17 @@ def run(
     Running the same recipe again after an interruption resumes from the last checkpoint.
     """
     from fnapi.events import console_sink
+    from fnapi.preflight import check_recipe
     from fnapi.recipe import Recipe
     from fnapi.runner import run as run_recipe
     from fnapi.stopping import stop_on_signals
 
     recipe = Recipe.from_yaml(recipe_path)
+    source = str(recipe_path)
     if overrides:
-        recipe = recipe.replace(f"{recipe_path} with --set", **parse_overrides(overrides))
+        source = f"{recipe_path} with --set"
+        recipe = recipe.replace(source, **parse_overrides(overrides))
+    check_recipe(recipe, source)  # the run checks again, but this names the file
     sink = console_sink()
     try:
         with stop_on_signals("the run") as stop:

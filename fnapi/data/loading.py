@@ -141,6 +141,31 @@ def split_validation(rows: list[Conversation], fraction: float, *, seed: int
     return train, validation
 
 
+_SOURCE_HINT = ("Give a .json/.jsonl/.csv/.tsv/.parquet/.txt file, a folder of split files, "
+                "a hub dataset id, or builtin:skill / builtin:probes / builtin:text.")
+
+
+def source_problem(spec: str) -> str | None:
+    """Why ``spec`` cannot name a dataset, found without reading it (None: it can).
+
+    A built-in name must exist; a spec that can only be a path (a data suffix, or starting with
+    ``.``, ``/`` or ``~``) must exist on disk; anything else must have the form of a hub id.
+    """
+    if spec.startswith(BUILTIN_PREFIX):
+        from fnapi.data.builtin import BUILTINS
+
+        name = spec[len(BUILTIN_PREFIX):]
+        if name not in BUILTINS:
+            return f"unknown built-in dataset {spec}; there are " + ", ".join(f"builtin:{k}" for k in BUILTINS)
+        return None
+    path = Path(spec).expanduser()
+    if path.exists():
+        return None
+    if path.suffix.lower() in DATA_SUFFIXES or spec.startswith((".", "/", "~")) or not _HUB_ID.fullmatch(spec):
+        return f"data file {spec} does not exist"
+    return None
+
+
 def read_rows(spec: str) -> dict[str, RawSplit]:
     """Raw rows per split (``train``/``validation``/``test``/other names) of a file, folder or hub id."""
     path = Path(spec).expanduser()
@@ -148,10 +173,9 @@ def read_rows(spec: str) -> dict[str, RawSplit]:
         return _read_file_splits(path)
     if path.is_dir():
         return _read_folder(path)
-    if path.suffix.lower() in DATA_SUFFIXES or spec.startswith((".", "/", "~")) or not _HUB_ID.fullmatch(spec):
-        raise DataError(f"data file {spec} does not exist",
-                        "Give a .json/.jsonl/.csv/.tsv/.parquet/.txt file, a folder of split files, "
-                        "a hub dataset id, or builtin:skill / builtin:probes / builtin:text.")
+    problem = source_problem(spec)
+    if problem:
+        raise DataError(problem, _SOURCE_HINT)
     return _read_hub(spec)
 
 

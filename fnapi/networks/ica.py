@@ -28,8 +28,9 @@ neuron has a positive weight.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -67,7 +68,7 @@ class NeuronLayout:
     def n_features(self) -> int:
         return len(self.layers) * self.width
 
-    def sub(self, start: int, stop: int) -> "NeuronLayout":
+    def sub(self, start: int, stop: int) -> NeuronLayout:
         """The layout of columns ``start:stop`` (which must align with layer blocks)."""
         if start % self.width or stop % self.width:
             raise ValueError(f"columns {start}:{stop} do not align with layer blocks of width {self.width}")
@@ -203,7 +204,7 @@ class RandomizedPCA:
         self.device = device
         self.random_state = random_state
 
-    def fit(self, X: Any, y: Any = None) -> "RandomizedPCA":
+    def fit(self, X: Any, y: Any = None) -> RandomizedPCA:
         X = as_matrix(X)
         device = _resolve_device(self.device, X)
         n, d = X.shape
@@ -338,7 +339,7 @@ def refine_components(Z: np.ndarray, unmixing: np.ndarray, n_dims: int, *, fun: 
     iterations, converged = 0, True
     for column in start.T:
         w = _deflate(column, found)
-        for step in range(max_iter):
+        for step in range(max_iter):  # noqa: B007 (read after the loop)
             u = white @ w
             updated = _deflate(white.T @ g(u) / n - g_prime(u).mean() * w, found)
             done = abs(1.0 - abs(updated @ w)) < tol
@@ -413,7 +414,7 @@ class BlockDecomposition:
             raise TemplateError(f"per_layer mode needs layer_width dividing the {n_features} columns, got {width!r}")
         return [(start, start + width) for start in range(0, n_features, width)]
 
-    def fit(self, X: Any, y: Any = None) -> "BlockDecomposition":
+    def fit(self, X: Any, y: Any = None) -> BlockDecomposition:
         """Fit on ``X`` (n_tokens, n_features); returns ``self``."""
         X = as_matrix(X)
         n, d = X.shape
@@ -580,19 +581,11 @@ def select_neurons(weights: np.ndarray, layout: NeuronLayout, *, rule: Rule = "p
 
 def check_selection(rule: str, value: float, sign: str) -> None:
     """Raise :class:`TemplateError` (naming the ``selection`` field) for a rule, value or sign that cannot work."""
-    if sign not in ("abs", "positive", "negative"):
-        raise TemplateError(f"selection.sign {sign!r} is unknown; use abs, positive or negative")
-    if rule == "percentile":
-        if not 0 < value < 100:
-            raise TemplateError(f"selection.value {value} is not a percentile; use a number between 0 and 100 (e.g. 98)")
-    elif rule == "zscore":
-        if value <= 0:
-            raise TemplateError(f"selection.value {value} must be a positive z threshold (e.g. 3) for rule zscore")
-    elif rule == "topk":
-        if value < 1 or int(value) != value:
-            raise TemplateError(f"selection.value {value} must be a whole number of neurons per layer for rule topk")
-    else:
-        raise TemplateError(f"selection.rule {rule!r} is unknown; use percentile, zscore or topk")
+    from fnapi.recipe import selection_problem
+
+    problem = selection_problem(rule, value, sign)
+    if problem:
+        raise TemplateError(problem)
 
 
 def neuron_count(neurons: dict[int, Sequence[int]]) -> int:

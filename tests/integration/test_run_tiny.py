@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from fnapi.events import ListSink, Progress, RunFinished, StageFinished, StageStarted
 from fnapi.models.tiny import save_tiny
 from fnapi.recipe import Recipe
 from fnapi.runner import run
-from fnapi.events import ListSink, Progress, RunFinished, StageFinished, StageStarted
 
 RECIPE = """
 version: 1
@@ -54,7 +54,6 @@ def test_run_writes_every_output_with_computed_numbers(tmp_path, tiny_dir):
         assert (run_dir / name).exists(), name
     assert Recipe.from_yaml(run_dir / "recipe.yaml") == recipe.replace(**{"output.dir": str(tmp_path / "run")})
     assert not (run_dir / ".fnapi.pid").exists()  # the lock is given up when the run ends
-    logs = [e.message for e in sink.events if hasattr(e, "message")]
     # The validation pass is a stage with a bar: one progress event per batch, up to its total.
     started = next(e for e in sink.events if isinstance(e, StageStarted) and e.stage == "validate")
     assert started.description == "validation loss on 3 examples (train.validation_samples)"
@@ -185,7 +184,8 @@ def test_a_template_made_for_another_model_is_refused_unless_the_recipe_allows_i
 
 
 def test_a_second_process_into_a_live_run_folder_is_refused_naming_the_first(tmp_path, tiny_dir):
-    recipe_path = _recipe(tmp_path, tiny_dir, steps=60)
+    # Long enough that the first run is still training when the second has started up; SIGTERM ends it.
+    recipe_path = _recipe(tmp_path, tiny_dir, steps=2000)
     run_dir = tmp_path / "shared"
     fnapi = [sys.executable, "-m", "fnapi", "run", str(recipe_path), "--output", str(run_dir)]
     first = subprocess.Popen(fnapi, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -6,6 +6,7 @@ import json
 import threading
 
 import pytest
+from pydantic import ValidationError
 
 from fnapi.cli import main
 from fnapi.errors import CancelledError, TemplateError
@@ -92,7 +93,10 @@ def test_same_seed_gives_the_same_template(text_file):
 
 
 def test_bad_selection_fails_before_any_work(text_file):
-    section = TemplateSection(**SMALL, selection=SelectionSection(rule="percentile", value=120.0))
+    with pytest.raises(ValidationError, match="selection.value 120.0 is not a percentile"):
+        SelectionSection(rule="percentile", value=120.0)  # a recipe cannot even hold it
+    unchecked = SelectionSection.model_construct(rule="percentile", value=120.0, sign="abs")
+    section = TemplateSection(**SMALL).model_copy(update={"selection": unchecked})
     with pytest.raises(TemplateError, match="selection.value 120.0 is not a percentile"):
         build_template(_loaded("llama"), section, [str(text_file)], seed=0)
 

@@ -1,0 +1,154 @@
+"""What a recipe can be checked for before any weights load.
+
+The recipe schema checks each field on its own. This module checks what needs the world outside
+the file: that data and evaluation files exist, that the data format and field roles are known,
+that a template file can be read, and, when the model's config can be read offline, that layer
+filters, the template's shape and the mask's components fit that model.
+
+``fnapi validate`` reports these problems and ``fnapi run`` refuses a recipe that has any before
+it loads the model, so a run never fails on them minutes in.
+
+>>> from fnapi.recipe import Recipe
+>>> [p.path for p in preflight(Recipe.model_validate({"data": {"path": "missing.jsonl"}}))]  # doctest: +SKIP
+['data.path']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fnapi.errors import FnapiError, RecipeError
+
+if TYPE_CHECKING:
+    from fnapi.estimate import ModelShape
+    from fnapi.networks.template import Template
+    from fnapi.recipe import Recipe
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a recipe: the YAML path it is at, and what is wrong there."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+def preflight(recipe: Recipe, *, read_model: bool = True) -> list[Problem]:
+    """Every problem found in ``recipe`` without loading weights (an empty list: none found).
+
+    ``read_model`` reads the model's config (offline, no weights) to check layer filters and the
+    template against the model's shape; a config that cannot be read offline skips those checks.
+    """
+    problems = _data_problems(recipe) + _evaluation_problems(recipe)
+    template = None
+    if recipe.template is not None and recipe.template.path:
+        template, problem = _read_template(recipe.template.path)
+        if problem:
+            problems.append(problem)
+    elif recipe.template is not None:
+        for index, spec in enumerate(recipe.template.data):
+            problems += _source(f"template.data[{index}]", spec)
+    shape = _model_shape(recipe) if read_model else None
+    if shape is not None:
+        problems += _shape_problems(recipe, shape, template)
+    if template is not None:
+        problems += _component_problems(recipe, template)
+    return problems
+
+
+def check_recipe(recipe: Recipe, source: str = "<recipe>", *, read_model: bool = True) -> None:
+    """Raise :class:`RecipeError` naming ``source`` and every problem :func:`preflight` finds."""
+    problems = preflight(recipe, read_model=read_model)
+    if problems:
+        raise RecipeError(f"{source}: invalid recipe\n  " + "\n  ".join(map(str, problems)))
+
+
+# ---- the checks ------------------------------------------------------------------------------------
+
+def _data_problems(recipe: Recipe) -> list[Problem]:
+    from fnapi.data.formats import ROLES, canonical_format
+
+    data = recipe.data
+    problems = _source("data.path", data.path)
+    if data.validation_path:
+        problems += _source("data.validation_path", data.validation_path)
+    try:
+        canonical_format(data.format)
+    except FnapiError as exc:
+        problems.append(Problem("data.format", exc.message))
+    for name, role in data.fields.items():
+        if role not in ROLES:
+            problems.append(Problem(f"data.fields.{name}", f"unknown role {role!r}; roles are {', '.join(ROLES)}"))
+    return problems
+
+
+def _source(where: str, spec: str) -> list[Problem]:
+    from fnapi.data.loading import source_problem
+
+    problem = source_problem(spec)
+    return [Problem(where, problem)] if problem else []
+
+
+def _evaluation_problems(recipe: Recipe) -> list[Problem]:
+    return [Problem(where, f"file not found: {value}") for where, value in recipe.evaluation_files()
+            if not Path(value).expanduser().exists()]
+
+
+def _read_template(path: str) -> tuple[Template | None, Problem | None]:
+    from fnapi.networks.template import Template
+
+    try:
+        return Template.load(path), None
+    except FnapiError as exc:
+        return None, Problem("template.path", exc.message)
+
+
+def _model_shape(recipe: Recipe) -> ModelShape | None:
+    """The model's shape from its config, or None when the config cannot be read offline."""
+    from fnapi.estimate import model_shape
+
+    try:
+        return model_shape(recipe.model.name, trust_remote_code=recipe.model.trust_remote_code)
+    except FnapiError:
+        return None
+
+
+def _shape_problems(recipe: Recipe, shape: ModelShape, template: Template | None) -> list[Problem]:
+    from fnapi.recipe import parse_layers
+
+    problems = []
+    filters = [("mask.layers", recipe.mask.layers)]
+    if recipe.template is not None:
+        filters.insert(0, ("template.layers", recipe.template.layers))
+    for where, spec in filters:
+        try:
+            if not parse_layers(spec, shape.num_layers):
+                problems.append(Problem(where, f"layer filter {spec!r} selects no layer of {shape.name} "
+                                               f"({shape.num_layers} layers)"))
+        except RecipeError as exc:
+            problems.append(Problem(where, f"{exc.message} ({shape.name})"))
+    if template is not None:
+        info = {"num_layers": shape.num_layers, "hidden_size": shape.hidden,
+                "intermediate_size": shape.intermediate, "name": shape.name}
+        try:
+            template.check_compatible(info)
+        except FnapiError as exc:
+            problems.append(Problem("template.path", f"{recipe.template.path}: {exc.message}"))
+    return problems
+
+
+def _component_problems(recipe: Recipe, template: Template) -> list[Problem]:
+    components = recipe.mask.components
+    if not isinstance(components, list):
+        return []
+    known = {component.id for component in template.components}
+    missing = [c for c in components if c not in known]
+    if not missing:
+        return []
+    return [Problem("mask.components", f"component {', '.join(map(str, missing))} is not in "
+                                       f"{recipe.template.path}; it has {', '.join(map(str, sorted(known)))}")]
