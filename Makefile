@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fnapi-installed
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo lint test test-fast clean
 
 install: $(STAMP)
 
@@ -21,7 +21,12 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(BIN)/fnapi run recipes/quickstart.yaml
 
-test: install
+lint: install
+	# The layering as a check (contracts in pyproject.toml), then the linter.
+	$(BIN)/lint-imports
+	$(BIN)/ruff check .
+
+test: install lint
 	$(BIN)/python -m pytest -q
 
 test-fast: install

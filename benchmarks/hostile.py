@@ -22,8 +22,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 FNAPI = [sys.executable, "-m", "fnapi"]
 TOKEN = "hf_" + "Zq3" * 11 + "x"  # the real shape: hf_ and 34 letters or digits

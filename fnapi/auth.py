@@ -14,9 +14,10 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 from fnapi.errors import FnapiError
@@ -320,7 +321,8 @@ def login(token: str, save_to: Literal["cache", "dotenv"] = "cache", path: Path 
     """
     token = _clean(token)
     if not token:
-        raise FnapiError("no token given", hint="Create one at https://huggingface.co/settings/tokens and pass it with --token or on stdin.")
+        raise FnapiError("no token given", hint="Create one at https://huggingface.co/settings/tokens and pass it "
+                                                "with --token or on stdin.")
     if any(c.isspace() for c in token) or "'" in token or '"' in token:
         raise FnapiError("the token contains spaces or quotes; paste the token alone")
     register_secret(token)

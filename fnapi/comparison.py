@@ -31,9 +31,10 @@ from __future__ import annotations
 import io
 import json
 import threading
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -78,7 +79,7 @@ class MethodRow:
     run_dir: str
 
     @classmethod
-    def from_report(cls, recipe: Recipe, report: Any, run_dir: Path) -> "MethodRow":
+    def from_report(cls, recipe: Recipe, report: Any, run_dir: Path) -> MethodRow:
         preset = recipe.mask.preset
         mask = "none" if recipe.mask.switches() == ("none", "all") else f"{preset} {_components(recipe)}"
         return cls(name=recipe.name, seed=recipe.seed, method=recipe.train.method, mask=mask,

@@ -27,7 +27,8 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-from typing import Any, Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from fnapi.errors import DataError, HardwareError, RecipeError
 from fnapi.events import EventSink, NullSink

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from fnapi.errors import DataError, RecipeError
 from fnapi.events import EventSink, NullSink, stage

@@ -14,7 +14,8 @@ token for token the prompt the model was trained to answer.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from fnapi.data.formats import Conversation
 from fnapi.data.templating import IGNORE_INDEX, collate, encode, prompt_and_answer, resolve_template

@@ -45,8 +45,9 @@ from __future__ import annotations
 
 import statistics
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

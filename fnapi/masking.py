@@ -62,8 +62,9 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal, Mapping
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -150,7 +151,7 @@ class NeuronMask:
         return [c for c in range(width) if c not in keep]
 
     # ---- derived masks ---------------------------------------------------------------------------
-    def restrict(self, layers: list[int] | str | None, num_layers: int) -> "NeuronMask":
+    def restrict(self, layers: list[int] | str | None, num_layers: int) -> NeuronMask:
         """The mask on the given layers only (a list, or a filter such as ``"0:4,9:"``)."""
         if layers is None:
             return self
@@ -158,7 +159,7 @@ class NeuronMask:
         return dataclasses.replace(self, neurons={k: v for k, v in self.neurons.items() if k in keep})
 
     def with_switches(self, *, preset: str | None = None, ablate: str | None = None,
-                      train: str | None = None) -> "NeuronMask":
+                      train: str | None = None) -> NeuronMask:
         """A copy with the switches set by ``preset`` and/or explicit values (explicit wins)."""
         if preset is None and ablate is None and train is None:
             return self
@@ -178,7 +179,7 @@ class NeuronMask:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "NeuronMask":
+    def from_dict(cls, data: Mapping[str, Any]) -> NeuronMask:
         return cls(site=data["site"], neurons={int(k): v for k, v in data["neurons"].items()},
                    ablate=data.get("ablate", "none"), train=data.get("train", "all"),
                    width=data.get("width"), source=data.get("source", {}))
@@ -527,7 +528,7 @@ class AppliedMask:
         self._requires_grad: list[tuple[torch.Tensor, bool]] = []
         self._parametrized: list[tuple[nn.Module, str]] = []
 
-    def install(self) -> "AppliedMask":
+    def install(self) -> AppliedMask:
         """Register the ablation hooks and the training restriction."""
         for module, drop in self._plan.hooks:
             hook = _ZeroChannels(drop)

@@ -22,8 +22,9 @@ values always give the same interval). Intervals over seeds are Student-t interv
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -49,7 +50,7 @@ class Estimate:
     n: int
 
     @classmethod
-    def of(cls, values: Sequence[float]) -> "Estimate":
+    def of(cls, values: Sequence[float]) -> Estimate:
         """Mean of ``values`` with a bootstrap interval over them."""
         return bootstrap(values)
 
@@ -133,7 +134,7 @@ class ProbeMeasure:
         return {"source": self.source, "correct": list(self.correct), "logprob": [round(v, 5) for v in self.logprob]}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ProbeMeasure":
+    def from_dict(cls, data: dict[str, Any]) -> ProbeMeasure:
         return cls(str(data["source"]), tuple(float(v) for v in data["correct"]),
                    tuple(float(v) for v in data["logprob"]))
 
@@ -166,7 +167,7 @@ class TextMeasure:
                 "kl": None if self.kl is None else [round(v, 6) for v in self.kl]}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TextMeasure":
+    def from_dict(cls, data: dict[str, Any]) -> TextMeasure:
         kl = data.get("kl")
         return cls(str(data["source"]), tuple(float(v) for v in data["nll"]), tuple(int(v) for v in data["tokens"]),
                    None if kl is None else tuple(float(v) for v in kl))
@@ -268,7 +269,7 @@ class TaskMeasure:
         return {"source": self.source, "scores": list(self.scores)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TaskMeasure":
+    def from_dict(cls, data: dict[str, Any]) -> TaskMeasure:
         return cls(str(data["source"]), tuple(float(v) for v in data["scores"]))
 
     def summary(self) -> dict[str, Any]:
@@ -307,7 +308,7 @@ class EvalMeasures:
                 "texts": [t.to_dict() for t in self.texts]}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "EvalMeasures":
+    def from_dict(cls, data: dict[str, Any]) -> EvalMeasures:
         return cls(tasks=tuple(TaskMeasure.from_dict(t) for t in data.get("tasks") or []),
                    probes=tuple(ProbeMeasure.from_dict(p) for p in data.get("probes") or []),
                    texts=tuple(TextMeasure.from_dict(t) for t in data.get("texts") or []))

@@ -31,7 +31,7 @@ class Score:
     change_ci95: list[float] | None = None
 
     @classmethod
-    def from_pair(cls, pair: dict[str, Any] | None, metric: str) -> "Score":
+    def from_pair(cls, pair: dict[str, Any] | None, metric: str) -> Score:
         """A score from one entry of :func:`fnapi.measures.compare_measures`."""
         if not pair:
             return cls(metric=metric)
@@ -106,7 +106,7 @@ class ForgettingReport:
         return redact_obj(data)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ForgettingReport":
+    def from_dict(cls, data: dict[str, Any]) -> ForgettingReport:
         data = dict(data)
         data.pop("trainable_fraction", None)
         for key in _SCORES:

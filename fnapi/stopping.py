@@ -12,7 +12,7 @@ import contextlib
 import signal
 import sys
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 
 class StopRequest(threading.Event):

@@ -93,7 +93,7 @@ class TimeEstimate:
                 "notes": list(self.notes)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TimeEstimate":
+    def from_dict(cls, data: dict[str, Any]) -> TimeEstimate:
         return cls(stages=tuple(StageTime(str(s["stage"]), float(s["seconds"]), str(s.get("detail", "")))
                                 for s in data.get("stages", [])),
                    notes=tuple(str(n) for n in data.get("notes", [])))

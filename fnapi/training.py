@@ -37,26 +37,27 @@ import re
 import shutil
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from fnapi import distributed
 from fnapi.data.templating import collate
-from fnapi.errors import CancelledError, DataError, HardwareError, ModelError, RecipeError
+from fnapi.errors import CancelledError, DataError, ModelError, RecipeError
 from fnapi.events import EventSink, Log, Metric, NullSink, Progress, stage
+from fnapi.hardware import check_method_supported
 from fnapi.masking import NeuronMask, frozen_checksums, plain_state_dict
 from fnapi.masking import bake_lesion as bake_lesion_into
 from fnapi.masking import mask as apply_mask
 from fnapi.models.registry import get_adapter, linear_module_names
-from fnapi.hardware import check_method_supported
 from fnapi.paths import atomic_write_text
+from fnapi.recipe import TrainSection
 from fnapi.rundir import CHECKPOINT_STATE_FILE as STATE_FILE
 from fnapi.rundir import read_checkpoint_state as _read_state
-from fnapi.recipe import TrainSection
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FORMAT = "fnapi.train-state/1"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -83,7 +82,7 @@ def _ask_with_questionary(drafts):
 @app.command()
 def browse(
     template: Path = typer.Argument(..., help="template JSON file"),
-    compare: Optional[Path] = typer.Option(None, "--compare", help="another template to compare with (IoU per component)"),
+    compare: Path | None = typer.Option(None, "--compare", help="another template to compare with (IoU per component)"),
 ) -> None:
     """Browse a template's networks; --compare shows IoU with another.
 
@@ -103,7 +102,7 @@ def browse(
 @app.command()
 def replay(
     recipe: Path = typer.Argument(..., help="recipe YAML file (for example one the wizard wrote)"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="run directory (default: recipe output.dir)"),
+    output: Path | None = typer.Option(None, "--output", "-o", help="run directory (default: recipe output.dir)"),
 ) -> None:
     """Run a recipe headless, exactly like `fnapi run`.
 

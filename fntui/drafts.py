@@ -14,10 +14,11 @@ written atomically, the recipe first, so a draft's state never points at a missi
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from fnapi.errors import FnapiError, RecipeError
 from fnapi.paths import atomic_write_text, cache_dir

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -26,7 +25,7 @@ HOW_TO_PROVIDE = (
 @auth_app.command("status")
 def status(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object {token, validation}"),
-    env_file: Optional[Path] = typer.Option(None, "--env-file", help=".env file to read (default ./.env)"),
+    env_file: Path | None = typer.Option(None, "--env-file", help=".env file to read (default ./.env)"),
     timeout: float = typer.Option(3.0, "--timeout", min=0.5, help="seconds to wait for the hub"),
 ) -> None:
     """Show which token is used (masked), where it comes from, and whether the hub accepts it."""
@@ -47,9 +46,9 @@ def status(
 
 @auth_app.command("login")
 def login(
-    token: Optional[str] = typer.Option(
+    token: str | None = typer.Option(
         None, "--token", help="the token (visible in shell history; prefer stdin or the prompt)"),
-    dotenv: Optional[Path] = typer.Option(
+    dotenv: Path | None = typer.Option(
         None, "--dotenv", help="save to this .env file instead of the Hugging Face cache"),
     check: bool = typer.Option(True, "--check/--no-check", help="ask the hub whether the token works"),
 ) -> None:
@@ -77,7 +76,7 @@ def _read_token_interactively() -> str:
 
 @auth_app.command("logout")
 def logout(
-    env_file: Optional[Path] = typer.Option(None, "--env-file", help=".env file to check (default ./.env)"),
+    env_file: Path | None = typer.Option(None, "--env-file", help=".env file to check (default ./.env)"),
 ) -> None:
     """Remove the cached login token, and say where a token is still configured."""
     from fnapi import auth

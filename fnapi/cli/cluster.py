@@ -3,29 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 
 def slurm(
     recipe_path: Path = typer.Argument(..., metavar="RECIPE", help="recipe YAML file"),
-    nodes: Optional[int] = typer.Option(None, "--nodes", help="machines (default: distributed.slurm.nodes, 1)"),
-    gpus_per_node: Optional[int] = typer.Option(None, "--gpus-per-node", help="GPUs per machine, one process each"),
-    procs_per_node: Optional[int] = typer.Option(None, "--procs-per-node",
+    nodes: int | None = typer.Option(None, "--nodes", help="machines (default: distributed.slurm.nodes, 1)"),
+    gpus_per_node: int | None = typer.Option(None, "--gpus-per-node", help="GPUs per machine, one process each"),
+    procs_per_node: int | None = typer.Option(None, "--procs-per-node",
                                                  help="processes per machine (default: one per GPU, 1 without)"),
-    cpus_per_task: Optional[int] = typer.Option(None, "--cpus-per-task", help="CPU cores per machine"),
-    mem: Optional[str] = typer.Option(None, "--mem", help="memory per machine, e.g. 64G"),
-    time: Optional[str] = typer.Option(None, "--time", help="wall-time limit, HH:MM:SS or D-HH:MM:SS (required)"),
-    partition: Optional[str] = typer.Option(None, "--partition", help="SLURM partition"),
-    account: Optional[str] = typer.Option(None, "--account", help="SLURM account to charge"),
-    qos: Optional[str] = typer.Option(None, "--qos", help="SLURM quality of service"),
-    constraint: Optional[str] = typer.Option(None, "--constraint", help="SLURM node constraint, e.g. a100"),
-    env: Optional[str] = typer.Option(None, "--env", help="shell line activating the environment, e.g. "
+    cpus_per_task: int | None = typer.Option(None, "--cpus-per-task", help="CPU cores per machine"),
+    mem: str | None = typer.Option(None, "--mem", help="memory per machine, e.g. 64G"),
+    time: str | None = typer.Option(None, "--time", help="wall-time limit, HH:MM:SS or D-HH:MM:SS (required)"),
+    partition: str | None = typer.Option(None, "--partition", help="SLURM partition"),
+    account: str | None = typer.Option(None, "--account", help="SLURM account to charge"),
+    qos: str | None = typer.Option(None, "--qos", help="SLURM quality of service"),
+    constraint: str | None = typer.Option(None, "--constraint", help="SLURM node constraint, e.g. a100"),
+    env: str | None = typer.Option(None, "--env", help="shell line activating the environment, e.g. "
                                                           "'conda activate fnapi' (default: the current one)"),
-    log_dir: Optional[str] = typer.Option(None, "--log-dir", help="folder for the job's logs (default slurm_logs)"),
-    port: Optional[int] = typer.Option(None, "--port", help="rendezvous port (default: derived from the job id)"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="script file (default: <recipe name>.sbatch)"),
+    log_dir: str | None = typer.Option(None, "--log-dir", help="folder for the job's logs (default slurm_logs)"),
+    port: int | None = typer.Option(None, "--port", help="rendezvous port (default: derived from the job id)"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="script file (default: <recipe name>.sbatch)"),
     do_submit: bool = typer.Option(False, "--submit", help="submit the script with sbatch"),
 ) -> None:
     """Write a SLURM script that runs the recipe on cluster nodes.
@@ -54,8 +53,8 @@ def slurm(
 
 def estimate(
     recipe_path: Path = typer.Argument(..., metavar="RECIPE", help="recipe YAML file"),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: this machine's best device)"),
-    memory: Optional[str] = typer.Option(None, "--memory", help="memory of the device to check against, e.g. 24G "
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: this machine's best device)"),
+    memory: str | None = typer.Option(None, "--memory", help="memory of the device to check against, e.g. 24G "
                                                                  "(default: detected)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
     timed: bool = typer.Option(False, "--time", help="also time every stage on this machine (loads the model and "
@@ -86,9 +85,8 @@ def estimate(
 
 
 def _time_recipe(recipe_path: Path):
-    import time
-
     import sys
+    import time
 
     from fnapi.events import console_sink
     from fnapi.models.loading import load_model

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -17,12 +16,12 @@ def compare(
     output: Path = typer.Option(Path("runs/compare"), "--output", "-o",
                                 help="folder for the runs (one sub-folder per method) and the comparison"),
     seeds: int = typer.Option(1, "--seeds", min=1, help="run every method with this many seeds (recipe seed, +1, ...)"),
-    task_target: Optional[float] = typer.Option(
+    task_target: float | None = typer.Option(
         None, "--task-target", min=0.0, max=1.0,
         help="train each run until its validation task score reaches this (train.steps is the cap)"),
     controls: bool = typer.Option(True, "--controls/--no-controls",
                                   help="add a random-neuron control row for every masked method"),
-    baseline: Optional[str] = typer.Option(None, "--baseline",
+    baseline: str | None = typer.Option(None, "--baseline",
                                            help="method the others are compared with [default: the unmasked LoRA]"),
     overrides: list[str] = typer.Option([], "--set", help="override a value in every recipe, e.g. --set train.steps=10"),
     as_json: bool = typer.Option(False, "--json", help="print the comparison as one JSON object"),

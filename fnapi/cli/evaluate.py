@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -18,11 +17,11 @@ def evaluate(
                                      help="probe set: builtin:probes or a multiple-choice file (repeatable)"),
     texts: list[str] = typer.Option([], "--text", help="held-out text: builtin:text or a file (repeatable)"),
     tasks: list[str] = typer.Option([], "--task", help="task data whose test split is scored by exact match (repeatable)"),
-    probe_samples: Optional[int] = typer.Option(None, "--probe-samples", min=1, help="items per probe set [default: all]"),
+    probe_samples: int | None = typer.Option(None, "--probe-samples", min=1, help="items per probe set [default: all]"),
     text_samples: int = typer.Option(32, "--text-samples", min=1, help="paragraphs per text source"),
     task_samples: int = typer.Option(50, "--task-samples", min=1, help="conversations per task source"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of tables"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="also write the JSON result to this file"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="also write the JSON result to this file"),
 ) -> None:
     """Score a model or a finished run: probe accuracy, right-answer log-probability, held-out text
     NLL (and KL to the base for a run), task exact match, each with a 95% interval.

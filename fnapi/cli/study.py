@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -17,7 +16,7 @@ from fnapi.models.loading import EMBEDDED_MODEL
 def lesion_study(
     template: Path = typer.Option(..., "--template", "-t", help="template JSON whose components are lesioned"),
     model: str = typer.Option(EMBEDDED_MODEL, "--model", "-m", help="embedded name, hub id, local folder or .gguf file"),
-    components: Optional[str] = typer.Option(None, "--components", "-c",
+    components: str | None = typer.Option(None, "--components", "-c",
                                              help="component ids such as 0,1,2 [default: all]"),
     # Same values as fnapi.lesion.DEFAULT_DRAWS / DEFAULT_PROBE_SAMPLES (not imported: it loads torch).
     draws: int = typer.Option(3, "--random-draws", min=1,
@@ -26,7 +25,7 @@ def lesion_study(
                                       help="built-in probe items to score: the first N, a fixed mix of every category"),
     seed: int = typer.Option(0, "--seed", help="seed of the random draws"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of tables"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="also write the JSON result to this file"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="also write the JSON result to this file"),
 ) -> None:
     """Lesion each network and as many random neurons; compare.
 

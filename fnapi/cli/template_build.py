@@ -7,7 +7,7 @@ Progress goes to stderr; the template's path is the last line on stdout, so scri
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -17,26 +17,26 @@ DEFAULT_DATA = "builtin:text"
 
 
 def build(
-    model: Optional[str] = typer.Option(None, "--model", "-m",
+    model: str | None = typer.Option(None, "--model", "-m",
                                         help=f"embedded name, hub id, local folder or .gguf file [default: {EMBEDDED_MODEL}]"),
-    data: Optional[list[str]] = typer.Option(None, "--data", "-d",
+    data: list[str] | None = typer.Option(None, "--data", "-d",
                                              help=f"dataset to capture from; repeat for several [default: {DEFAULT_DATA}]"),
-    samples: Optional[int] = typer.Option(None, "--samples", min=1, help="rows per dataset [default: 64]"),
-    max_length: Optional[int] = typer.Option(None, "--max-length", min=1, help="tokens per row [default: 128]"),
-    site: Optional[str] = typer.Option(None, "--site", help="mlp.out (down-projection output) or mlp.hidden (its input)"),
-    components: Optional[int] = typer.Option(None, "--components", "-k", min=1, help="components to find [default: 10]"),
-    method: Optional[str] = typer.Option(None, "--method", help="ica or attribution [default: ica]"),
-    mode: Optional[str] = typer.Option(None, "--mode", help="global (all layers at once) or per_layer [default: global]"),
-    seed: Optional[int] = typer.Option(None, "--seed", help="seed of the ICA runs [default: 0]"),
-    layers: Optional[str] = typer.Option(None, "--layers", help="layer filter such as '0:4,9:' [default: all]"),
-    runs: Optional[int] = typer.Option(None, "--runs", min=1, help="FastICA runs in the stability consensus [default: 10]"),
-    rule: Optional[str] = typer.Option(None, "--rule", help="neuron selection: percentile, zscore or topk"),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="percentile, z value, or neurons per layer"),
-    sign: Optional[str] = typer.Option(None, "--sign", help="abs, positive or negative weights"),
-    pca_dims: Optional[int] = typer.Option(None, "--pca-dims", min=1, help="rank of the randomized PCA before ICA"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o",
+    samples: int | None = typer.Option(None, "--samples", min=1, help="rows per dataset [default: 64]"),
+    max_length: int | None = typer.Option(None, "--max-length", min=1, help="tokens per row [default: 128]"),
+    site: str | None = typer.Option(None, "--site", help="mlp.out (down-projection output) or mlp.hidden (its input)"),
+    components: int | None = typer.Option(None, "--components", "-k", min=1, help="components to find [default: 10]"),
+    method: str | None = typer.Option(None, "--method", help="ica or attribution [default: ica]"),
+    mode: str | None = typer.Option(None, "--mode", help="global (all layers at once) or per_layer [default: global]"),
+    seed: int | None = typer.Option(None, "--seed", help="seed of the ICA runs [default: 0]"),
+    layers: str | None = typer.Option(None, "--layers", help="layer filter such as '0:4,9:' [default: all]"),
+    runs: int | None = typer.Option(None, "--runs", min=1, help="FastICA runs in the stability consensus [default: 10]"),
+    rule: str | None = typer.Option(None, "--rule", help="neuron selection: percentile, zscore or topk"),
+    threshold: float | None = typer.Option(None, "--threshold", help="percentile, z value, or neurons per layer"),
+    sign: str | None = typer.Option(None, "--sign", help="abs, positive or negative weights"),
+    pca_dims: int | None = typer.Option(None, "--pca-dims", min=1, help="rank of the randomized PCA before ICA"),
+    out: Path | None = typer.Option(None, "--out", "-o",
                                        help="template file [default: ica_templates/<model>/<data>/<settings>.json]"),
-    recipe: Optional[Path] = typer.Option(None, "--recipe", help="take model, data, seed and template settings from a recipe"),
+    recipe: Path | None = typer.Option(None, "--recipe", help="take model, data, seed and template settings from a recipe"),
 ) -> None:
     """Build a template (ICA consensus over activations) and print its path last."""
     from pydantic import ValidationError

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 from fnapi.data.formats import Conversation
 from fnapi.errors import DataError

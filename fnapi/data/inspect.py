@@ -8,9 +8,10 @@ truncation shows as a cut.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from fnapi.data.formats import Conversation, DetectionReport
 from fnapi.data.loading import apply_system_prompt, read_conversations

@@ -122,7 +122,7 @@ def load_texts(source: str, *, limit: int | None = None) -> list[str]:
         return texts[:limit] if limit is not None else texts
     path = _local_file(source, TEXT_SUFFIXES, "text")
     texts = []
-    for line, row in _read_rows(path):
+    for _line, row in _read_rows(path):
         value = row.get("text") if isinstance(row, dict) else None
         if isinstance(value, str) and value.strip():
             texts.append(value.strip())

@@ -26,17 +26,18 @@ import contextlib
 import hashlib
 import json
 import threading
-from typing import Any, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 
 from fnapi.errors import DataError, TemplateError
 from fnapi.events import EventSink, stage
 from fnapi.models.registry import get_adapter
+from fnapi.networks.template import Component, Template, model_identity
 
 #: Points of the integrated-gradients path (the trapezoid rule's nodes), run as one batch per example.
 DEFAULT_STEPS = 8
-from fnapi.networks.template import Component, Template, model_identity
 
 SELECTIONS = ("most", "least")
 OBJECTIVE = "mean log-prob of answer tokens"
@@ -216,7 +217,8 @@ def _add_top_tokens(model, tokenizer, adapter, pairs, components: list[Component
         for index, (ids, _) in enumerate(pairs):
             outputs: dict[int, torch.Tensor] = {}
             handles = [adapter.down_proj(model, layer).register_forward_hook(
-                lambda module, inputs, output, layer=layer: outputs.__setitem__(layer, output.reshape(-1, output.shape[-1]).abs().float()))
+                lambda module, inputs, output, layer=layer, store=outputs: store.__setitem__(
+                    layer, output.reshape(-1, output.shape[-1]).abs().float()))
                 for layer in layers]
             try:
                 model(input_ids=torch.tensor([ids], device=next(model.parameters()).device))

@@ -115,7 +115,8 @@ class ConsensusICA(BlockDecomposition):
     ``random_state`` sets the PCA sketch and the FastICA starts. The resamples come from their own
     generator (``resample_seed``), so builds that differ only in ``random_state`` score the same
     data variability: the stability ranking is a property of the data, not of the seed, and the
-    most stable components do not swap places when two of them are nearly tied. Learned, besides the :class:`~fnapi.networks.ica.BlockDecomposition` attributes
+    most stable components do not swap places when two of them are nearly tied. Learned, besides the
+    :class:`~fnapi.networks.ica.BlockDecomposition` attributes
     (``weights_``/``filters_`` are the centrotypes'): ``stability_`` (Iq per component),
     ``cluster_size_``, ``runs_present_`` (runs that found the component), ``intra_similarity_``,
     ``extra_similarity_``, ``n_converged_`` (runs of the block that converged).

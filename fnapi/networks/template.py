@@ -20,10 +20,11 @@ import difflib
 import json
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from fnapi.errors import TemplateError
 from fnapi.paths import atomic_write_text
@@ -332,12 +333,12 @@ class Template:
         return atomic_write_text(path, self.to_json())
 
     @classmethod
-    def from_dict(cls, data: Any, source: str = "<template>") -> "Template":
+    def from_dict(cls, data: Any, source: str = "<template>") -> Template:
         """Build from a ``fnapi.template/1`` dict; errors name ``source`` and the JSON field."""
         return _parse_native(data, source)
 
     @classmethod
-    def load(cls, path: str | Path, model_info: Any = None) -> "Template":
+    def load(cls, path: str | Path, model_info: Any = None) -> Template:
         """Read a template file: the native format, the predecessor's layouts, or a LoKI list.
 
         ``model_info`` (a ``ModelInfo`` or dict) fills in the model identity and width that

@@ -8,8 +8,8 @@ networks step).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from rich.console import Group, RenderableType
 from rich.table import Table

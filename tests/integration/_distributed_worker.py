@@ -20,7 +20,7 @@ import torch
 
 from fnapi import distributed
 from fnapi.data.templating import TokenizedData
-from fnapi.masking import frozen_checksums, from_template
+from fnapi.masking import from_template, frozen_checksums
 from fnapi.models.loading import load_model
 from fnapi.networks.build import build_template
 from fnapi.recipe import TemplateSection, TrainSection

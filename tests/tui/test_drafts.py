@@ -20,7 +20,7 @@ async def test_each_next_saves_the_draft_with_its_step_and_recipe(drafts):
         await settle(pilot)
         assert drafts.list() == []  # nothing chosen yet, nothing written
         saved_steps = []
-        for expected in ("hardware", "auth", "model"):
+        for _ in ("hardware", "auth", "model"):
             await pilot.press("ctrl+n")
             await settle(pilot)
             saved = drafts.load(app.draft.id)

@@ -15,8 +15,8 @@ from textual.widgets import Input
 
 from fnapi.networks.template import Template
 from fnapi.recipe import Recipe
-from fntui.cli import main
 from fntui.app import FntuiApp
+from fntui.cli import main
 from fntui.engine import Engine
 from tests.tui.helpers import TERMINAL, TINY_MODEL, fixed_hardware, settle, text_of
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from fnapi.errors import RecipeError
 from fnapi.eval_target import ask_run
 from fnapi.models.generation import answer
 from fnapi.models.loading import load_model
 from fnapi.models.tiny import save_tiny
 from fnapi.recipe import ModelSection, Recipe
-from fnapi.errors import RecipeError
 from tests.tui.helpers import add_random_adapter
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from fnapi.data import Conversation, ProbeItem, prompt_and_answer, resolve_template
+from fnapi.data.builtin import probe_items
 from fnapi.data.templating import IGNORE_INDEX, encode
 from fnapi.evaluation import choice_logprobs, exact_match, generate_answers, score_probes, score_task
-from fnapi.data.builtin import probe_items
 from fnapi.models.registry import SUPPORTED_FAMILIES
 from fnapi.models.tiny import tiny_model, tiny_tokenizer
 

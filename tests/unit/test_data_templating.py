@@ -64,7 +64,7 @@ def test_only_assistant_answers_and_their_end_token_are_trained(tokenizer, templ
 
 def test_system_and_user_text_are_never_trained(tokenizer):
     (example,), _ = encode([TWO_TURNS], tokenizer, resolve_template(tokenizer, "auto"))
-    prompt_text = tokenizer.decode([t for t, l in zip(example.input_ids, example.labels) if l == IGNORE_INDEX])
+    prompt_text = tokenizer.decode([t for t, label in zip(example.input_ids, example.labels) if label == IGNORE_INDEX])
     for piece in ("Answer with one word.", "What is two plus two?", "And three plus three?"):
         assert piece in prompt_text
     trained_text = tokenizer.decode([t for t in example.labels if t != IGNORE_INDEX])
@@ -137,8 +137,8 @@ def test_plain_text_rows_train_every_token_and_end_with_eos(tokenizer):
     data = tokenize([Conversation(text="the river is long")], tokenizer, max_length=64, cache=False)
     ids, labels = data.input_ids[0], data.labels[0]
     assert ids[-1] == tokenizer.eos_token_id and labels[-1] == tokenizer.eos_token_id
-    assert [l for l in labels if l != IGNORE_INDEX] == [t for t, l in zip(ids, labels) if l != IGNORE_INDEX]
-    assert tokenizer.decode([t for t, l in zip(ids, labels) if l != IGNORE_INDEX]).startswith("the river is long")
+    assert [x for x in labels if x != IGNORE_INDEX] == [t for t, x in zip(ids, labels) if x != IGNORE_INDEX]
+    assert tokenizer.decode([t for t, x in zip(ids, labels) if x != IGNORE_INDEX]).startswith("the river is long")
 
 
 def test_collate_pads_with_minus_100_and_masks_attention():
@@ -159,7 +159,7 @@ def test_truncation_is_counted_and_empty_examples_dropped():
     tokenizer = tiny_pad_is_eos()
     full = tokenize([TWO_TURNS], tokenizer, max_length=1024, cache=False)
     length = len(full.input_ids[0])
-    first_trained = full.labels[0].index(next(l for l in full.labels[0] if l != IGNORE_INDEX))
+    first_trained = full.labels[0].index(next(x for x in full.labels[0] if x != IGNORE_INDEX))
     cut = tokenize([TWO_TURNS, ONE_TURN], tokenizer, max_length=length - 3, cache=False)
     assert cut.truncated == 1 and cut.dropped == 0 and len(cut.input_ids[0]) == length - 3
     gone = tokenize([TWO_TURNS], tokenizer, max_length=first_trained, cache=False)

@@ -167,8 +167,8 @@ def test_a_run_refuses_training_that_cannot_fit_and_warns_when_tight(monkeypatch
     from fnapi import hardware
     from fnapi.data.templating import TokenizedData
     from fnapi.errors import HardwareError
-    from fnapi.events import ListSink, Log
     from fnapi.estimate import training_peak
+    from fnapi.events import ListSink, Log
     from fnapi.runner import check_training_fits
 
     recipe = Recipe.from_dict({"model": {"name": "tiny"}, "train": {"batch_size": 8}})

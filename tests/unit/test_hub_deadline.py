@@ -27,7 +27,7 @@ def silent_hub(monkeypatch, tmp_path):
         while not stop.is_set():
             try:
                 conn, _ = server.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             held.append(conn)
 

@@ -11,9 +11,9 @@ from fnapi.errors import TemplateError
 from fnapi.masking import (
     NeuronMask,
     bake_lesion,
-    frozen_checksums,
     from_section,
     from_template,
+    frozen_checksums,
     mask,
     plain_state_dict,
     trainable_parameters,

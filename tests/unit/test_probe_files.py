@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from fnapi.data.probes import HELD_OUT_TEXT, load_probes, load_texts
 from fnapi.data.builtin import text_paragraphs
+from fnapi.data.probes import HELD_OUT_TEXT, load_probes, load_texts
 from fnapi.errors import DataError
 from fnapi.evaluation import choice_logprobs
 from fnapi.models.tiny import tiny_model, tiny_tokenizer

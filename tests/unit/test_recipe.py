@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from fnapi.errors import RecipeError
 from fnapi.recipe import MASK_PRESETS, Recipe, parse_layers
@@ -97,7 +98,7 @@ def test_renamed_keys_still_load():
 
 def test_recipes_are_frozen():
     recipe = Recipe()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         recipe.seed = 5  # type: ignore[misc]
 
 

@@ -7,8 +7,18 @@ import pytest
 from fnapi.models.loading import load_model
 from fnapi.models.tiny import save_tiny
 from fnapi.recipe import Recipe
-from fnapi.timing import (Rates, Sizes, TimeEstimate, estimate_template_time, estimate_time, expected_padded_length,
-                          format_duration, time_model_passes, time_stages, training_steps)
+from fnapi.timing import (
+    Rates,
+    Sizes,
+    TimeEstimate,
+    estimate_template_time,
+    estimate_time,
+    expected_padded_length,
+    format_duration,
+    time_model_passes,
+    time_stages,
+    training_steps,
+)
 
 
 @pytest.fixture(scope="module")
