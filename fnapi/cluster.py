@@ -29,9 +29,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fnapi.errors import FnapiError, HardwareError, RecipeError
+from fnapi.errors import FnapiError, HardwareError, Problem, RecipeError
 from fnapi.paths import atomic_write_text
-from fnapi.recipe import Recipe, SlurmSection, format_validation_error
+from fnapi.recipe import Recipe, SlurmSection, validation_problems
 
 #: Flags of ``fnapi slurm`` and the recipe fields they override.
 FLAG_FIELDS = {"nodes": "--nodes", "gpus_per_node": "--gpus-per-node", "processes_per_node": "--procs-per-node",
@@ -56,9 +56,9 @@ def slurm_settings(recipe: Recipe, **overrides: Any) -> SlurmSection:
     try:
         settings = SlurmSection.model_validate(values)
     except ValidationError as exc:
-        problems = format_validation_error(exc, "SLURM settings", SlurmSection).split("\n  ")[1:]
-        lines = [f"{FLAG_FIELDS.get(p.split(':')[0], '')} / distributed.slurm.{p}" for p in problems]
-        raise RecipeError("invalid SLURM settings:\n  " + "\n  ".join(lines)) from None
+        problems = [Problem(f"{FLAG_FIELDS.get(p.path, '')} / distributed.slurm.{p.path}", p.message)
+                    for p in validation_problems(exc, SlurmSection)]
+        raise RecipeError("invalid SLURM settings:\n  " + "\n  ".join(map(str, problems)), problems=problems) from None
     if settings.time is None:
         raise RecipeError("the SLURM time limit is missing",
                           "give --time HH:MM:SS (or D-HH:MM:SS), or set distributed.slurm.time in the recipe")

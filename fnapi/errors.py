@@ -7,23 +7,48 @@ as one paragraph and exits with code 2; anything else is a bug and keeps its tra
 from __future__ import annotations
 
 import errno
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from fnapi.redaction import redact
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with an input: where it is (a dotted YAML or JSON path) and what is wrong there."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
 
 
 class FnapiError(Exception):
     """Bad input or an unusable environment, explained for the user.
 
     ``message`` says what is wrong (naming the file, field or row); ``hint`` says what to do.
-    Known secrets are redacted from both.
+    ``problems`` holds the same findings with structure, one :class:`Problem` per field, so a
+    caller (the wizard) can put each beside its field without reading the text; ``field`` is the
+    path of the first. Known secrets are redacted from all of them.
     """
 
     exit_code = 2
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
+    def __init__(self, message: str, hint: str | None = None, *, problems: Sequence[Problem] = (),
+                 field: str | None = None) -> None:
         self.message = redact(message)
         self.hint = redact(hint) if hint else None
+        self.problems = tuple(Problem(p.path, redact(p.message)) for p in problems)
+        self.field = field if field is not None else (self.problems[0].path if self.problems else None)
         super().__init__(self.message if not self.hint else f"{self.message}\n{self.hint}")
+
+    @classmethod
+    def invalid(cls, source: str, problems: Sequence[Problem], what: str = "recipe",
+                hint: str | None = None) -> FnapiError:
+        """The error listing ``problems`` of ``source``: ``source: invalid recipe`` and one line each."""
+        lines = list(dict.fromkeys(str(p) for p in problems))
+        return cls(f"{source}: invalid {what}\n  " + "\n  ".join(lines), hint, problems=problems)
 
 
 class RecipeError(FnapiError):

@@ -15,27 +15,15 @@ it loads the model, so a run never fails on them minutes in.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fnapi.errors import FnapiError, RecipeError
+from fnapi.errors import FnapiError, Problem, RecipeError
 
 if TYPE_CHECKING:
     from fnapi.estimate import ModelShape
     from fnapi.networks.template import Template
     from fnapi.recipe import Recipe
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a recipe: the YAML path it is at, and what is wrong there."""
-
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
 
 
 def preflight(recipe: Recipe, *, read_model: bool = True) -> list[Problem]:
@@ -65,7 +53,7 @@ def check_recipe(recipe: Recipe, source: str = "<recipe>", *, read_model: bool =
     """Raise :class:`RecipeError` naming ``source`` and every problem :func:`preflight` finds."""
     problems = preflight(recipe, read_model=read_model)
     if problems:
-        raise RecipeError(f"{source}: invalid recipe\n  " + "\n  ".join(map(str, problems)))
+        raise RecipeError.invalid(source, problems)
 
 
 # ---- the checks ------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fnapi.errors import RecipeError
+from fnapi.errors import Problem, RecipeError
 from fnapi.paths import atomic_write_text
 from fnapi.redaction import holds_secret
 
@@ -377,7 +377,7 @@ class Recipe(Section):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise RecipeError(format_validation_error(exc, source, cls)) from None
+            raise RecipeError.invalid(source, validation_problems(exc, cls)) from None
 
     def to_dict(self, exclude_defaults: bool = False) -> dict[str, Any]:
         data = self.model_dump(mode="json", exclude_defaults=exclude_defaults)
@@ -488,9 +488,9 @@ def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     return current
 
 
-def format_validation_error(exc: ValidationError, source: str, model: type[BaseModel]) -> str:
-    """One line per problem: ``file: yaml.path: message (got value)``, with did-you-mean."""
-    lines = []
+def validation_problems(exc: ValidationError, model: type[BaseModel]) -> list[Problem]:
+    """One :class:`Problem` per pydantic error: the YAML path, and the message with did-you-mean."""
+    problems: list[Problem] = []
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal["))))
         # pydantic appends the union member's type name to the loc; drop it for readability
@@ -502,16 +502,15 @@ def format_validation_error(exc: ValidationError, source: str, model: type[BaseM
             known = list(parent.model_fields) if parent else []
             guess = difflib.get_close_matches(str(loc[-1]), known, n=1)
             hint = f"; did you mean '{guess[0]}'?" if guess else (f"; known keys: {', '.join(known)}" if known else "")
-            lines.append(f"{path}: unknown key{hint}")
+            problems.append(Problem(path, f"unknown key{hint}"))
             continue
         message = err["msg"]
         if message.startswith("Value error, "):
             message = message[len("Value error, "):]
         value = err.get("input")
         shown = "" if isinstance(value, dict) else f" (got {value!r})"
-        lines.append(f"{path}: {message}{shown}")
-    unique = list(dict.fromkeys(lines))
-    return f"{source}: invalid recipe\n  " + "\n  ".join(unique)
+        problems.append(Problem(path, f"{message}{shown}"))
+    return list(dict.fromkeys(problems))
 
 
 def _check_layer_syntax(spec: str | None) -> str | None:

@@ -44,7 +44,7 @@ def build(
     from fnapi import distributed
     from fnapi.errors import RecipeError
     from fnapi.events import console_sink
-    from fnapi.recipe import Recipe, TemplateSection, format_validation_error
+    from fnapi.recipe import Recipe, TemplateSection, validation_problems
 
     base = Recipe.from_yaml(recipe) if recipe else None
     section = (base.template if base and base.template else TemplateSection())
@@ -58,7 +58,7 @@ def build(
     try:
         section = TemplateSection.model_validate({**section.model_dump(), **overrides}, strict=False)
     except ValidationError as exc:
-        raise RecipeError(format_validation_error(exc, "command line", TemplateSection)) from None
+        raise RecipeError.invalid("command line", validation_problems(exc, TemplateSection)) from None
 
     model_spec = model or (base.model if base else EMBEDDED_MODEL)
     specs = list(data or section.data or ([base.data.path] if base else [DEFAULT_DATA]))

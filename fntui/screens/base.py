@@ -191,17 +191,18 @@ class StepScreen(Screen):
         return recipe or self.recipe
 
     def _recipe_errors(self, exc: RecipeError) -> dict[str, str]:
-        """Map each ``path: message`` line of a recipe error onto the field editing that path."""
+        """Each of the error's problems under the field editing its path (the rest in the banner)."""
         fields = list(self.query(Field))
         errors: dict[str, str] = {}
-        lines = [line.strip() for line in exc.message.splitlines()[1:]] or [exc.message]
-        for line in lines:
-            path, _, message = line.partition(": ")
+        if not exc.problems:
+            return {"": exc.message}
+        for problem in exc.problems:
+            path = problem.path
             target = next((f for f in fields if f.key and (f.key == path or f.key.startswith(path + "."))), None)
             if target is not None and target.control.id:
-                errors.setdefault(target.control.id, message or line)
+                errors.setdefault(target.control.id, problem.message)
             else:
-                errors.setdefault("", line)
+                errors.setdefault("", str(problem))
         return errors
 
     def show_errors(self, errors: dict[str, str]) -> None:

@@ -242,3 +242,22 @@ def test_set_errors_name_the_recipe_file_and_the_option(tmp_path, capsys):
     assert main(["run", str(recipe), "--set", "seed=-1", "--output", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert f"{recipe} with --set: invalid recipe" in err and "seed: Input should be greater than or equal to 0" in err
+
+
+def test_recipe_errors_carry_each_problem_with_its_path(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("version: 1\ntrain: {stepz: 3, learning_rate: -1}\n", encoding="utf-8")
+    with pytest.raises(RecipeError) as caught:
+        Recipe.from_yaml(path)
+    problems = {p.path: p.message for p in caught.value.problems}
+    assert problems == {"train.learning_rate": "Input should be greater than 0 (got -1)",
+                        "train.stepz": "unknown key; did you mean 'steps'?"}
+    assert caught.value.field == "train.learning_rate"
+    assert caught.value.message.splitlines()[0] == f"{path}: invalid recipe"
+
+
+def test_set_errors_carry_the_recipe_file_and_the_field():
+    with pytest.raises(RecipeError) as caught:
+        Recipe().replace("run.yaml with --set", **{"train.batch_size": 0})
+    assert caught.value.field == "train.batch_size"
+    assert caught.value.message.startswith("run.yaml with --set: invalid recipe")
