@@ -192,6 +192,28 @@ def hub_budget() -> float:
     return value
 
 
+def offline_flag(*also: str) -> str | None:
+    """``"HF_HUB_OFFLINE/... is set"`` when any of ``HF_HUB_OFFLINE`` and the library flags ``also``
+    (``TRANSFORMERS_OFFLINE``, ``HF_DATASETS_OFFLINE``) is set, else None."""
+    names = ("HF_HUB_OFFLINE", *also)
+    if any(os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on") for name in names):
+        return f"{'/'.join(names)} is set"
+    return None
+
+
+def hub_problem(*also: str, timeout: float = CONNECT_TIMEOUT, budget: float | None = None) -> str | None:
+    """Why the hub cannot be used now, or None: the one offline check of fnapi.
+
+    An offline flag (see :func:`offline_flag`) answers at once; otherwise the hub must answer
+    within ``timeout``/``budget`` (:func:`hub_reachable`), so an offline machine learns it in
+    seconds rather than after a minute of HTTP retries.
+    """
+    flag = offline_flag(*also)
+    if flag:
+        return flag
+    return hub_reachable(timeout) if budget is None else hub_reachable(timeout, budget=budget)
+
+
 def hub_reachable(timeout: float = CONNECT_TIMEOUT, budget: float | None = None) -> str | None:
     """None when the hub answers an HTTP request in time, else the reason it counts as offline.
 
@@ -263,9 +285,10 @@ def validate_token(status: TokenStatus, timeout: float = 3.0) -> ValidationResul
 
     if not status.found:
         return result("missing", "no token to check")
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        return result("offline", "HF_HUB_OFFLINE is set, so the hub was not contacted")
-    problem = hub_reachable(min(CONNECT_TIMEOUT, timeout), budget=timeout)
+    flag = offline_flag()
+    if flag:
+        return result("offline", f"{flag}, so the hub was not contacted")
+    problem = hub_problem(timeout=min(CONNECT_TIMEOUT, timeout), budget=timeout)
     if problem:
         return result("offline", problem)
     answer: dict = {}

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fnapi.errors import FnapiError, ModelError
+from fnapi.errors import FnapiError
 
 MiB = 2**20
 #: Resident memory of a Python process with torch, transformers, peft and fnapi loaded (CPU build).
@@ -229,26 +229,9 @@ def shape_of(model: Any, name: str) -> ModelShape:
 
 
 def _read_config(name: str, trust_remote_code: bool) -> Any:
-    from transformers import AutoConfig
+    from fnapi.models.source import ModelSource
 
-    from fnapi.models import loading
-
-    hint = "Give a local model folder, a .gguf file, or download the model first; the estimate reads only its config."
-    try:
-        if name.lower() == loading.EMBEDDED_MODEL:
-            folder = loading.embedded_cache_dir()
-            if (folder / "config.json").is_file():
-                return AutoConfig.from_pretrained(folder, local_files_only=True)
-            gguf = loading.embedded_gguf_path()
-            return AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        path = Path(name).expanduser()
-        if path.is_file() and path.suffix.lower() == ".gguf":
-            return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
-        return AutoConfig.from_pretrained(name, local_files_only=True, trust_remote_code=trust_remote_code)
-    except FnapiError:
-        raise
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"model {name}: cannot read its config offline ({type(exc).__name__}: {exc})", hint) from None
+    return ModelSource.parse(name, trust_remote_code=trust_remote_code).config()
 
 
 # ---- the terms -------------------------------------------------------------------------------------
@@ -452,9 +435,11 @@ def _token_counts(recipe: Any, shape: ModelShape, read_data: bool) -> tuple[dict
         return counts, ["token counts are upper bounds (samples x max_length, max_length)"]
     try:
         from fnapi.data import load_data, tokenize
-        from fnapi.data.tokenizer import load_tokenizer
+        from fnapi.models.source import ModelSource
 
-        tokenizer = load_tokenizer(recipe.model.name)
+        model = recipe.model
+        tokenizer = ModelSource.parse(model.name, revision=model.revision,
+                                      trust_remote_code=model.trust_remote_code).tokenizer()
         if specs:
             counts.update(capture_counts(specs, section, tokenizer))
         data = load_data(recipe.data, seed=recipe.seed)

@@ -32,7 +32,7 @@ def preflight(recipe: Recipe, *, read_model: bool = True) -> list[Problem]:
     ``read_model`` reads the model's config (offline, no weights) to check layer filters and the
     template against the model's shape; a config that cannot be read offline skips those checks.
     """
-    problems = _data_problems(recipe) + _evaluation_problems(recipe)
+    problems = _model_problems(recipe) + _data_problems(recipe) + _evaluation_problems(recipe)
     template = None
     if recipe.template is not None and recipe.template.path:
         template, problem = _read_template(recipe.template.path)
@@ -57,6 +57,16 @@ def check_recipe(recipe: Recipe, source: str = "<recipe>", *, read_model: bool =
 
 
 # ---- the checks ------------------------------------------------------------------------------------
+
+def _model_problems(recipe: Recipe) -> list[Problem]:
+    from fnapi.models.source import ModelSource
+
+    try:
+        ModelSource.parse(recipe.model.name).require_model_folder()
+    except FnapiError as exc:
+        return [Problem("model.name", exc.message)]
+    return []
+
 
 def _data_problems(recipe: Recipe) -> list[Problem]:
     from fnapi.data.formats import ROLES, canonical_format

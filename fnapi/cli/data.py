@@ -37,7 +37,7 @@ def inspect(
     In plain output trained tokens are inside ⟦ ⟧; on a terminal they are highlighted instead.
     """
     from fnapi.data.inspect import inspect_data, render_text
-    from fnapi.data.tokenizer import load_tokenizer
+    from fnapi.models.source import load_tokenizer
 
     tokenizer = load_tokenizer(model)
     preview = inspect_data(path, tokenizer, tokenizer_name=model, format=format, fields=_parse_fields(fields),

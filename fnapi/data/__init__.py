@@ -39,7 +39,7 @@ from fnapi.data.templating import (
     resolve_template,
     tokenize,
 )
-from fnapi.data.tokenizer import load_tokenizer
+from fnapi.models.source import load_tokenizer
 
 __all__ = [
     "BUILTINS", "FORMATS", "IGNORE_INDEX", "TEMPLATES", "apply_system_prompt",

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import random
 import re
 from dataclasses import dataclass
@@ -455,9 +454,8 @@ def _read_hub(dataset_id: str) -> dict[str, RawSplit]:
     """Splits of a hub dataset; offline machines fail within about two seconds."""
     from fnapi import auth
 
-    offline = any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-                  for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-    problem = "HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set" if offline else auth.hub_reachable()
+    offline = auth.offline_flag("HF_DATASETS_OFFLINE")
+    problem = offline or auth.hub_problem()
     hint = ("Use a local file or folder, or one of builtin:skill, builtin:probes, builtin:text. "
             "A dataset already in the local Hugging Face cache loads with HF_DATASETS_OFFLINE=1.")
     if problem and not offline:

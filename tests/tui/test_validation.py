@@ -75,7 +75,7 @@ async def test_missing_model_path_is_shown_at_once_and_a_failed_load_stays_inlin
     async with app.run_test(size=TERMINAL) as pilot:
         await settle(pilot)
         await enter(pilot, "model-spec", "./models/missing")
-        assert error_of(app.screen, "model-spec") == "no such file or folder: ./models/missing"
+        assert error_of(app.screen, "model-spec") == "model path ./models/missing does not exist"
         await pilot.press("ctrl+n")
         await settle(pilot)
         assert app.draft.step == "model"

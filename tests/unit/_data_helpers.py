@@ -83,7 +83,7 @@ def write_parquet(path: Path, rows: list[dict]) -> Path:
 @functools.lru_cache(maxsize=1)
 def smollm_tokenizer():
     """The embedded model's tokenizer (pad == eos == <|im_end|>), loaded once per session."""
-    from fnapi.data.tokenizer import load_tokenizer
+    from fnapi.models.source import load_tokenizer
 
     return load_tokenizer("smollm2-135m-instruct")
 

@@ -245,7 +245,9 @@ def test_detect_table_shows_cpu_cores_and_reasons(fake_machine, capsys, tmp_path
 
 def test_detect_refuses_a_model_it_cannot_read_offline(fake_machine, capsys, tmp_path):
     assert main(["detect", "--model", str(tmp_path / "nowhere")]) == 2
-    assert "cannot read its config offline" in capsys.readouterr().err
+    assert f"model path {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
+    assert main(["detect", "--model", "nobody/not-in-the-cache"]) == 2
+    assert "model nobody/not-in-the-cache: cannot read its config offline" in capsys.readouterr().err
 
 
 def test_detect_counts_parameters_from_a_local_config(fake_machine, tmp_path, capsys):

@@ -35,7 +35,7 @@ def machine(monkeypatch):
     """Set the faked machine with ``machine(cuda=..., bnb=...)``; records what the loader would load."""
     loads = []
 
-    def fake_load(name, revision, options, progress):
+    def fake_load(source, options, progress):
         loads.append(options)
         return tiny_model("llama"), tiny_tokenizer(), "fake:"
 
@@ -54,7 +54,7 @@ def machine(monkeypatch):
 def test_no_cuda_refuses_before_loading_anything(machine, kind):
     loads = machine(cuda=False, bnb=True)
     with pytest.raises(HardwareError) as info:
-        load_model(ModelSection(name="any", quantization=kind))
+        load_model(ModelSection(name="org/any", quantization=kind))
     assert "needs a CUDA GPU" in info.value.message and "no CUDA device is visible" in info.value.message
     assert "model.quantization: none" in info.value.hint
     assert loads == []
@@ -63,14 +63,14 @@ def test_no_cuda_refuses_before_loading_anything(machine, kind):
 def test_cuda_without_bitsandbytes_says_how_to_install(machine):
     loads = machine(cuda=True, bnb=False)
     with pytest.raises(HardwareError, match="bitsandbytes is not installed") as info:
-        load_model(ModelSection(name="any", quantization="4bit"))
+        load_model(ModelSection(name="org/any", quantization="4bit"))
     assert "pip install" in info.value.hint
     assert loads == []
 
 
 def test_4bit_on_a_gpu_uses_the_qlora_settings(machine):
     loads = machine(cuda=True, bnb=True)
-    load_model(ModelSection(name="any", quantization="4bit"))
+    load_model(ModelSection(name="org/any", quantization="4bit"))
     (options,) = loads
     config = options["quantization_config"]
     assert config.load_in_4bit and config.bnb_4bit_quant_type == "nf4" and config.bnb_4bit_use_double_quant
@@ -83,7 +83,7 @@ def test_8bit_and_each_process_on_its_own_gpu(machine, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
-    load_model(ModelSection(name="any", quantization="8bit", dtype="float16"))
+    load_model(ModelSection(name="org/any", quantization="8bit", dtype="float16"))
     (options,) = loads
     assert options["quantization_config"].load_in_8bit
     assert options["device_map"] == {"": "cuda:1"}
@@ -92,7 +92,7 @@ def test_8bit_and_each_process_on_its_own_gpu(machine, monkeypatch):
 def test_quantization_on_an_explicit_cpu_device_is_refused(machine):
     machine(cuda=True, bnb=True)
     with pytest.raises(HardwareError, match="runs on a CUDA GPU, but model.device is cpu"):
-        load_model(ModelSection(name="any", quantization="4bit", device="cpu"))
+        load_model(ModelSection(name="org/any", quantization="4bit", device="cpu"))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
