@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from fnapi.data.formats import Conversation
 from fnapi.data.templating import IGNORE_INDEX, collate, encode, prompt_and_answer, resolve_template
 from fnapi.errors import DataError
+from fnapi.models.runtime import eval_mode, pad_id
 
 if TYPE_CHECKING:
     import torch
@@ -50,24 +51,24 @@ def generate_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     import torch
 
     prompts = [prompt_and_answer(c, tokenizer, chat_template)[0] for c in conversations]
-    pad_id = _pad_id(tokenizer)
+    pad = pad_id(tokenizer)
     stop_ids = _stop_ids(model, tokenizer)
     device = _device(model)
     answers: list[str] = [""] * len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths pad less
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for start in range(0, len(order), batch_size):
             batch = order[start: start + batch_size]
             width = max(len(prompts[i]) for i in batch)
             # Left padding: every prompt ends at the last column, where generation continues.
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
             attention = torch.zeros((len(batch), width), dtype=torch.long)
             for row, i in enumerate(batch):
                 input_ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
                 attention[row, width - len(prompts[i]):] = 1
             output = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
                                     max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                    eos_token_id=stop_ids, pad_token_id=pad_id,
+                                    eos_token_id=stop_ids, pad_token_id=pad,
                                     temperature=None, top_p=None, top_k=None)
             for row, i in enumerate(batch):
                 answers[i] = tokenizer.decode(output[row, width:], skip_special_tokens=True).strip()
@@ -131,12 +132,12 @@ def choice_logprobs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
         group = encoded[start: start + len(item.choices)]
         start += len(item.choices)
         groups.append(_Plan(group))
-    pad, device = _pad_id(tokenizer), _device(model)
+    pad, device = pad_id(tokenizer), _device(model)
     # Items of similar lengths share a batch, so little padding runs through the model.
     order = sorted(range(len(groups)), key=lambda i: (groups[i].rest_width, groups[i].shared))
     result: list[list[float]] = [[] for _ in groups]
     shared_prompts = all(plan.shared > 0 for plan in groups)
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         prefix = _common_prefix(model, groups, device) if shared_prompts else None
         for first in range(0, len(order), batch_size):
             batch = [groups[i] for i in order[first: first + batch_size]]
@@ -346,10 +347,6 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-
 def _stop_ids(model, tokenizer) -> list[int]:
     """Every id that ends an answer: the tokenizer's eos, the model's generation eos ids, and
     ``<|im_end|>`` when it is a token (the ChatML fallback ends turns with it)."""
@@ -360,17 +357,3 @@ def _stop_ids(model, tokenizer) -> list[int]:
     if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
         ids.add(im_end)
     return sorted(i for i in ids if i is not None)
-
-
-class _eval_mode:
-    """Put a model in eval mode for a block and restore its training flag afterwards."""
-
-    def __init__(self, model) -> None:
-        self.model = model
-
-    def __enter__(self) -> None:
-        self.was_training = self.model.training
-        self.model.eval()
-
-    def __exit__(self, *exc) -> None:
-        self.model.train(self.was_training)

@@ -186,7 +186,7 @@ def time_model_passes(model: Any, *, rows: int, length: int, full: bool = False)
     """
     import torch
 
-    from fnapi.evaluation import _eval_mode
+    from fnapi.models.runtime import eval_mode
 
     length = max(int(length), 2)
     vocab = int(model.get_input_embeddings().weight.shape[0])
@@ -204,7 +204,7 @@ def time_model_passes(model: Any, *, rows: int, length: int, full: bool = False)
         loss = model(inputs_embeds=embeds).logits.float().logsumexp(-1).mean()
         loss.backward()
 
-    with _eval_mode(model):
+    with eval_mode(model):
         forward_seconds = _best_of(forward)
         try:
             for p in model.parameters():

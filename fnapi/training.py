@@ -54,6 +54,7 @@ from fnapi.masking import NeuronMask, frozen_checksums, plain_state_dict
 from fnapi.masking import bake_lesion as bake_lesion_into
 from fnapi.masking import mask as apply_mask
 from fnapi.models.registry import get_adapter, linear_module_names
+from fnapi.models.runtime import pad_id, quiet_progress_bars
 from fnapi.paths import atomic_write_text
 from fnapi.recipe import TrainSection
 from fnapi.rundir import CHECKPOINT_STATE_FILE as STATE_FILE
@@ -144,7 +145,7 @@ def train(loaded_or_model: Any, tokenizer: Any, train_data: Any, eval_data: Any,
     checkpoint = _find_resume_point(root, identity, resume, sink)
     started = time.monotonic()
 
-    with _no_progress_bars(), stage(sink, "train", total=_planned_steps(train_section, len(train_data)), unit="step",
+    with quiet_progress_bars(), stage(sink, "train", total=_planned_steps(train_section, len(train_data)), unit="step",
                                     cancel=cancel, description=f"{train_section.method} fine-tuning") as progress:
         torch.manual_seed(seed)  # the LoRA initialisation depends on it
         model = _prepare_model(model, train_section)
@@ -165,7 +166,7 @@ def train(loaded_or_model: Any, tokenizer: Any, train_data: Any, eval_data: Any,
             args=arguments,
             train_dataset=train_data,
             eval_dataset=eval_data,
-            data_collator=functools.partial(collate, pad_token_id=_pad_id(tokenizer)),
+            data_collator=functools.partial(collate, pad_token_id=pad_id(tokenizer)),
             callbacks=callbacks,
         )
         trainer.remove_callback(PrinterCallback)  # events replace its prints
@@ -248,13 +249,6 @@ def _unpack(loaded_or_model: Any, tokenizer: Any) -> tuple[Any, Any, str]:
     if tokenizer is None:
         raise ModelError("train() needs a tokenizer when it is given a bare model")
     return loaded_or_model, tokenizer, weight_fingerprint(loaded_or_model)
-
-
-def _pad_id(tokenizer: Any) -> int:
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad is None:
-        raise ModelError("the tokenizer has neither a pad nor an eos token, so batches cannot be padded")
-    return pad
 
 
 def _planned_steps(section: TrainSection, examples: int) -> int:
@@ -386,20 +380,6 @@ def _lora_targets(model: Any, targets: list[str] | str) -> list[str]:
         return list(targets)
     names = linear_module_names(model)
     return [t for t in get_adapter(model).lora_targets if t in names]
-
-
-@contextlib.contextmanager
-def _no_progress_bars() -> Iterator[None]:
-    # Saving prints tqdm bars ("Writing model shards"); progress is reported through events instead.
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 @contextlib.contextmanager

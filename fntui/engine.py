@@ -13,8 +13,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fnapi.errors import FnapiError
-
 if TYPE_CHECKING:
     from fnapi.auth import TokenStatus, ValidationResult
     from fnapi.data.inspect import DataPreview
@@ -22,7 +20,7 @@ if TYPE_CHECKING:
     from fnapi.events import EventSink
     from fnapi.hardware import HardwareReport
     from fnapi.models.loading import LoadedModel, ModelInfo
-    from fnapi.networks.template import Comparison, Template
+    from fnapi.networks.template import Template, TemplateOverlap
     from fnapi.recipe import DataSection, ModelSection, Recipe, TemplateSection
     from fnapi.sizing import Recommendation
     from fnapi.timing import TimeEstimate
@@ -38,13 +36,8 @@ PREVIEW_EXAMPLES = 3
 
 def default_run_function() -> RunFunction:
     """``fnapi.runner.run``, imported when a run starts (it pulls in torch)."""
-    try:
-        from fnapi.runner import run
-    except ModuleNotFoundError as exc:
-        if exc.name != "fnapi.runner":
-            raise
-        raise FnapiError("this fnapi has no run engine yet (fnapi.runner is missing)",
-                         hint="Update fnapi; the recipe is saved and can be replayed later.") from None
+    from fnapi.runner import run
+
     return run
 
 
@@ -210,7 +203,7 @@ class Engine:
             warnings += template.check_compatible(info)
         return template, warnings
 
-    def compare_templates(self, a: Template, b: Template) -> Comparison:
+    def compare_templates(self, a: Template, b: Template) -> TemplateOverlap:
         from fnapi.networks.template import compare
 
         return compare(a, b)

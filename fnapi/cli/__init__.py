@@ -42,13 +42,7 @@ def _root(
 COMMAND_MODULES = ("run", "recipe", "hardware", "auth", "model", "data", "template", "study", "compare", "evaluate", "cluster")
 
 for _name in COMMAND_MODULES:
-    try:
-        _module = importlib.import_module(f"fnapi.cli.{_name}")
-    except ModuleNotFoundError as _exc:
-        if _exc.name != f"fnapi.cli.{_name}":
-            raise
-        continue
-    _module.register(app)
+    importlib.import_module(f"fnapi.cli.{_name}").register(app)
 
 
 def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:

@@ -8,7 +8,6 @@ this group when the module exists.
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
@@ -131,11 +130,7 @@ def _spread(per_layer: dict[int, int]) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    try:
-        build = importlib.import_module("fnapi.cli.template_build")
-    except ModuleNotFoundError as exc:
-        if exc.name != "fnapi.cli.template_build":
-            raise
-    else:
-        build.register(template_app)
+    from fnapi.cli import template_build
+
+    template_build.register(template_app)
     app.add_typer(template_app, name="template")

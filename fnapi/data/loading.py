@@ -100,7 +100,7 @@ def load_data(section: DataSection, *, seed: int) -> LoadedData:
         test = test[:cap] if test is not None else None
     if section.system_prompt:
         apply_system_prompt([*train, *validation, *(test or [])], section.system_prompt)
-    return LoadedData(name=_data_name(section.path), train=train, validation=validation, test=test, report=report,
+    return LoadedData(name=dataset_name(section.path), train=train, validation=validation, test=test, report=report,
                       max_samples=section.max_samples)
 
 
@@ -222,10 +222,11 @@ def _canonical_split(name: str) -> str:
     return lowered
 
 
-def _data_name(spec: str) -> str:
+def dataset_name(spec: str) -> str:
+    """A short name for a data spec: ``builtin:skill`` -> ``skill``, ``data/train.jsonl`` -> ``train``."""
     if spec.startswith(BUILTIN_PREFIX):
         return spec[len(BUILTIN_PREFIX):]
-    path = Path(spec)
+    path = Path(spec.rstrip("/"))
     return path.stem if path.suffix else (path.name or spec)
 
 

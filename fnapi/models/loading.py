@@ -37,6 +37,7 @@ from fnapi import distributed
 from fnapi.errors import HardwareError, ModelError, OfflineError
 from fnapi.events import EventSink, StageProgress, stage
 from fnapi.models.registry import ArchitectureAdapter, get_adapter, unwrap_model
+from fnapi.models.runtime import quiet_progress_bars
 from fnapi.models.source import EMBEDDED_MODEL, ModelSource, hub_problem
 from fnapi.paths import atomic_write_text, cache_dir
 
@@ -140,7 +141,7 @@ def load_model(spec: str | ModelSection | ModelSource, *, dtype: str | None = No
         options["quantization_config"] = quantization_config(quantization, torch_dtype)
         options["device_map"] = {"": device}
 
-    with stage(sink, "model", cancel=cancel, description=name) as progress, _no_progress_bars():
+    with stage(sink, "model", cancel=cancel, description=name) as progress, quiet_progress_bars():
         model, tokenizer, origin = _load(source, options, progress)
         progress.advance(message="weights loaded")
         if quantization == "none":
@@ -498,18 +499,3 @@ def _ensure_pad_token(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel
         model.config.pad_token_id = tokenizer.pad_token_id
         if model.generation_config is not None:
             model.generation_config.pad_token_id = tokenizer.pad_token_id
-
-
-@contextlib.contextmanager
-def _no_progress_bars() -> Iterator[None]:
-    """Hide transformers' own progress bars while loading (our events report progress). Its
-    warnings stay on: they say when a checkpoint lacks weights."""
-    from transformers.utils import logging
-
-    enabled = logging.is_progress_bar_enabled()
-    logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            logging.enable_progress_bar()

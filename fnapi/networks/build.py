@@ -262,17 +262,12 @@ def default_template_path(model_name: str, data_specs: Sequence[str], section: T
     >>> str(default_template_path("smollm2-135m-instruct", ["builtin:text"], TemplateSection(), 0))
     'ica_templates/smollm2-135m-instruct/text/ica-mlp.out-global-k10-seed0.json'
     """
+    from fnapi.data.loading import dataset_name
+
     model = _slug(Path(model_name.rstrip("/")).name if Path(model_name).exists() else model_name.replace("/", "--"))
-    data = "+".join(_slug(_data_name(spec)) for spec in data_specs)[:80] or "data"
+    data = "+".join(_slug(dataset_name(spec)) for spec in data_specs)[:80] or "data"
     name = f"{section.method}-{section.site}-{section.mode}-k{section.components}-seed{seed}.json"
     return Path(root) / model / data / name
-
-
-def _data_name(spec: str) -> str:
-    if spec.startswith("builtin:"):
-        return spec[len("builtin:"):]
-    path = Path(spec.rstrip("/"))
-    return path.stem if path.suffix else path.name
 
 
 def _slug(text: str) -> str:

@@ -30,6 +30,7 @@ import torch
 from fnapi.errors import DataError, TemplateError
 from fnapi.events import EventSink, stage
 from fnapi.models.registry import ArchitectureAdapter, get_adapter
+from fnapi.models.runtime import eval_mode
 from fnapi.networks.ica import NeuronLayout
 
 SITES = ("mlp.out", "mlp.hidden")
@@ -177,7 +178,7 @@ def capture_activations(model: torch.nn.Module, sequences: Sequence[Sequence[int
 
     with stage(sink, "capture", total=len(batches), unit="batch", cancel=cancel,
                description=f"{n_rows} tokens x {len(layers)} layers x {width} ({site})") as progress, \
-            _eval_mode(model), torch.inference_mode(), \
+            eval_mode(model), torch.inference_mode(), \
             site_hooks(model, adapter, layers, site, store):
         row = 0
         for batch in batches:
@@ -275,16 +276,6 @@ def batch_plan(sequences: Sequence[Sequence[int]], *, max_length: int | None = N
         else:
             batches.append([i])
     return batches
-
-
-@contextlib.contextmanager
-def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def _maybe_autocast(dtype: torch.dtype | None, device: torch.device):

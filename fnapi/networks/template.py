@@ -409,7 +409,7 @@ def iou(a: Mapping[int, list[int]], b: Mapping[int, list[int]]) -> float:
 
 
 @dataclass
-class Comparison:
+class TemplateOverlap:
     """How the components of template ``a`` overlap those of template ``b``.
 
     ``iou[i][j]`` is the IoU of ``a``'s i-th and ``b``'s j-th component; ``best_matches`` gives,
@@ -434,7 +434,7 @@ class Comparison:
         }
 
 
-def compare(a: Template, b: Template) -> Comparison:
+def compare(a: Template, b: Template) -> TemplateOverlap:
     """Pairwise IoU of two templates' components; they must share site and width."""
     if a.site != b.site or not _widths_agree(a, b):
         raise TemplateError(
@@ -455,7 +455,7 @@ def compare(a: Template, b: Template) -> Comparison:
         else:
             best.append({"component": ca.id, "match": None, "iou": 0.0})
     mean = sum(m["iou"] for m in best) / len(best) if best else 0.0
-    return Comparison(a.component_ids, b.component_ids, matrix, best, mean, warnings)
+    return TemplateOverlap(a.component_ids, b.component_ids, matrix, best, mean, warnings)
 
 
 def _widths_agree(a: Template, b: Template) -> bool:
