@@ -402,9 +402,10 @@ def estimate_recipe(recipe: Any, *, device: str | None = None, memory: int | Non
     if section is not None and not section.path and section.method == "ica":
         from fnapi.networks.ica import default_pca_dims
         from fnapi.recipe import parse_layers
+        from fnapi.sites import site
 
         layers = len(parse_layers(section.layers, shape.num_layers))
-        width = shape.hidden if section.site == "mlp.out" else shape.intermediate
+        width = site(section.site).width(shape)
         capture = capture_terms(shape, rows=counts["capture_rows"], layers=layers, width=width,
                                 batch_tokens=counts["capture_batch_tokens"], batch_size=counts["capture_batch_size"],
                                 longest=counts["capture_longest"], runtime=runtime, weights=weights)

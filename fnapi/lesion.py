@@ -54,6 +54,7 @@ import numpy as np
 from fnapi.errors import TemplateError
 from fnapi.events import EventSink, stage
 from fnapi.masking import NeuronMask, mask
+from fnapi.sites import site
 
 MEASURES = ("accuracy", "logprob")
 #: Random lesions per component by default: the fewest that still give each component a spread.
@@ -199,7 +200,7 @@ def lesion_study(loaded: Any, template: Any, *, components: Sequence[int] | None
     if not chosen:
         raise TemplateError("the template has no components to lesion")
     warnings = list(template.check_compatible(loaded.info) or [])
-    width = loaded.info.hidden_size if template.site == "mlp.out" else loaded.info.intermediate_size
+    width = site(template.site).width(loaded.info)
     model, tokenizer = loaded.model, loaded.tokenizer
     items = probe_items(probe_samples)
     percent = {row["id"]: row["percent"] for row in template.summary_rows()}

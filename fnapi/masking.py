@@ -74,8 +74,8 @@ from torch.nn.utils import parametrize
 from fnapi.errors import TemplateError, UnsupportedArchitectureError
 from fnapi.models.registry import ArchitectureAdapter, get_adapter
 from fnapi.recipe import MASK_PRESETS, parse_layers
+from fnapi.sites import SITES, site
 
-SITES = ("mlp.out", "mlp.hidden")
 ABLATE_CHOICES = ("none", "selected", "unselected")
 TRAIN_CHOICES = ("all", "selected", "unselected")
 
@@ -294,8 +294,7 @@ def resolve(model: nn.Module, template_or_mask: Any, *, components: list[int] | 
         spec = NeuronMask(site or "mlp.out", template_or_mask, *_preset_switches(preset or "none"))
         return spec.with_switches(ablate=ablate, train=train).restrict(layers, num_layers)
     template = template_or_mask
-    hidden, intermediate = _site_widths(adapter, model)
-    template.check_compatible({"num_layers": num_layers, "hidden_size": hidden, "intermediate_size": intermediate})
+    template.check_compatible({"num_layers": num_layers, **_model_widths(adapter, model)})
     if components is None:
         raise TemplateError("masking with a template needs components: a list of component ids or 'stable'",
                             f"the template has components {template.component_ids}")
@@ -324,10 +323,10 @@ def _features(module: nn.Module) -> tuple[int, int]:
     return int(base.in_features), int(base.out_features)
 
 
-def _site_widths(adapter: ArchitectureAdapter, model: nn.Module) -> tuple[int, int]:
-    """(hidden, intermediate): widths of ``mlp.out`` and ``mlp.hidden``."""
+def _model_widths(adapter: ArchitectureAdapter, model: nn.Module) -> dict[str, int]:
+    """``hidden_size`` and ``intermediate_size`` as the down-projection has them (its out and in features)."""
     in_features, out_features = _features(adapter.down_proj(model, 0))
-    return out_features, in_features
+    return {"hidden_size": out_features, "intermediate_size": in_features}
 
 
 def _lora_pairs(module: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
@@ -384,8 +383,7 @@ def _plan(model: nn.Module, spec: NeuronMask) -> _Plan:
     """Work out hooks and freezing for ``spec`` on ``model`` without changing anything."""
     adapter = get_adapter(model)
     num_layers = adapter.num_layers(model)
-    hidden, intermediate = _site_widths(adapter, model)
-    width = hidden if spec.site == "mlp.out" else intermediate
+    width = site(spec.site).width(_model_widths(adapter, model))
     if spec.width is not None and spec.width != width:
         raise TemplateError(f"mask was made for width {spec.width} at {spec.site} but the model has width {width} there")
     outside = [layer for layer in spec.layers if layer >= num_layers]
@@ -469,8 +467,10 @@ class _NeuronBlock:
 
 
 def _neuron_blocks(adapter: ArchitectureAdapter, model: nn.Module, layer: int, down: nn.Module,
-                   site: str) -> list[_NeuronBlock]:
-    if site == "mlp.out":
+                   name: str) -> list[_NeuronBlock]:
+    """The weights a site's neurons are: the down-projection's rows at a site that reads its output;
+    its input columns and the rows of every projection producing them at a site that reads its input."""
+    if site(name).reads_output:
         return [_NeuronBlock(down, out_side=True)]
     producers = _producers(adapter, model, layer, down)
     if not producers:
@@ -501,16 +501,10 @@ class _ZeroChannels:
     def __init__(self, drop: torch.Tensor) -> None:
         self.drop = drop
 
-    def _apply(self, tensor: torch.Tensor) -> torch.Tensor:
+    def apply(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.drop.device != tensor.device:
             self.drop = self.drop.to(tensor.device)
         return tensor.masked_fill(self.drop, 0)
-
-    def output(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        return self._apply(output)
-
-    def input(self, module: nn.Module, args: tuple) -> tuple:
-        return (self._apply(args[0]),) + tuple(args[1:])
 
 
 class AppliedMask:
@@ -530,12 +524,9 @@ class AppliedMask:
 
     def install(self) -> AppliedMask:
         """Register the ablation hooks and the training restriction."""
+        where = site(self.mask.site)
         for module, drop in self._plan.hooks:
-            hook = _ZeroChannels(drop)
-            if self.mask.site == "mlp.out":
-                self._handles.append(module.register_forward_hook(hook.output))
-            else:
-                self._handles.append(module.register_forward_pre_hook(hook.input))
+            self._handles.append(where.observe(module, _ZeroChannels(drop).apply))
         for param in self._plan.freeze:
             self._freeze(param)
         frozen_whole = {id(p) for p in self._plan.freeze}
@@ -694,8 +685,8 @@ def bake_lesion(model: nn.Module, spec: NeuronMask) -> None:
     ``mlp.hidden``: its input columns (and LoRA A columns). Call it outside :func:`mask`.
     """
     adapter = get_adapter(model)
-    hidden, intermediate = _site_widths(adapter, model)
-    width = hidden if spec.site == "mlp.out" else intermediate
+    where = site(spec.site)
+    width = where.width(_model_widths(adapter, model))
     for layer in spec.layers:
         channels = spec.ablated(layer, width)
         if not channels:
@@ -707,7 +698,7 @@ def bake_lesion(model: nn.Module, spec: NeuronMask) -> None:
         index = torch.tensor(channels, dtype=torch.long, device=base.weight.device)
         out_dim = 1 if _is_conv1d(base) else 0
         with torch.no_grad():
-            if spec.site == "mlp.out":
+            if where.reads_output:
                 base.weight.index_fill_(out_dim, index, 0)
                 if base.bias is not None:
                     base.bias.index_fill_(0, index, 0)

@@ -25,13 +25,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from fnapi.errors import Problem, RecipeError
 from fnapi.paths import atomic_write_text
 from fnapi.redaction import holds_secret
+from fnapi.sites import SITE_NAMES
 
 RECIPE_VERSION = 1
 
 MaskPreset = Literal["none", "lesion", "preserve", "protect", "target"]
 Ablate = Literal["none", "selected", "unselected"]
 TrainWhich = Literal["all", "selected", "unselected"]
-Site = Literal["mlp.out", "mlp.hidden"]
+SiteName = Literal[SITE_NAMES]  # the names fnapi.sites defines
 
 #: Named presets and the two switches they set. ``none`` leaves the model unmasked.
 MASK_PRESETS: dict[str, tuple[str, str]] = {
@@ -115,7 +116,7 @@ class TemplateSection(Section):
                                                        "(same shapes); refused otherwise")
     method: Literal["ica", "attribution"] = "ica"
     mode: Literal["global", "per_layer"] = "global"
-    site: Site = "mlp.out"
+    site: SiteName = "mlp.out"
     layers: str | None = Field(None, description='layer filter such as "0:4,9:" (default: all)')
 
     @field_validator("layers")

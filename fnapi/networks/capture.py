@@ -32,8 +32,8 @@ from fnapi.events import EventSink, stage
 from fnapi.models.registry import ArchitectureAdapter, get_adapter
 from fnapi.models.runtime import eval_mode
 from fnapi.networks.ica import NeuronLayout
+from fnapi.sites import site as site_of
 
-SITES = ("mlp.out", "mlp.hidden")
 #: Tokens per forward batch (sequences x padded length); bounds the model's working memory.
 BATCH_TOKENS = 4096
 
@@ -73,44 +73,31 @@ class _StopForward(Exception):
     """Raised by the last needed block's hook so that nothing after it runs."""
 
 
-def site_width(adapter: ArchitectureAdapter, model: torch.nn.Module, site: str) -> int:
-    """Neurons per layer at ``site``."""
-    check_site(site)
-    return adapter.hidden_size(model) if site == "mlp.out" else adapter.intermediate_size(model)
-
-
-def check_site(site: str) -> None:
-    if site not in SITES:
-        raise TemplateError(f"site {site!r} is unknown; use mlp.out (down-projection output) or mlp.hidden (its input)")
+def site_width(adapter: ArchitectureAdapter, model: torch.nn.Module, name: str) -> int:
+    """Neurons per layer at site ``name``."""
+    return site_of(name).width({"hidden_size": adapter.hidden_size(model),
+                             "intermediate_size": adapter.intermediate_size(model)})
 
 
 @contextlib.contextmanager
-def site_hooks(model: torch.nn.Module, adapter: ArchitectureAdapter, layers: Sequence[int], site: str,
+def site_hooks(model: torch.nn.Module, adapter: ArchitectureAdapter, layers: Sequence[int], name: str,
                store: Callable[[int, torch.Tensor], None], *, stop_after_last: bool = True) -> Iterator[None]:
-    """Call ``store(slot, activation)`` for each chosen layer's site during a forward pass.
+    """Call ``store(slot, activation)`` for each chosen layer's site ``name`` during a forward pass.
 
     ``slot`` is the position of the layer in ``layers``. With ``stop_after_last`` the hook of the
     last layer raises :class:`_StopForward` (catch it around the forward call). Hooks are removed on
     exit, whatever happened inside.
     """
+    where = site_of(name)
     handles = []
     last = max(layers)
     try:
         for slot, layer in enumerate(layers):
-            module = adapter.down_proj(model, layer)
-            stop = stop_after_last and layer == last
-            if site == "mlp.out":
-                def out_hook(_module, _inputs, output, slot=slot, stop=stop):
-                    store(slot, output)
-                    if stop:
-                        raise _StopForward
-                handles.append(module.register_forward_hook(out_hook))
-            else:
-                def in_hook(_module, inputs, slot=slot, stop=stop):
-                    store(slot, inputs[0])
-                    if stop:
-                        raise _StopForward
-                handles.append(module.register_forward_pre_hook(in_hook))
+            def see(activations, slot=slot, stop=stop_after_last and layer == last):
+                store(slot, activations)
+                if stop:
+                    raise _StopForward
+            handles.append(where.observe(adapter.down_proj(model, layer), see))
         yield
     finally:
         for handle in handles:
@@ -134,7 +121,7 @@ def capture_activations(model: torch.nn.Module, sequences: Sequence[Sequence[int
     ``batches`` (lists of indices into ``sequences``, see :func:`batch_plan`) captures only those
     batches, in that order, instead of every sequence grouped by length.
     """
-    check_site(site)
+    site_of(site)  # an unknown site is refused before any work
     adapter = adapter or get_adapter(model)
     num_layers = adapter.num_layers(model)
     layers = sorted({int(layer) for layer in (range(num_layers) if layers is None else layers)})

@@ -28,9 +28,9 @@ from typing import Any, Literal
 
 from fnapi.errors import TemplateError
 from fnapi.paths import atomic_write_text
+from fnapi.sites import SITES, site
 
 TEMPLATE_FORMAT = "fnapi.template/1"
-SITES = ("mlp.out", "mlp.hidden")
 METHODS = ("ica", "attribution", "imported")
 
 #: Layer -> sorted channel indices at the template's site.
@@ -151,6 +151,7 @@ class Template:
             raise TemplateError(f"format: unsupported template format {self.format!r}; this fnapi reads {TEMPLATE_FORMAT!r}")
         if self.site not in SITES:
             raise TemplateError(f"site: {self.site!r} is not a site; use one of {', '.join(SITES)}")
+        where = SITES[self.site]
         if not _is_int(self.width) or self.width <= 0:
             raise TemplateError(f"width: must be a positive integer (got {self.width!r})")
         if not _is_int(self.num_layers) or self.num_layers <= 0:
@@ -161,7 +162,7 @@ class Template:
         model_layers = self.model.get("num_layers")
         if model_layers is not None and model_layers != self.num_layers:
             raise TemplateError(f"model.num_layers: {model_layers} disagrees with num_layers {self.num_layers}")
-        size_key = "hidden_size" if self.site == "mlp.out" else "intermediate_size"
+        size_key = where.dimension
         model_width = self.model.get(size_key)
         if model_width is not None and model_width != self.width:
             raise TemplateError(f"model.{size_key}: {model_width} disagrees with width {self.width} at {self.site}")
@@ -190,7 +191,7 @@ class Template:
         warning (for example a fine-tuned copy of the same base model).
         """
         num_layers = _info(info, "num_layers")
-        width = _site_width(info, self.site)
+        width = site(self.site).width(info)
         inferred = set(self.method.get("inferred", ()))
         # An imported file only tells us lower bounds for what it did not record.
         layers_ok = self.num_layers <= num_layers if "num_layers" in inferred else self.num_layers == num_layers
@@ -376,10 +377,6 @@ def model_identity(info: Any) -> dict[str, Any]:
     """The ``model`` block of a template from a ``ModelInfo`` (or dict with the same keys)."""
     return {key: _info(info, key, None)
             for key in ("name", "architecture", "num_layers", "hidden_size", "intermediate_size", "fingerprint")}
-
-
-def _site_width(info: Any, site: str) -> int:
-    return _info(info, "hidden_size" if site == "mlp.out" else "intermediate_size")
 
 
 _MISSING = object()
