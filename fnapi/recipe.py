@@ -489,14 +489,22 @@ def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     return current
 
 
+def _dotted(loc: tuple) -> str:
+    """``("eval", "probes", 0)`` -> ``eval.probes[0]``: keys joined by dots, list positions in brackets."""
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "(top level)"
+
+
 def validation_problems(exc: ValidationError, model: type[BaseModel]) -> list[Problem]:
     """One :class:`Problem` per pydantic error: the YAML path, and the message with did-you-mean."""
     problems: list[Problem] = []
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal["))))
         # pydantic appends the union member's type name to the loc; drop it for readability
-        loc = tuple(p for p in loc if p not in ("list[int]", "str", "int", "float", "bool", "dict[str,str]"))
-        path = ".".join(str(p) for p in loc) or "(top level)"
+        loc = tuple(p for p in loc if p not in ("list[int]", "str", "int", "float", "bool", "dict[str,str]", "[key]"))
+        path = _dotted(loc)
         kind = err["type"]
         if kind == "extra_forbidden":
             parent = _model_at(model, loc[:-1])

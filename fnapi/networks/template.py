@@ -16,7 +16,6 @@ lists (see ``LEGACY_FORMATS``), marking them as imported and warning that the mo
 from __future__ import annotations
 
 import copy
-import difflib
 import json
 import re
 import secrets
@@ -24,21 +23,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, ConfigDict, Field, ValidationError
 
 from fnapi.errors import TemplateError
 from fnapi.paths import atomic_write_text
+from fnapi.recipe import Section, SiteName, validation_problems
 from fnapi.sites import SITES, site
 
 TEMPLATE_FORMAT = "fnapi.template/1"
-METHODS = ("ica", "attribution", "imported")
 
 #: Layer -> sorted channel indices at the template's site.
 NeuronSets = dict[int, list[int]]
 
-_TOP_KEYS = ("format", "site", "width", "num_layers", "layers", "model", "method", "data", "created",
-             "warnings", "components")
-_COMPONENT_KEYS = ("id", "stability", "stats", "neurons")
 # Stats recomputed from the neurons on every save; a hand-edited file cannot make them disagree.
 _DERIVED_STATS = ("size", "per_layer")
 UNKNOWN_MODEL_WARNING = (
@@ -463,80 +461,89 @@ def _widths_agree(a: Template, b: Template) -> bool:
 
 # ---- native parsing -------------------------------------------------------------------------------
 
-def _parse_native(data: Any, source: str) -> Template:
-    def fail(where: str, message: str, hint: str | None = None) -> TemplateError:
-        return TemplateError(f"{source}: {where}: {message}", hint)
+class _Provenance(Section):
+    """An open block of provenance (``model``, ``data``, ``method``): its known keys are typed,
+    the rest kept as written."""
 
+    model_config = ConfigDict(extra="allow")
+
+
+class _ModelBlock(_Provenance):
+    name: str | None = None
+    architecture: str | None = None
+    fingerprint: str | None = None
+    num_layers: int | None = None
+    hidden_size: int | None = None
+    intermediate_size: int | None = None
+
+
+class _MethodBlock(_Provenance):
+    name: Literal["ica", "attribution", "imported"] | None = None  # how the components were found
+
+
+def _layer_key(key: str) -> str:
+    if not key.isdigit():
+        raise ValueError("layer key must be a layer index such as '3'")
+    return key
+
+
+class _TopToken(_Provenance):
+    """One of a component's top tokens (``token``, ``context``, ``activation``, ...)."""
+
+
+class _ComponentStats(_Provenance):
+    top_tokens: list[_TopToken] = []
+
+
+class ComponentFile(Section):
+    """One component as ``template.json`` stores it."""
+
+    id: int
+    neurons: dict[Annotated[str, AfterValidator(_layer_key)], list[Annotated[int, Field(ge=0)]]]
+    stability: float | None = None
+    stats: _ComponentStats = Field(default_factory=_ComponentStats)
+
+
+class TemplateFile(Section):
+    """``template.json`` (format ``fnapi.template/1``) as a strict model: types, required fields and
+    unknown keys are checked here; what spans fields (layers, widths, ids) by :class:`Template`."""
+
+    format: Literal["fnapi.template/1"]
+    site: SiteName
+    width: int = Field(gt=0)
+    num_layers: int = Field(gt=0)
+    layers: list[Annotated[int, Field(ge=0)]] = []
+    model: _ModelBlock = Field(default_factory=_ModelBlock)
+    method: _MethodBlock = Field(default_factory=_MethodBlock)
+    data: _Provenance = Field(default_factory=_Provenance)
+    created: str = ""
+    warnings: list[str] = []
+    components: list[ComponentFile]
+
+
+def _parse_native(data: Any, source: str) -> Template:
     if not isinstance(data, dict):
         raise TemplateError(f"{source}: a template is a JSON object, got {_kind(data)}")
     fmt = data.get("format")
     if fmt != TEMPLATE_FORMAT:
         newer = isinstance(fmt, str) and fmt.startswith("fnapi.template/")
-        raise fail("format", f"unsupported template format {fmt!r}; this fnapi reads {TEMPLATE_FORMAT!r}",
-                   "upgrade fnapi to read it" if newer else None)
-    for key in data:
-        if key not in _TOP_KEYS:
-            raise fail(key, "unknown field" + _did_you_mean(key, _TOP_KEYS))
-    for key in ("site", "width", "num_layers", "components"):
-        if key not in data:
-            raise fail(key, "required field is missing")
-    if data["site"] not in SITES:
-        raise fail("site", f"{data['site']!r} is not a site; use one of {', '.join(SITES)}")
-    for key in ("width", "num_layers"):
-        if not _is_int(data[key]) or data[key] <= 0:
-            raise fail(key, f"must be a positive integer (got {data[key]!r})")
-    layers = data.get("layers", [])
-    if not isinstance(layers, list) or not all(_is_int(x) for x in layers):
-        raise fail("layers", f"must be a list of layer indices (got {_kind(layers)})")
-    for key in ("model", "method", "data"):
-        if not isinstance(data.get(key, {}), dict):
-            raise fail(key, f"must be an object (got {_kind(data[key])})")
-    _check_optional_types(data.get("model", {}), "model", fail,
-                          str_keys=("name", "architecture", "fingerprint"),
-                          int_keys=("num_layers", "hidden_size", "intermediate_size"))
-    method = data.get("method", {})
-    if "name" in method and method["name"] not in METHODS:
-        raise fail("method.name", f"{method['name']!r} is not a method; use one of {', '.join(METHODS)}")
-    created = data.get("created", "")
-    if not isinstance(created, str):
-        raise fail("created", f"must be an ISO time string (got {_kind(created)})")
-    warnings = data.get("warnings", [])
-    if not isinstance(warnings, list) or not all(isinstance(w, str) for w in warnings):
-        raise fail("warnings", "must be a list of strings")
-    if not isinstance(data["components"], list):
-        raise fail("components", f"must be a list of components (got {_kind(data['components'])})")
-    components = [_parse_component(raw, f"components[{i}]", fail) for i, raw in enumerate(data["components"])]
+        raise TemplateError(f"{source}: format: unsupported template format {fmt!r}; this fnapi reads "
+                            f"{TEMPLATE_FORMAT!r}", "upgrade fnapi to read it" if newer else None)
+    try:
+        parsed = TemplateFile.model_validate(data)
+    except ValidationError as exc:
+        raise TemplateError.invalid(source, validation_problems(exc, TemplateFile), what="template") from None
+    components = [Component(c.id, {int(layer): channels for layer, channels in c.neurons.items()}, c.stability,
+                            c.stats.model_dump(exclude_unset=True)) for c in parsed.components]
     try:
         return Template(
-            site=data["site"], width=data["width"], num_layers=data["num_layers"], layers=layers,
-            components=components, model=data.get("model", {}), method=method, data=data.get("data", {}),
-            created=created, warnings=warnings,
+            site=parsed.site, width=parsed.width, num_layers=parsed.num_layers, layers=list(parsed.layers),
+            components=components, model=parsed.model.model_dump(exclude_unset=True),
+            method=parsed.method.model_dump(exclude_unset=True), data=parsed.data.model_dump(exclude_unset=True),
+            created=parsed.created, warnings=list(parsed.warnings),
         )
     except TemplateError as exc:
         raise TemplateError(f"{source}: {exc.message}", exc.hint) from None
-
-
-def _parse_component(raw: Any, where: str, fail) -> Component:
-    if not isinstance(raw, dict):
-        raise fail(where, f"a component is an object, got {_kind(raw)}")
-    for key in raw:
-        if key not in _COMPONENT_KEYS:
-            raise fail(f"{where}.{key}", "unknown field" + _did_you_mean(key, _COMPONENT_KEYS))
-    for key in ("id", "neurons"):
-        if key not in raw:
-            raise fail(f"{where}.{key}", "required field is missing")
-    if not _is_int(raw["id"]):
-        raise fail(f"{where}.id", f"must be an integer (got {raw['id']!r})")
-    stability = raw.get("stability")
-    if stability is not None and not _is_number(stability):
-        raise fail(f"{where}.stability", f"must be a number or null (got {stability!r})")
-    stats = raw.get("stats", {})
-    if not isinstance(stats, dict):
-        raise fail(f"{where}.stats", f"must be an object (got {_kind(stats)})")
-    top = stats.get("top_tokens", [])
-    if not isinstance(top, list) or not all(isinstance(t, dict) for t in top):
-        raise fail(f"{where}.stats.top_tokens", "must be a list of {token, context, activation} objects")
-    return Component(raw["id"], _parse_sets(raw["neurons"], f"{where}.neurons", fail), stability, stats)
 
 
 def _parse_sets(raw: Any, where: str, fail, key_prefix: str = "") -> NeuronSets:
@@ -559,15 +566,6 @@ def _check_channels(channels: Any, where: str, fail) -> None:
     for position, channel in enumerate(channels):
         if not _is_int(channel) or channel < 0:
             raise fail(f"{where}[{position}]", f"channel index must be a non-negative integer (got {channel!r})")
-
-
-def _check_optional_types(block: dict, name: str, fail, str_keys=(), int_keys=()) -> None:
-    for key in str_keys:
-        if block.get(key) is not None and not isinstance(block[key], str):
-            raise fail(f"{name}.{key}", f"must be a string (got {block[key]!r})")
-    for key in int_keys:
-        if block.get(key) is not None and not _is_int(block[key]):
-            raise fail(f"{name}.{key}", f"must be an integer (got {block[key]!r})")
 
 
 # ---- legacy import ------------------------------------------------------------------------------
@@ -704,11 +702,6 @@ def _is_number(value: Any) -> bool:
 def _kind(value: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
         type(value), type(value).__name__)
-
-
-def _did_you_mean(key: str, known: tuple[str, ...]) -> str:
-    guess = difflib.get_close_matches(key, known, n=1)
-    return f"; did you mean '{guess[0]}'?" if guess else f"; known fields: {', '.join(known)}"
 
 
 def _id_list(ids: list[int]) -> str:

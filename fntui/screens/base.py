@@ -197,7 +197,7 @@ class StepScreen(Screen):
         if not exc.problems:
             return {"": exc.message}
         for problem in exc.problems:
-            path = problem.path
+            path = problem.path.split("[", 1)[0]  # eval.probes[0] is edited by the eval.probes field
             target = next((f for f in fields if f.key and (f.key == path or f.key.startswith(path + "."))), None)
             if target is not None and target.control.id:
                 errors.setdefault(target.control.id, problem.message)

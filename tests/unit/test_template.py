@@ -95,8 +95,10 @@ def test_strict_errors_name_file_and_field(tmp_path, mutate, field):
     path = _write(tmp_path, data)
     with pytest.raises(TemplateError) as info:
         Template.load(path)
-    assert str(path) in info.value.message
-    assert f": {field}" in info.value.message
+    message = info.value.message
+    assert str(path) in message
+    # "file: field: why" for one problem, or "file: invalid template" then one "  field: why" line each
+    assert f"{path}: {field}:" in message or f"\n  {field}:" in message, message
 
 
 def test_unreadable_files_are_template_errors(tmp_path):
@@ -322,3 +324,15 @@ def test_overlaps_list_every_pair_that_shares_neurons_most_shared_first():
         Component(0, {0: [1, 2, 3], 1: [4]}), Component(1, {0: [2, 3], 1: [4, 5]}), Component(2, {1: [5]}),
         Component(3, {0: [7]})])
     assert template.overlaps() == [(0, 1, 3, 3 / 5), (1, 2, 1, 1 / 4)]
+
+
+def test_template_errors_carry_every_problem_with_its_path(tmp_path):
+    data = make_template().to_dict()
+    data["widht"] = 3
+    data["components"][0]["neurons"]["x"] = [1]
+    data["components"][1]["stability"] = "high"
+    with pytest.raises(TemplateError) as info:
+        Template.load(_write(tmp_path, data))
+    paths = [problem.path for problem in info.value.problems]
+    assert sorted(paths) == ["components[0].neurons.x", "components[1].stability", "widht"]
+    assert "did you mean 'width'?" in info.value.message
