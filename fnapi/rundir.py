@@ -20,11 +20,13 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fnapi.errors import RecipeError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fnapi.errors import RecipeError, StorageError
 from fnapi.paths import atomic_write_text
-from fnapi.recipe import Recipe
+from fnapi.recipe import Recipe, validation_problems
 
 RECIPE_FILE = "recipe.yaml"
 FINISHED_MARKER = "finished.json"
@@ -111,9 +113,38 @@ def _candidate(base: Path) -> Path:
     return candidate
 
 
+class CheckpointState(BaseModel):
+    """``fnapi_state.json``, the last file written into a checkpoint: the step, the losses so far and
+    the run's identity (train section, seed, mask, data and model fingerprints, written by
+    :mod:`fnapi.training`). The keys resuming reads are typed; the identity's others are kept as
+    written, so a checkpoint of an older fnapi still reads."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
+
+    format: str
+    step: int = Field(ge=0)
+    seed: int
+    losses: list[Annotated[list[float], Field(min_length=2, max_length=2)]] = []
+    task_checks: list[Any] = []
+
+
 def read_checkpoint_state(checkpoint: Path) -> dict:
-    """The state file of one checkpoint: run identity, step, losses (format owned by training)."""
-    return json.loads((checkpoint / CHECKPOINT_STATE_FILE).read_text(encoding="utf-8"))
+    """The state file of one checkpoint, checked; a damaged one is a :class:`StorageError` naming it
+    and the way out, not a traceback halfway into a resume."""
+    path = checkpoint / CHECKPOINT_STATE_FILE
+    hint = (f"delete {checkpoint} to resume from the checkpoint before it, or run into a new output folder")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise StorageError(f"{path}: cannot be read ({type(exc).__name__}: {exc})", hint) from None
+    try:
+        CheckpointState.model_validate(data)
+    except ValidationError as exc:
+        raise StorageError.invalid(str(path), validation_problems(exc, CheckpointState),
+                                   what="checkpoint state", hint=hint) from None
+    return data
 
 
 def resume_point(recipe: Recipe, output: str | Path | None = None) -> tuple[Path, int] | None:

@@ -17,7 +17,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import Button, DataTable, RichLog, Static
 
-from fnapi.errors import CancelledError
+from fnapi.errors import CancelledError, FnapiError
 from fnapi.events import Log, Metric, RunCancelled, RunFailed, RunFinished, RunStarted
 from fnapi.recipe import Recipe
 from fntui.messages import EngineEvent, MessageSink, WorkDone
@@ -129,7 +129,7 @@ class RunScreen(StepScreen):
         try:
             saved = read_checkpoint_state(folder / "checkpoints" / f"checkpoint-{step}")
             losses = [(float(s), float(v)) for s, v in saved.get("losses", [])]
-        except (OSError, ValueError, TypeError):
+        except (OSError, ValueError, TypeError, FnapiError):
             losses = []
         plot = self.query_one("#loss-plot", LossPlot)
         for point_step, value in losses:

@@ -283,3 +283,22 @@ def test_a_second_run_on_the_same_base_and_evaluation_data_reuses_the_base_score
     third = run(changed, sink=sink, output=tmp_path / "c")
     assert not any("reused" in getattr(e, "message", "") for e in sink.events)
     assert third.report.probes.samples == 10
+
+
+@pytest.mark.parametrize("damage, says", [
+    ('{"format": "fnapi.train-state/1", "step": 2', "cannot be read (JSONDecodeError"),
+    ('{"format": "fnapi.train-state/1", "step": "two", "seed": 0}', "step: Input should be a valid integer"),
+])
+def test_a_damaged_checkpoint_state_is_named_on_resume(tmp_path, tiny_dir, damage, says):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    recipe = Recipe.from_yaml(_recipe(tmp_path, tiny_dir)).replace(**{"output.dir": str(run_dir)})
+    recipe.to_yaml(run_dir / "recipe.yaml")  # an interrupted run: its recipe, and a checkpoint
+    checkpoint = run_dir / "checkpoints" / "checkpoint-2"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "fnapi_state.json").write_text(damage)
+    out = subprocess.run([sys.executable, "-m", "fnapi", "run", str(run_dir / "recipe.yaml")],
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert f"{checkpoint / 'fnapi_state.json'}" in out.stderr and says in out.stderr
+    assert f"delete {checkpoint} to resume from the checkpoint before it" in out.stderr
