@@ -18,13 +18,47 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from fnapi.errors import FnapiError, RecipeError
 from fnapi.paths import atomic_write_text, cache_dir
-from fnapi.recipe import Recipe
+from fnapi.recipe import Recipe, validation_problems
 
 DRAFT_FORMAT = "fntui.draft/1"
+
+
+class WizardChoices(BaseModel):
+    """What the wizard remembers that is not part of a recipe: the screens read and set these
+    fields, checked on every assignment, and the draft file stores them."""
+
+    # Keys an older wizard wrote and this one no longer reads are dropped rather than refused:
+    # a draft is a convenience, and refusing it would lose the recipe it holds.
+    model_config = ConfigDict(extra="ignore", strict=True, validate_assignment=True)
+
+    apply_hardware: bool = True  # Hardware step: apply the recommended settings
+    recipe_path: str | None = None  # where the final recipe file goes
+    template_mode: Literal["build", "load", "none"] | None = None
+    template_path: str | None = None  # the template built or loaded on the Template step
+    mask_none_chosen: bool = False  # "no mask" picked on purpose on the Training step
+    train_prefilled: bool = False  # batch and accumulation were prefilled for this machine
+    save_steps_set: bool = False  # the checkpoint interval was edited (it follows Steps until then)
+    run_dir: str | None = None  # the run started from this draft
+    run_recipe: str | None = None  # fingerprint of the recipe that run used
+    run_estimate: dict[str, Any] | None = None  # the time estimate shown before Start
+
+
+class DraftState(BaseModel):
+    """``<id>.json``: where the wizard is in a draft."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    format: Literal["fntui.draft/1"]
+    id: str
+    step: str = "welcome"
+    updated: str = ""
+    extras: WizardChoices = WizardChoices()
 
 
 @dataclass
@@ -34,7 +68,7 @@ class Draft:
     id: str
     recipe: Recipe = field(default_factory=Recipe)
     step: str = "welcome"
-    extras: dict[str, Any] = field(default_factory=dict)
+    choices: WizardChoices = field(default_factory=WizardChoices)
     updated: str = ""
 
 
@@ -71,9 +105,9 @@ class DraftStore:
         """Write the draft's recipe, then its state; return the recipe file."""
         draft.updated = self.now().isoformat(timespec="seconds")
         path = draft.recipe.to_yaml(self.recipe_path(draft.id))
-        state = {"format": DRAFT_FORMAT, "id": draft.id, "step": draft.step, "updated": draft.updated,
-                 "extras": draft.extras}
-        atomic_write_text(self.state_path(draft.id), json.dumps(state, indent=2) + "\n")
+        state = DraftState(format=DRAFT_FORMAT, id=draft.id, step=draft.step, updated=draft.updated,
+                           extras=draft.choices)
+        atomic_write_text(self.state_path(draft.id), state.model_dump_json(indent=2) + "\n")
         return path
 
     def load(self, draft_id: str) -> Draft:
@@ -88,11 +122,14 @@ class DraftStore:
         if not isinstance(state, dict) or state.get("format") != DRAFT_FORMAT:
             raise DraftError(f"{state_file} is not an fntui draft (format {DRAFT_FORMAT!r} expected)")
         try:
+            parsed = DraftState.model_validate(state)
+        except ValidationError as exc:
+            raise DraftError.invalid(str(state_file), validation_problems(exc, DraftState), what="draft") from None
+        try:
             recipe = Recipe.from_yaml(self.recipe_path(draft_id))
         except RecipeError as exc:
             raise DraftError(f"draft {draft_id}: {exc.message}") from None
-        return Draft(id=draft_id, recipe=recipe, step=str(state.get("step", "welcome")),
-                     extras=dict(state.get("extras") or {}), updated=str(state.get("updated", "")))
+        return Draft(id=draft_id, recipe=recipe, step=parsed.step, choices=parsed.extras, updated=parsed.updated)
 
     def list(self) -> list[Draft]:
         """Readable drafts, most recently saved first (damaged ones are left out)."""

@@ -26,6 +26,7 @@ from fntui.widgets.step_bar import StepBar
 
 if TYPE_CHECKING:
     from fntui.app import FntuiApp
+    from fntui.drafts import WizardChoices
 
 
 def describe_error(error: BaseException) -> str:
@@ -149,8 +150,8 @@ class StepScreen(Screen):
         return self.app.draft.recipe
 
     @property
-    def extras(self) -> dict[str, Any]:
-        return self.app.draft.extras
+    def choices(self) -> WizardChoices:
+        return self.app.draft.choices
 
     # ---- validation -----------------------------------------------------------------------
     def changes(self, form: Form) -> dict[str, Any]:

@@ -71,7 +71,7 @@ class HardwareScreen(StepScreen):
         yield Static("Looking at this machine…", id="devices")
         yield Static("", id="recommendation")
         yield Checkbox("Use the recommended device, data type and quantization", id="apply", compact=True,
-                       value=bool(self.app.draft.extras.get("apply_hardware", True)))
+                       value=self.app.draft.choices.apply_hardware)
         yield Static("", id="apply-effect", markup=False)
 
     def load(self) -> None:
@@ -92,7 +92,7 @@ class HardwareScreen(StepScreen):
         if self.advance_after_detection:
             recipe = self.validate(show_all=True)
             if recipe is not None:
-                self.extras["apply_hardware"] = True
+                self.choices.apply_hardware = True
                 self.app.advance(recipe)
 
     def edited(self, control: Any) -> None:
@@ -126,5 +126,5 @@ class HardwareScreen(StepScreen):
             self.advance_after_detection = True
             self.set_status("still looking at this machine…")
             return None
-        self.extras["apply_hardware"] = apply
+        self.choices.apply_hardware = apply
         return recipe

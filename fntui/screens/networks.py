@@ -49,7 +49,7 @@ class NetworksScreen(StepScreen):
                        value=mask.components == "stable")
         yield Field("How many", Input(str(mask.top_stable), id="top-stable", compact=True), key="mask.top_stable")
         picked = mask.components if isinstance(mask.components, list) else []
-        title = self.app.draft.extras.get("template_path") or (self.app.draft.recipe.template.path or "template")
+        title = self.app.draft.choices.template_path or (self.app.draft.recipe.template.path or "template")
         yield TemplateView(self.template, title=str(title), selectable=True, selected=picked, id="networks-view")
         yield Label("", id="picked")
 
@@ -112,6 +112,6 @@ class NetworksScreen(StepScreen):
             chosen = {"mask.components": picked}
         # Networks picked with no mask would train unmasked while the user believes otherwise: picking
         # them sets protect (the quickstart's kind of mask); going back to none is a choice on Training.
-        if self.app.draft.recipe.mask.preset == "none" and not self.extras.get("mask_none_chosen"):
+        if self.app.draft.recipe.mask.preset == "none" and not self.choices.mask_none_chosen:
             chosen["mask.preset"] = "protect"
         return chosen

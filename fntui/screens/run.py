@@ -44,7 +44,7 @@ class RunScreen(StepScreen):
         self.state = "ready"  # ready | running | cancelling | finished | cancelled | failed
 
     def compose_body(self) -> ComposeResult:
-        path = self.app.draft.extras.get("recipe_path", "recipe.yaml")
+        path = (self.app.draft.choices.recipe_path or "recipe.yaml")
         yield Static(f"Recipe {path} · replay it headless any time: fntui replay {path}", id="run-recipe",
                      markup=False)
         yield Static("", id="run-estimate", markup=False)
@@ -60,13 +60,13 @@ class RunScreen(StepScreen):
         table.add_column("value", key="value")
         table.add_column("step", key="step")
         self.query_one("#loss-plot", LossPlot).border_title = "training loss"
-        extras = self.app.draft.extras
-        if extras.get("run_dir"):
-            if extras.get("run_recipe") == self.app.draft.recipe.fingerprint():
+        choices = self.app.draft.choices
+        if choices.run_dir:
+            if choices.run_recipe == self.app.draft.recipe.fingerprint():
                 self.state = "finished"
             else:  # the recipe changed since that run: its results are not this recipe's
-                extras.pop("run_dir", None)
-                extras.pop("run_recipe", None)
+                choices.run_dir = None
+                choices.run_recipe = None
         if self.state == "ready":
             self._show_resume_point()
         self._show_state()
@@ -97,12 +97,12 @@ class RunScreen(StepScreen):
         self._stop_measuring()
         if self.estimating.is_set():  # the run started first: its line says so
             return
-        self.app.draft.extras["run_estimate"] = {"recipe": recipe.fingerprint(), **estimate.to_dict()}
+        self.app.draft.choices.run_estimate = {"recipe": recipe.fingerprint(), **estimate.to_dict()}
         self.app.save_draft()
         self._show_saved_estimate()
 
     def _show_saved_estimate(self) -> None:
-        saved = self.app.draft.extras.get("run_estimate") or {}
+        saved = self.app.draft.choices.run_estimate or {}
         if saved.get("recipe") == self.app.draft.recipe.fingerprint():
             from fnapi.timing import TimeEstimate
 
@@ -222,8 +222,8 @@ class RunScreen(StepScreen):
     def _finished(self, message: WorkDone) -> None:
         result = message.result
         self.app.session.run_result = result
-        self.app.draft.extras["run_dir"] = str(result.run_dir)
-        self.app.draft.extras["run_recipe"] = self.app.draft.recipe.fingerprint()
+        self.app.draft.choices.run_dir = str(result.run_dir)
+        self.app.draft.choices.run_recipe = self.app.draft.recipe.fingerprint()
         self.app.save_draft()
         self.state = "finished"
         self.query_one(ProgressPane).note(f"Finished: results in {result.run_dir}. Next shows the summary.")
@@ -241,7 +241,7 @@ class RunScreen(StepScreen):
             return False
         if isinstance(error, CancelledError):
             self.state = "cancelled"
-            path = self.app.draft.extras.get("recipe_path", "recipe.yaml")
+            path = (self.app.draft.choices.recipe_path or "recipe.yaml")
             self.query_one(ProgressPane).note(
                 f"Cancelled: {error.message}. Next resumes from there, or later: fntui replay {path}")
             handled = True

@@ -73,19 +73,19 @@ class SummaryScreen(StepScreen):
     HINT = "What the run changed. The recipe replays headless and gives the same result."
 
     def compose_body(self) -> ComposeResult:
-        extras = self.app.draft.extras
-        if extras.get("run_dir") and extras.get("run_recipe") not in (None, self.app.draft.recipe.fingerprint()):
+        choices = self.app.draft.choices
+        if choices.run_dir and choices.run_recipe not in (None, self.app.draft.recipe.fingerprint()):
             yield Static(Text("The recipe changed since the last run, so its results are not shown. "
                               "Go back to Run to run this recipe."), id="report")
             return
-        run_dir = Path(extras.get("run_dir", ""))
+        run_dir = Path(choices.run_dir or "")
         report = self._report(run_dir)
-        saved = extras.get("run_estimate") or {}
+        saved = choices.run_estimate or {}
         estimated = saved.get("seconds") if saved.get("recipe") == self.app.draft.recipe.fingerprint() else None
         yield Static(report_view(report, estimated) if report else Text("No report found in the run folder."),
                      id="report")
         yield Static(files_view(run_dir), id="files")
-        path = extras.get("recipe_path", "recipe.yaml")
+        path = (choices.recipe_path or "recipe.yaml")
         yield Static(Text.assemble(("Replay headless: ", "bold"), f"fntui replay {path}",
                                    ("   (or fnapi run ", "dim"), (f"{path}", "dim"), (")", "dim")), id="replay")
         yield Static(Text.assemble(("On a cluster: ", "bold"), f"fnapi slurm {path} --time 04:00:00 --submit",
@@ -133,7 +133,7 @@ class SummaryScreen(StepScreen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="ask")
     def ask(self, prompt: str) -> None:
-        answers = self.app.engine.ask_run(self.app.draft.extras["run_dir"], prompt)
+        answers = self.app.engine.ask_run(self.app.draft.choices.run_dir, prompt)
         self.app.call_from_thread(self._answered, answers)
 
     def _answered(self, answers: Any) -> None:

@@ -68,7 +68,7 @@ class TemplateScreen(StepScreen):
     def compose_body(self) -> ComposeResult:
         recipe = self.app.draft.recipe
         section = recipe.template
-        mode = self.app.draft.extras.get("template_mode") or ("load" if section and section.path else "build")
+        mode = self.app.draft.choices.template_mode or ("load" if section and section.path else "build")
         with RadioSet(id="template-mode"):
             for name, label in MODES:
                 yield RadioButton(label, name=name, value=name == mode)
@@ -204,7 +204,7 @@ class TemplateScreen(StepScreen):
         # A template built (or loaded) for exactly these settings goes into the recipe by path.
         session = self.app.session
         if recipe is not None and self._mode() == "build" and session.template_key == self.key(recipe):
-            recipe = recipe.replace(**{"template.path": self.app.draft.extras.get("template_path")})
+            recipe = recipe.replace(**{"template.path": self.app.draft.choices.template_path})
         return recipe, errors
 
     def known_problems(self, recipe: Recipe) -> dict[str, str]:
@@ -217,10 +217,10 @@ class TemplateScreen(StepScreen):
     async def before_next(self, recipe: Recipe) -> Recipe | None:
         if recipe.template is None:
             self.app.session.template = None
-            self.app.draft.extras["template_mode"] = "none"
+            self.app.draft.choices.template_mode = "none"
             return recipe
         if self.app.session.template_key == self.key(recipe):
-            self.app.draft.extras["template_mode"] = self._mode()
+            self.app.draft.choices.template_mode = self._mode()
             return recipe
         if self.working is None:
             self.start(recipe)
@@ -284,12 +284,12 @@ class TemplateScreen(StepScreen):
         template, path, warnings = message.result
         session = self.app.session
         session.template, session.template_key, session.template_warnings = template, message.key, tuple(warnings)
-        self.app.draft.extras["template_path"] = str(path)
+        self.app.draft.choices.template_path = str(path)
         self._show_template(template, warnings)
         self.validate()
 
     def _show_template(self, template: Any, warnings: tuple[str, ...] | list[str]) -> None:
-        path = self.app.draft.extras.get("template_path", "")
+        path = (self.app.draft.choices.template_path or "")
         scored = [c.stability for c in template.components if c.stability is not None]
         stable = f"; {sum(s >= 0.8 for s in scored)} with stability ≥ 0.8" if scored else ""
         lines = [f"✓ {len(template.components)} components in {path}{stable}. Next: pick networks."]

@@ -86,7 +86,7 @@ class TrainingScreen(StepScreen):
         yield Static(self.mask_words(recipe.mask.preset), id="mask-words", markup=False)
         yield Field("Run name", Input(recipe.name, id="run-name", compact=True), key="name",
                     help="names the run folder (letters, digits, . _ -)")
-        default_path = self.app.draft.extras.get("recipe_path") or f"{recipe.name}.yaml"
+        default_path = self.app.draft.choices.recipe_path or f"{recipe.name}.yaml"
         yield Field("Recipe file", Input(default_path, id="recipe-path", compact=True),
                     help="written when you press Next; replay it with fntui replay or fnapi run")
         with Collapsible(title="Advanced: schedule, LoRA, checkpoints, seed", id="advanced"):
@@ -127,9 +127,9 @@ class TrainingScreen(StepScreen):
 
     def load(self) -> None:
         self.query_one("#method", Select).focus()
-        if not self.extras.get("save_steps_set"):
+        if not self.choices.save_steps_set:
             self._follow_steps()
-        if not self.extras.get("train_prefilled"):
+        if not self.choices.train_prefilled:
             self.query_one("#prefill-note", Static).update(
                 "Working out the batch size for this machine and model (the model loads first if it is not "
                 "loaded)…")
@@ -154,7 +154,7 @@ class TrainingScreen(StepScreen):
         batch.value, accumulation.value = str(rec.batch_size), str(rec.gradient_accumulation)
         batch = next((r for r in rec.reasons if r.startswith("batch size")), "")
         self.query_one("#prefill-note", Static).update(f"Prefilled: {batch}" if batch else "")
-        self.extras["train_prefilled"] = True
+        self.choices.train_prefilled = True
 
     def work_failed(self, group: str, error: BaseException) -> bool:
         if group != "prefill":
@@ -191,7 +191,7 @@ class TrainingScreen(StepScreen):
             preset = Form(self).raw("preset")
             self.query_one("#preset-help", Static).update(presets_view(preset))
             self.query_one("#mask-words", Static).update(self.mask_words(preset))
-        elif control.id == "steps" and "save-steps" not in self._touched and not self.extras.get("save_steps_set"):
+        elif control.id == "steps" and "save-steps" not in self._touched and not self.choices.save_steps_set:
             self._follow_steps()
         elif control.id == "run-name" and "recipe-path" not in self._touched:
             # The recipe file follows the run name until it is edited itself.
@@ -213,7 +213,7 @@ class TrainingScreen(StepScreen):
         if preset != "none" and (self.recipe.template is None or mask.components == []):
             form.fail("preset-row", f"{preset} needs networks: pick some on the Networks step, or use none")
         # none with networks picked is a choice the Networks step must not undo when visited again.
-        self.extras["mask_none_chosen"] = preset == "none" and mask.components != []
+        self.choices.mask_none_chosen = preset == "none" and mask.components != []
         method = form.raw("method")
         if method == "qlora":  # found here, not minutes later when the run starts
             from fnapi.hardware import check_method_supported
@@ -238,7 +238,7 @@ class TrainingScreen(StepScreen):
         if dropout is not None and not 0 <= dropout < 1:
             form.fail("lora-dropout", "at least 0 and below 1 (for example 0.05)")
         if "save-steps" in self._touched:
-            self.extras["save_steps_set"] = True
+            self.choices.save_steps_set = True
         return {
             "train.method": method,
             "train.steps": form.integer("steps", optional=True, minimum=1),
@@ -312,6 +312,6 @@ class TrainingScreen(StepScreen):
         except (OSError, FnapiError) as exc:
             self.show_errors({"recipe-path": f"cannot write {path}: {exc}"})
             return None
-        self.extras["recipe_path"] = path
-        self.extras["train_prefilled"] = True
+        self.choices.recipe_path = path
+        self.choices.train_prefilled = True
         return recipe

@@ -75,6 +75,6 @@ class WelcomeScreen(StepScreen):
             self.app.push_screen(BrowserScreen(Path(self.query_one("#template-file", Input).value.strip())))
             return None
         if choice == "open" and self.opened is not None:
-            self.extras["recipe_path"] = self.query_one("#recipe-file", Input).value.strip()
+            self.choices.recipe_path = self.query_one("#recipe-file", Input).value.strip()
             return self.opened
         return recipe

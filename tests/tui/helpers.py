@@ -17,7 +17,7 @@ from fnapi.networks.template import Component, Template
 from fnapi.report import ForgettingReport, Score
 from fnapi.timing import StageTime, TimeEstimate
 from fntui.app import FntuiApp
-from fntui.drafts import Draft, DraftStore
+from fntui.drafts import Draft, DraftStore, WizardChoices
 from fntui.engine import Engine
 
 GIB = 1024 ** 3
@@ -132,7 +132,7 @@ def make_app(drafts: DraftStore, *, step: str = "welcome", run_fn=None, draft: D
         draft = drafts.new()
         draft.step = step
         draft.recipe = draft.recipe.replace(**{"model.name": TINY_MODEL, **changes})
-        draft.extras = {"train_prefilled": True} if extras is None else dict(extras)
+        draft.choices = WizardChoices(**({"train_prefilled": True} if extras is None else extras))
     engine = Engine(run_fn=run_fn or FakeRun(), hardware=fixed_hardware(), timer=fixed_timer)
     return FntuiApp(engine=engine, drafts=drafts, draft=draft)
 

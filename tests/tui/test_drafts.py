@@ -74,3 +74,22 @@ def test_a_damaged_draft_is_reported_by_name(drafts):
     with pytest.raises(DraftError, match=draft.id):
         drafts.load(draft.id)
     assert drafts.list() == []
+
+
+def test_wizard_choices_are_typed_and_saved_with_the_draft(tmp_path):
+    from pydantic import ValidationError
+
+    from fntui.drafts import WizardChoices
+
+    store = DraftStore(root=tmp_path)
+    draft = store.new()
+    draft.choices.template_mode = "load"
+    draft.choices.run_dir = "runs/demo"
+    with pytest.raises(ValidationError):
+        draft.choices.template_mode = "sideways"  # checked on assignment, not when the file is read back
+    store.save(draft)
+    assert store.load(draft.id).choices == WizardChoices(template_mode="load", run_dir="runs/demo")
+    state = store.state_path(draft.id)
+    state.write_text(state.read_text().replace('"run_dir": "runs/demo"', '"run_dir": 7'))
+    with pytest.raises(DraftError, match=r"invalid draft\n  extras.run_dir: Input should be a valid string"):
+        store.load(draft.id)

@@ -31,7 +31,7 @@ async def test_networks_picked_and_training_left_as_it_is_gives_a_protect_mask(d
         await pilot.press("ctrl+n")  # the Training step as it is
         await settle(pilot)
         assert app.draft.step == "run"
-    written = Recipe.from_yaml(app.draft.extras["recipe_path"])
+    written = Recipe.from_yaml(app.draft.choices.recipe_path)
     assert (written.mask.preset, written.mask.components) == ("protect", [0])
 
 

@@ -38,7 +38,7 @@ async def test_run_fills_the_panes_and_the_summary(drafts):
         # The time estimate (fixed here: 20 + 50 + 20 s) is shown before Start and kept with the draft
         assert text_of(app.screen.query_one("#run-estimate")).strip() == (
             "Estimated time on this machine: about 1 min 30 s (train 50 s, baseline 20 s, evaluate 20 s)")
-        assert app.draft.extras["run_estimate"]["seconds"] == 90.0
+        assert app.draft.choices.run_estimate["seconds"] == 90.0
         await pilot.press("ctrl+n")
         await settle(pilot)
         screen = app.screen
@@ -48,8 +48,8 @@ async def test_run_fills_the_panes_and_the_summary(drafts):
         assert table.get_row("train/loss") == ["loss", "0.75", "4"]
         metrics = [m.event for m in seen if isinstance(m, EngineEvent) and isinstance(m.event, Metric)]
         assert len(metrics) == 4  # every metric reached the screen
-        assert app.draft.extras["run_dir"] == "runs/demo"
-        assert drafts.load(app.draft.id).extras["run_dir"] == "runs/demo"  # saved: a resume shows the summary
+        assert app.draft.choices.run_dir == "runs/demo"
+        assert drafts.load(app.draft.id).choices.run_dir == "runs/demo"  # saved: a resume shows the summary
 
         await pilot.press("ctrl+n")
         await settle(pilot)
@@ -110,7 +110,7 @@ async def test_cancel_stops_at_the_next_step_and_start_resumes(drafts):
         await settle(pilot)
         assert app.screen.state == "cancelled"
         assert "Next resumes" in str(app.screen.query_one(".progress-stage").render())
-        assert "run_dir" not in app.draft.extras
+        assert app.draft.choices.run_dir is None
 
         await pilot.press("ctrl+n")  # resume
         await settle(pilot)
@@ -133,7 +133,7 @@ async def test_a_changed_recipe_does_not_show_the_old_run_as_its_result(drafts):
         await settle(pilot)
         assert app.draft.step == "run" and app.draft.recipe.name == "other"
         assert app.screen.state == "ready" and str(app.screen.query_one("#next", Button).label) == "Start ▶"
-        assert "run_dir" not in app.draft.extras
+        assert app.draft.choices.run_dir is None
 
 
 async def test_ctrl_q_during_a_run_asks_first_then_stops_it_and_says_the_draft_is_saved(drafts):
@@ -166,7 +166,8 @@ async def test_a_stopped_run_of_this_recipe_is_offered_as_a_resume_from_its_step
     recipe = app.draft.recipe
     folder = Path("runs/demo")
     (folder / "checkpoints" / "checkpoint-7").mkdir(parents=True)
-    (folder / "checkpoints" / "checkpoint-7" / "fnapi_state.json").write_text('{"losses": [[5, 2.5], [7, 2.0]]}')
+    (folder / "checkpoints" / "checkpoint-7" / "fnapi_state.json").write_text(
+        '{"format": "fnapi.train-state/1", "step": 7, "seed": 0, "losses": [[5, 2.5], [7, 2.0]]}')
     (folder / "checkpoints" / "checkpoint-9").mkdir()  # cut off before its state file: not a resume point
     recipe.replace(**{"output.dir": str(folder)}).to_yaml(folder / "recipe.yaml")
     async with app.run_test(size=TERMINAL) as pilot:
@@ -189,7 +190,7 @@ async def test_the_summary_asks_the_fine_tuned_model_and_the_base_side_by_side(d
         await settle(pilot)
         await pilot.press("ctrl+n")  # run (fake): the folder gets a recipe and a report
         await settle(pilot)
-        add_random_adapter(Path(app.draft.extras["run_dir"]))  # what a LoRA run leaves
+        add_random_adapter(Path(app.draft.choices.run_dir))  # what a LoRA run leaves
         await pilot.press("ctrl+n")
         await settle(pilot)
         screen = app.screen
@@ -202,7 +203,7 @@ async def test_the_summary_asks_the_fine_tuned_model_and_the_base_side_by_side(d
         prompt.value = "What is two plus two?"
         await pilot.press("enter")
         await settle(pilot)
-        expected = ask_run(app.draft.extras["run_dir"], "What is two plus two?")
+        expected = ask_run(app.draft.choices.run_dir, "What is two plus two?")
         shown = text_of(screen.query_one("#try-answers"))
         assert f"fine-tuned {expected.tuned}".strip() in " ".join(shown.split())
         assert f"base {expected.base}".strip() in " ".join(shown.split())
@@ -221,7 +222,7 @@ async def test_at_80x24_the_summary_opens_on_its_scores_with_typing_going_to_the
         await settle(pilot)
         await pilot.press("ctrl+n")
         await settle(pilot)
-        add_random_adapter(Path(app.draft.extras["run_dir"]))
+        add_random_adapter(Path(app.draft.choices.run_dir))
         await pilot.press("ctrl+n")
         await settle(pilot)
         screen = app.screen
@@ -245,7 +246,7 @@ async def test_the_run_estimate_is_measured_on_the_loaded_model_when_no_timer_is
         await settle(pilot)
         line = text_of(app.screen.query_one("#run-estimate"))
         assert line.startswith("Estimated time on this machine: about "), line
-        saved = app.draft.extras["run_estimate"]
+        saved = app.draft.choices.run_estimate
         assert {s["stage"] for s in saved["stages"]} == {"baseline", "train", "validate", "evaluate"}
         assert next(s for s in saved["stages"] if s["stage"] == "train")["detail"].startswith("3 steps of ")
 

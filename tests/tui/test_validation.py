@@ -336,7 +336,7 @@ async def test_the_advanced_fold_writes_every_setting_to_the_recipe(drafts, tiny
         assert (train.lora.r, train.lora.alpha, train.lora.dropout, train.lora.target_modules) == (
             4, 8.0, 0.05, ["q_proj", "v_proj"])
         assert train.gradient_checkpointing and train.save_steps == 7 and app.draft.recipe.seed == 123
-        assert Recipe.from_yaml(app.draft.extras["recipe_path"]) == app.draft.recipe
+        assert Recipe.from_yaml(app.draft.choices.recipe_path) == app.draft.recipe
 
 
 async def test_bad_advanced_settings_open_the_fold_and_say_what_is_wrong(drafts, tiny_model_dir):

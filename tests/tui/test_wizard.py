@@ -88,7 +88,7 @@ async def test_wizard_writes_a_recipe_that_replays_to_the_same_template_and_loss
         assert app.screen.state == "finished", text_of(app.screen.query_one("#banner"))
         assert [step for step, _ in app.screen.query_one("LossPlot").points] == [1.0, 2.0, 3.0]
         await next_step(pilot, "summary")
-        wizard_run = Path(app.draft.extras["run_dir"])
+        wizard_run = Path(app.draft.choices.run_dir)
 
     written = Recipe.from_yaml("wizard-run.yaml")
     template_path = written.template.path
