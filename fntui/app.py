@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
@@ -21,17 +21,22 @@ from fntui.drafts import Draft, DraftStore
 from fntui.engine import Engine, RunFunction
 from fntui.steps import STEP_NAMES, STEPS, step_index
 
+if TYPE_CHECKING:
+    from fnapi.networks.template import Template
+    from fnapi.runner import RunResult
+    from fntui.screens.model import ModelCheck
+
 
 @dataclass
 class Session:
     """What this session found out; recomputed after a resume when a screen needs it."""
 
-    model: Any = None  # ModelCheck of the loaded model (its fnapi ModelInfo is ``model.info``)
+    model: ModelCheck | None = None  # the loaded model's check (its fnapi ModelInfo is ``model.info``)
     model_key: str | None = None  # the ModelSection (as JSON) it describes
-    template: Any = None  # fnapi Template chosen on the template step
+    template: Template | None = None  # chosen on the template step
     template_key: str | None = None  # what it was built or loaded from
     template_warnings: tuple[str, ...] = ()
-    run_result: Any = None
+    run_result: RunResult | None = None
 
 
 class FntuiApp(App[None]):

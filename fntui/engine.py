@@ -84,7 +84,7 @@ class Engine:
         if shape is None:
             if self._embedded_shape is None:
                 from fnapi.estimate import model_shape
-                from fnapi.models.loading import EMBEDDED_MODEL
+                from fnapi.models.source import EMBEDDED_MODEL
 
                 self._embedded_shape = model_shape(EMBEDDED_MODEL)
             shape = self._embedded_shape

@@ -7,12 +7,22 @@ stage coalesce (``can_replace``), so a flood of updates never queues up behind a
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from textual.message import Message
 from textual.message_pump import MessagePump
 
 from fnapi.events import Event, Progress
+
+if TYPE_CHECKING:
+    from fnapi.auth import TokenStatus, ValidationResult
+    from fnapi.data.inspect import DataPreview
+    from fnapi.hardware import HardwareReport
+    from fnapi.networks.template import Template
+    from fnapi.runner import RunResult
+    from fnapi.sizing import Recommendation
+    from fntui.screens.model import ModelCheck
 
 
 class EngineEvent(Message, bubble=False):
@@ -43,11 +53,63 @@ class MessageSink:
 
 
 class WorkDone(Message, bubble=False):
-    """A worker's result: ``kind`` names the job (``"model"``, ``"data"``, ...), ``key`` the input
-    it answered (a newer input makes an older answer stale)."""
+    """Base of a worker's result message. ``key`` is the input it answered, where a newer input can
+    make an older answer stale (the screen compares it with what its fields say now)."""
 
-    def __init__(self, kind: str, result: Any, key: Any = None) -> None:
+    def __init__(self, key: Any = None) -> None:
         super().__init__()
-        self.kind = kind
-        self.result = result
         self.key = key
+
+
+class HardwareFound(WorkDone):
+    def __init__(self, report: HardwareReport, recommendation: Recommendation) -> None:
+        super().__init__()
+        self.report, self.recommendation = report, recommendation
+
+
+class TokenFound(WorkDone):
+    def __init__(self, status: TokenStatus) -> None:
+        super().__init__()
+        self.status = status
+
+
+class TokenChecked(WorkDone):
+    def __init__(self, result: ValidationResult) -> None:
+        super().__init__()
+        self.result = result
+
+
+class HubChecked(WorkDone):
+    def __init__(self, problem: str | None) -> None:
+        super().__init__()
+        self.problem = problem
+
+
+class ModelChecked(WorkDone):
+    def __init__(self, check: ModelCheck, key: str) -> None:
+        super().__init__(key)
+        self.check = check
+
+
+class DataInspected(WorkDone):
+    def __init__(self, preview: DataPreview, key: str) -> None:
+        super().__init__(key)
+        self.preview = preview
+
+
+class TemplateReady(WorkDone):
+    def __init__(self, template: Template, path: Path, warnings: list[str], key: str) -> None:
+        super().__init__(key)
+        self.template, self.path, self.warnings = template, path, warnings
+
+
+class BatchRecommended(WorkDone):
+    def __init__(self, recommendation: Recommendation) -> None:
+        super().__init__()
+        self.recommendation = recommendation
+
+
+class RunEnded(WorkDone):
+    def __init__(self, result: RunResult) -> None:
+        super().__init__()
+        self.result = result

@@ -6,7 +6,7 @@ import json
 
 import typer
 
-from fnapi.models.loading import EMBEDDED_MODEL
+from fnapi.models.source import EMBEDDED_MODEL
 
 model_app = typer.Typer(help="Inspect models.", no_args_is_help=True, add_completion=False)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from fnapi.models.loading import EMBEDDED_MODEL
+from fnapi.models.source import EMBEDDED_MODEL
 
 
 def lesion_study(

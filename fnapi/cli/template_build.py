@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from fnapi.models.loading import EMBEDDED_MODEL
+from fnapi.models.source import EMBEDDED_MODEL
 
 DEFAULT_DATA = "builtin:text"
 

@@ -16,7 +16,7 @@ from textual.widgets import Checkbox, Input, Static
 
 from fnapi.errors import FnapiError
 from fnapi.recipe import Recipe
-from fntui.messages import WorkDone
+from fntui.messages import HubChecked, TokenChecked, TokenFound
 from fntui.screens.base import Form, StepScreen
 from fntui.widgets.fields import Field
 
@@ -51,29 +51,32 @@ class AuthScreen(StepScreen):
     def look_up(self) -> None:
         engine = self.app.engine
         status = engine.token_status()
-        self.post_message(WorkDone("token-source", status))
+        self.post_message(TokenFound(status))
         if status.found:
-            self.post_message(WorkDone("token-check", engine.check_token(status)))
+            self.post_message(TokenChecked(engine.check_token(status)))
         else:
-            self.post_message(WorkDone("hub", engine.hub_problem()))
+            self.post_message(HubChecked(engine.hub_problem()))
 
-    @on(WorkDone)
-    def _answer(self, message: WorkDone) -> None:
-        if message.kind == "token-source":
-            status = message.result
-            text = (f"Token in use: {status.describe()}" if status.found else
-                    "No token found (looked at HF_TOKEN, ./.env and the cached hf login).")
-            self.query_one("#token-status", Static).update(text)
-        elif message.kind == "token-check":
-            result = message.result
-            style, template = _HUB_STATES[result.state]
-            text = template.format(user=f" (user {result.user})" if result.user else "", detail=result.detail)
-            self.query_one("#hub-status", Static).update(Text(text, style=style))
-        elif message.kind == "hub":
-            problem = message.result
-            text = (_HUB_STATES["offline"][1].format(detail=problem) if problem else
-                    "The hub is reachable; public models need no token.")
-            self.query_one("#hub-status", Static).update(Text(text, style="yellow" if problem else "green"))
+    @on(TokenFound)
+    def _token_found(self, message: TokenFound) -> None:
+        status = message.status
+        text = (f"Token in use: {status.describe()}" if status.found else
+                "No token found (looked at HF_TOKEN, ./.env and the cached hf login).")
+        self.query_one("#token-status", Static).update(text)
+
+    @on(TokenChecked)
+    def _token_checked(self, message: TokenChecked) -> None:
+        result = message.result
+        style, template = _HUB_STATES[result.state]
+        text = template.format(user=f" (user {result.user})" if result.user else "", detail=result.detail)
+        self.query_one("#hub-status", Static).update(Text(text, style=style))
+
+    @on(HubChecked)
+    def _hub_checked(self, message: HubChecked) -> None:
+        problem = message.problem
+        text = (_HUB_STATES["offline"][1].format(detail=problem) if problem else
+                "The hub is reachable; public models need no token.")
+        self.query_one("#hub-status", Static).update(Text(text, style="yellow" if problem else "green"))
 
     def changes(self, form: Form) -> dict[str, Any]:
         token = form.text("token")

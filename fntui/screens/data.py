@@ -22,7 +22,7 @@ from fnapi.data.formats import FORMATS, ROLES
 from fnapi.data.templating import TEMPLATES
 from fnapi.errors import FnapiError, ModelError
 from fnapi.recipe import Recipe
-from fntui.messages import WorkDone
+from fntui.messages import DataInspected
 from fntui.screens.base import Form, StepScreen, describe_error
 from fntui.widgets.fields import Field, PathSuggester
 
@@ -202,15 +202,15 @@ class DataScreen(StepScreen):
     def inspect(self, recipe: Recipe) -> None:
         engine = self.app.engine
         loaded = engine.load_model(recipe.model)
-        self.post_message(WorkDone("data", engine.inspect_data(recipe.data, loaded.tokenizer), key=self.key(recipe)))
+        self.post_message(DataInspected(engine.inspect_data(recipe.data, loaded.tokenizer), self.key(recipe)))
 
-    @on(WorkDone)
-    def _inspected(self, message: WorkDone) -> None:
+    @on(DataInspected)
+    def _inspected(self, message: DataInspected) -> None:
         recipe, _ = self.check()
         if recipe is None or message.key != self.key(recipe):
             return
         self.inspected = message.key
-        preview = self.previews[message.key] = message.result
+        preview = self.previews[message.key] = message.preview
         cap = recipe.data.max_samples
         used = f"; training uses the first {cap}" if cap and cap < preview.report.rows_kept else ""
         self.query_one("#data-status", Static).update(f"✓ {preview.report.rows_kept} examples read from "

@@ -12,7 +12,7 @@ from textual.app import ComposeResult
 from textual.widgets import Checkbox, Static
 
 from fnapi.recipe import Recipe
-from fntui.messages import WorkDone
+from fntui.messages import HardwareFound
 from fntui.screens.base import Form, StepScreen
 
 
@@ -81,11 +81,11 @@ class HardwareScreen(StepScreen):
     @work(thread=True, exclusive=True, exit_on_error=False, group="hardware")
     def detect(self) -> None:
         report = self.app.engine.detect_hardware()
-        self.post_message(WorkDone("hardware", (report, self.app.engine.recommend())))
+        self.post_message(HardwareFound(report, self.app.engine.recommend()))
 
-    @on(WorkDone)
-    def _detected(self, message: WorkDone) -> None:
-        report, self.recommendation = message.result
+    @on(HardwareFound)
+    def _detected(self, message: HardwareFound) -> None:
+        report, self.recommendation = message.report, message.recommendation
         self.query_one("#devices", Static).update(devices_table(report))
         self.query_one("#recommendation", Static).update(recommendation_view(self.recommendation))
         self._show_effect()

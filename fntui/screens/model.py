@@ -7,7 +7,7 @@ has loaded. The loaded model stays in the engine for the data preview and the te
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 from rich.text import Text
@@ -17,11 +17,16 @@ from textual.widget import Widget
 from textual.widgets import Input, ProgressBar, Select, Static
 
 from fnapi.errors import FnapiError
-from fnapi.models.loading import EMBEDDED_MODEL
+from fnapi.models.source import EMBEDDED_MODEL
 from fnapi.recipe import ModelSection, Recipe
-from fntui.messages import EngineEvent, MessageSink, WorkDone
+from fntui.messages import EngineEvent, MessageSink, ModelChecked
 from fntui.screens.base import Form, StepScreen, describe_error
 from fntui.widgets.fields import Field, PathSuggester
+
+if TYPE_CHECKING:
+    from fnapi.estimate import ModelShape
+    from fnapi.models.loading import LoadedModel, ModelInfo
+    from fntui.engine import Engine
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
@@ -30,16 +35,16 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 class ModelCheck:
     """A loaded model's description and what training it would take here."""
 
-    info: Any  # fnapi ModelInfo
+    info: ModelInfo
     weights: int
     training: int
     budget: int | None
-    shape: Any = None  # fnapi.estimate.ModelShape: what later memory checks (batch size) are worked out from
+    shape: ModelShape | None = None  # what later memory checks (batch size) are worked out from
     linear_names: frozenset[str] = frozenset()  # what LoRA's target_modules can name in this model
 
     @classmethod
-    def of(cls, engine: Any, loaded: Any, recipe: Recipe) -> ModelCheck:
-        """The check of ``loaded`` (an fnapi LoadedModel) under ``recipe``, by the run's memory model."""
+    def of(cls, engine: Engine, loaded: LoadedModel, recipe: Recipe) -> ModelCheck:
+        """The check of ``loaded`` under ``recipe``, by the run's memory model."""
         from fnapi.models.registry import linear_module_names
 
         shape = engine.model_shape(loaded)
@@ -152,7 +157,7 @@ class ModelScreen(StepScreen):
     def check_model(self, recipe: Recipe) -> None:
         engine = self.app.engine
         loaded = engine.load_model(recipe.model, sink=MessageSink(self))
-        self.post_message(WorkDone("model", ModelCheck.of(engine, loaded, recipe),
+        self.post_message(ModelChecked(ModelCheck.of(engine, loaded, recipe),
                                    key=self.key(recipe.model)))
 
     @on(EngineEvent)
@@ -162,15 +167,15 @@ class ModelScreen(StepScreen):
         if isinstance(message.event, Log):
             self.query_one("#model-status", Static).update(message.event.message)
 
-    @on(WorkDone)
-    def _checked(self, message: WorkDone) -> None:
+    @on(ModelChecked)
+    def _checked(self, message: ModelChecked) -> None:
         recipe, _ = self.check()
         if recipe is None or message.key != self.key(recipe.model):
             return  # the field changed while loading; this answer is stale
         self.query_one("#model-wait", ProgressBar).display = False
         session = self.app.session
-        session.model, session.model_key = message.result, message.key
-        self._show(message.result, recipe)
+        session.model, session.model_key = message.check, message.key
+        self._show(message.check, recipe)
         if self.advance_after_check:
             self.app.advance(recipe)
 

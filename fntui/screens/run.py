@@ -20,7 +20,7 @@ from textual.widgets import Button, DataTable, RichLog, Static
 from fnapi.errors import CancelledError, FnapiError
 from fnapi.events import Log, Metric, RunCancelled, RunFailed, RunFinished, RunStarted
 from fnapi.recipe import Recipe
-from fntui.messages import EngineEvent, MessageSink, WorkDone
+from fntui.messages import EngineEvent, MessageSink, RunEnded
 from fntui.screens.base import StepScreen, describe_error
 from fntui.widgets.loss_plot import LossPlot
 from fntui.widgets.progress_pane import ProgressPane
@@ -178,7 +178,7 @@ class RunScreen(StepScreen):
         engine = self.app.engine
         engine.release_model()  # the run loads its own copy; do not hold two in memory
         result = engine.run(recipe, sink=MessageSink(self), cancel=self.cancel)
-        self.post_message(WorkDone("run", result))
+        self.post_message(RunEnded(result))
 
     def action_cancel(self) -> None:
         if self.state == "running":
@@ -218,8 +218,8 @@ class RunScreen(StepScreen):
         else:
             self.query_one(ProgressPane).show(event)
 
-    @on(WorkDone)
-    def _finished(self, message: WorkDone) -> None:
+    @on(RunEnded)
+    def _finished(self, message: RunEnded) -> None:
         result = message.result
         self.app.session.run_result = result
         self.app.draft.choices.run_dir = str(result.run_dir)

@@ -24,7 +24,7 @@ from textual.widgets import Button, Input, RadioButton, RadioSet, Select, Static
 from fnapi.errors import CancelledError, FnapiError, ModelError
 from fnapi.events import Log
 from fnapi.recipe import Recipe
-from fntui.messages import EngineEvent, MessageSink, WorkDone
+from fntui.messages import EngineEvent, MessageSink, TemplateReady
 from fntui.screens.base import Form, StepScreen, describe_error
 from fntui.widgets.fields import Field, PathSuggester
 from fntui.widgets.progress_pane import ProgressPane
@@ -246,13 +246,13 @@ class TemplateScreen(StepScreen):
         info = self.app.session.model.info if self.app.session.model is not None else None
         if path is not None:
             template, warnings = engine.load_template(path, info)
-            self.post_message(WorkDone("template", (template, Path(path), warnings), key=key))
+            self.post_message(TemplateReady(template, Path(path), list(warnings), key))
             return
         loaded = engine.load_model(recipe.model, sink=sink, cancel=self.cancel)
         section = recipe.template
         template, saved = engine.build_template(loaded, section, section.data, seed=recipe.seed, sink=sink,
                                                 cancel=self.cancel)
-        self.post_message(WorkDone("template", (template, saved, list(template.warnings)), key=key))
+        self.post_message(TemplateReady(template, saved, list(template.warnings), key))
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "cancel":
@@ -276,12 +276,12 @@ class TemplateScreen(StepScreen):
         else:
             self.query_one(ProgressPane).show(event)
 
-    @on(WorkDone)
-    def _ready(self, message: WorkDone) -> None:
+    @on(TemplateReady)
+    def _ready(self, message: TemplateReady) -> None:
         self.working = None
         self.refresh_bindings()
         self.query_one("#cancel-build").display = False
-        template, path, warnings = message.result
+        template, path, warnings = message.template, message.path, message.warnings
         session = self.app.session
         session.template, session.template_key, session.template_warnings = template, message.key, tuple(warnings)
         self.app.draft.choices.template_path = str(path)

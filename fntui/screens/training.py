@@ -18,7 +18,7 @@ from textual.widgets import Checkbox, Collapsible, Input, RadioButton, RadioSet,
 
 from fnapi.errors import FnapiError
 from fnapi.recipe import Recipe
-from fntui.messages import WorkDone
+from fntui.messages import BatchRecommended
 from fntui.screens.base import Form, StepScreen
 from fntui.widgets.fields import Field
 
@@ -142,11 +142,11 @@ class TrainingScreen(StepScreen):
         check = self.app.session.model
         shape = check.shape if check is not None and check.shape is not None else \
             engine.model_shape(engine.load_model(recipe.model))
-        self.post_message(WorkDone("prefill", engine.recommend(shape, recipe)))
+        self.post_message(BatchRecommended(engine.recommend(shape, recipe)))
 
-    @on(WorkDone)
-    def _prefill(self, message: WorkDone) -> None:
-        rec = message.result
+    @on(BatchRecommended)
+    def _prefill(self, message: BatchRecommended) -> None:
+        rec = message.recommendation
         batch, accumulation = self.query_one("#batch-size", Input), self.query_one("#grad-accum", Input)
         train = self.recipe.train
         if (batch.value, accumulation.value) != (str(train.batch_size), str(train.gradient_accumulation)):
