@@ -41,7 +41,8 @@ def preflight(recipe: Recipe, *, read_model: bool = True) -> list[Problem]:
     elif recipe.template is not None:
         for index, spec in enumerate(recipe.template.data):
             problems += _source(f"template.data[{index}]", spec)
-    shape = _model_shape(recipe) if read_model else None
+    shape, unsupported = _model_shape(recipe) if read_model else (None, [])
+    problems += unsupported
     if shape is not None:
         problems += _shape_problems(recipe, shape, template)
     if template is not None:
@@ -106,14 +107,18 @@ def _read_template(path: str) -> tuple[Template | None, Problem | None]:
         return None, Problem("template.path", exc.message)
 
 
-def _model_shape(recipe: Recipe) -> ModelShape | None:
-    """The model's shape from its config, or None when the config cannot be read offline."""
+def _model_shape(recipe: Recipe) -> tuple[ModelShape | None, list[Problem]]:
+    """The model's shape from its config, and the problem when its architecture is one fnapi cannot
+    train; no shape (and no problem) when the config cannot be read offline: loading will say why."""
+    from fnapi.errors import UnsupportedArchitectureError
     from fnapi.estimate import model_shape
 
     try:
-        return model_shape(recipe.model.name, trust_remote_code=recipe.model.trust_remote_code)
-    except FnapiError:
-        return None
+        return model_shape(recipe.model.name, trust_remote_code=recipe.model.trust_remote_code), []
+    except UnsupportedArchitectureError as exc:
+        return None, [Problem("model.name", exc.message)]
+    except (FnapiError, ValueError, KeyError, OSError):  # transformers cannot build it from the config
+        return None, []
 
 
 def _shape_problems(recipe: Recipe, shape: ModelShape, template: Template | None) -> list[Problem]:

@@ -117,3 +117,13 @@ def test_every_shipped_recipe_passes_preflight():
     assert len(recipes) >= 6
     for path in recipes:
         assert preflight(Recipe.from_yaml(path)) == [], path
+
+
+def test_validate_refuses_an_architecture_fnapi_cannot_train(tmp_path, capsys):
+    from transformers import BertConfig
+
+    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(
+        tmp_path / "bert")
+    code, err = validate(write_recipe(tmp_path, tmp_path / "bert"), capsys)
+    assert code == 2
+    assert "model.name: model type 'bert' (BertLMHeadModel) is not supported; supported families: llama" in err
