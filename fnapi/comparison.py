@@ -319,9 +319,12 @@ def _read_measures(directory: Path) -> tuple[EvalMeasures, EvalMeasures] | None:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if data.get("format") != MEASURES_FORMAT:
+    if not isinstance(data, dict) or data.get("format") != MEASURES_FORMAT:
         return None
-    return EvalMeasures.from_dict(data["before"]), EvalMeasures.from_dict(data["after"])
+    try:
+        return EvalMeasures.from_dict(data["before"]), EvalMeasures.from_dict(data["after"])
+    except (KeyError, TypeError, ValueError):  # a damaged file: this run's measures are left out
+        return None
 
 
 # ---- statistics across seeds ------------------------------------------------------------------------

@@ -27,8 +27,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from pydantic import Field
 
 from fnapi.errors import DataError
+from fnapi.recipe import Section
 
 if TYPE_CHECKING:
     import torch
@@ -294,6 +296,34 @@ class EvalPlan:
                 + sum(len(p) for _, p in self.texts))
 
 
+class _TaskItems(Section):
+    source: str
+    scores: list[float]
+
+
+class _ProbeItems(Section):
+    source: str
+    correct: list[float]
+    logprob: list[float]
+
+
+class _TextItems(Section):
+    source: str
+    nll: list[float]
+    tokens: list[int]
+    kl: list[float] | None = None
+
+
+class MeasuresData(Section):
+    """The per-item scores of :meth:`EvalMeasures.to_dict`, as ``baseline.json`` and
+    ``measures.json`` hold them: checked before use, so a damaged file is a ``ValueError`` (a
+    pydantic ``ValidationError``) that its readers answer, never a ``KeyError`` halfway in."""
+
+    tasks: list[_TaskItems] = Field(default_factory=list)
+    probes: list[_ProbeItems] = Field(default_factory=list)
+    texts: list[_TextItems] = Field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class EvalMeasures:
     """Every per-item result of one model under one :class:`EvalPlan`; the first source of each kind
@@ -309,6 +339,8 @@ class EvalMeasures:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvalMeasures:
+        """Read :meth:`to_dict`'s output; ``ValueError`` when it does not have that form."""
+        MeasuresData.model_validate({key: data.get(key) or [] for key in ("tasks", "probes", "texts")})
         return cls(tasks=tuple(TaskMeasure.from_dict(t) for t in data.get("tasks") or []),
                    probes=tuple(ProbeMeasure.from_dict(p) for p in data.get("probes") or []),
                    texts=tuple(TextMeasure.from_dict(t) for t in data.get("texts") or []))

@@ -407,14 +407,19 @@ def _baseline_key(recipe: Recipe, plan: Any) -> str:
 
 
 def _read_baseline(path: Path) -> dict[str, Any] | None:
-    """The stored baseline, or None when there is none or it predates per-item scores."""
+    """The stored baseline, or None when there is none, it predates per-item scores, or it is damaged."""
     if not path.exists():
         return None
+    from fnapi.measures import EvalMeasures
+
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        if not isinstance(data, dict) or data.get("format") != BASELINE_FORMAT:
+            return None
+        EvalMeasures.from_dict(data)  # a damaged file is measured again, not half-read
+    except (OSError, ValueError, TypeError):
         return None
-    return data if isinstance(data, dict) and data.get("format") == BASELINE_FORMAT else None
+    return data
 
 
 def _headline(measures: Any, when: str) -> dict[str, float]:

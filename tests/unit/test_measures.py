@@ -112,3 +112,24 @@ def test_evaluation_progress_counts_items_batch_by_batch():
     assert progress.steps == [(8, "task skill"), (2, "task skill"), (16, "probes builtin:probes"),
                               (4, "probes builtin:probes"), (texts, "text builtin:text")]
     assert sum(amount for amount, _ in progress.steps) == plan.items  # the bar ends full
+
+
+def test_damaged_baseline_and_measures_files_are_answered_not_half_read(tmp_path):
+    import json
+
+    from fnapi.comparison import _read_measures
+    from fnapi.runner import BASELINE_FORMAT, MEASURES_FILE, MEASURES_FORMAT, _read_baseline
+
+    good = {"tasks": [{"source": "builtin:skill", "scores": [1.0, 0.0]}],
+            "probes": [{"source": "builtin:probes", "correct": [1.0], "logprob": [-0.5]}], "texts": []}
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps({"format": BASELINE_FORMAT, **good}))
+    assert _read_baseline(baseline)["tasks"] == good["tasks"]
+    baseline.write_text(json.dumps({"format": BASELINE_FORMAT, "probes": [{"source": "builtin:probes", "correct": [1]}]}))
+    assert _read_baseline(baseline) is None  # measured again rather than read without its log-probs
+    (tmp_path / MEASURES_FILE).write_text(json.dumps({"format": MEASURES_FORMAT, "before": good, "after": good}))
+    before, after = _read_measures(tmp_path)
+    assert before.probes[0].logprob == (-0.5,)
+    (tmp_path / MEASURES_FILE).write_text(json.dumps({"format": MEASURES_FORMAT, "before": good,
+                                                      "after": {"tasks": [{"source": "x", "scores": "high"}]}}))
+    assert _read_measures(tmp_path) is None
