@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from fnapi.errors import FnapiError
@@ -165,25 +164,30 @@ def model_shape(name: str, *, trust_remote_code: bool = False) -> ModelShape:
     Kept per process while the files behind ``name`` are unchanged: reading a GGUF file's config
     takes seconds, and ``fnapi validate`` over several recipes asks for the same model each time.
     """
-    key = (name, trust_remote_code, _files_stamp(name))
+    from fnapi.models.source import ModelSource
+
+    source = ModelSource.parse(name, trust_remote_code=trust_remote_code)
+    key = (source, _files_stamp(source))
     if key not in _SHAPES:
-        _SHAPES[key] = shape_of_config(_read_config(name, trust_remote_code), name,
-                                       trust_remote_code=trust_remote_code)
+        _SHAPES[key] = shape_of_config(source.config(), name, trust_remote_code=trust_remote_code)
     return _SHAPES[key]
 
 
 _SHAPES: dict[tuple, ModelShape] = {}
 
 
-def _files_stamp(name: str) -> tuple:
-    """What changes when the files a model spec reads change: their paths and modification times."""
+def _files_stamp(source: Any) -> tuple:
+    """What changes when the files a parsed model spec reads change: their paths and modification times."""
     from fnapi.models import loading
 
-    if name.lower() == loading.EMBEDDED_MODEL:
+    if source.kind == "embedded":
         candidates = [loading.embedded_cache_dir() / "config.json"]
-    else:
-        path = Path(name).expanduser()
-        candidates = [path / "config.json" if path.is_dir() else path]
+    elif source.kind == "folder":
+        candidates = [source.path / "config.json"]
+    elif source.kind == "gguf":
+        candidates = [source.path]
+    else:  # a hub id reads the local cache, which a run does not change
+        candidates = []
     return tuple((str(p), p.stat().st_mtime_ns) for p in candidates if p.exists())
 
 
@@ -226,12 +230,6 @@ def shape_of(model: Any, name: str) -> ModelShape:
         parameters=sum(p.numel() for p in skeleton.parameters()), linear_parameters=linear_parameters,
         lora_shapes=lora_shapes,
     )
-
-
-def _read_config(name: str, trust_remote_code: bool) -> Any:
-    from fnapi.models.source import ModelSource
-
-    return ModelSource.parse(name, trust_remote_code=trust_remote_code).config()
 
 
 # ---- the terms -------------------------------------------------------------------------------------

@@ -59,24 +59,26 @@ class RunResult:
 
 
 def run(recipe: Recipe, *, sink: EventSink | None = None, cancel: threading.Event | None = None,
-        output: str | Path | None = None) -> RunResult:
+        output: str | Path | None = None, source: str | None = None) -> RunResult:
     """Run ``recipe`` end to end and return the run directory and report.
 
     Events go to ``sink`` and to ``events.jsonl`` in the run directory. Setting ``cancel`` stops
     at the next step and leaves a checkpoint; running the same recipe again resumes it. Under a
-    launcher only the main process writes; every process returns the same result.
+    launcher only the main process writes; every process returns the same result. Before anything
+    is claimed or loaded the recipe is checked (:mod:`fnapi.preflight`); ``source`` names it in
+    those errors (the recipe file, say).
     """
     with distributed.process_group():
-        return _run(recipe, sink, cancel, output)
+        return _run(recipe, sink, cancel, output, source or f"recipe {recipe.name!r}")
 
 
 def _run(recipe: Recipe, sink: EventSink | None, cancel: threading.Event | None,
-         output: str | Path | None) -> RunResult:
+         output: str | Path | None, source: str) -> RunResult:
     from fnapi.preflight import check_recipe
 
     # Missing files, unknown formats, filters and templates that do not fit the model: refused
-    # before a run folder is claimed or a weight is loaded.
-    check_recipe(recipe, f"recipe {recipe.name!r}")
+    # before a run folder is claimed or a weight is loaded. Errors name ``source``.
+    check_recipe(recipe, source)
     rundir = distributed.on_main(claim_run_dir, recipe, output, share=_shareable_rundir)
     try:
         return _run_in(recipe, rundir, sink, cancel)

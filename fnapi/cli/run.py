@@ -33,7 +33,6 @@ def run(
     Running the same recipe again after an interruption resumes from the last checkpoint.
     """
     from fnapi.events import console_sink
-    from fnapi.preflight import check_recipe
     from fnapi.recipe import Recipe
     from fnapi.runner import run as run_recipe
     from fnapi.stopping import stop_on_signals
@@ -43,11 +42,10 @@ def run(
     if overrides:
         source = f"{recipe_path} with --set"
         recipe = recipe.replace(source, **parse_overrides(overrides))
-    check_recipe(recipe, source)  # the run checks again, but this names the file
     sink = console_sink()
     try:
         with stop_on_signals("the run") as stop:
-            result = run_recipe(recipe, sink=sink, output=output, cancel=stop)
+            result = run_recipe(recipe, sink=sink, output=output, cancel=stop, source=source)
     finally:
         getattr(sink, "close", lambda: None)()
     from fnapi.distributed import is_main_process
