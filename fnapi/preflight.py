@@ -26,11 +26,11 @@ if TYPE_CHECKING:
     from fnapi.recipe import Recipe
 
 
-def preflight(recipe: Recipe, *, read_model: bool = True) -> list[Problem]:
+def preflight(recipe: Recipe) -> list[Problem]:
     """Every problem found in ``recipe`` without loading weights (an empty list: none found).
 
-    ``read_model`` reads the model's config (offline, no weights) to check layer filters and the
-    template against the model's shape; a config that cannot be read offline skips those checks.
+    The model's config is read (offline, no weights) to check layer filters and the template
+    against the model's shape; a config that cannot be read offline skips those checks.
     """
     problems = _model_problems(recipe) + _data_problems(recipe) + _evaluation_problems(recipe)
     template = None
@@ -41,7 +41,7 @@ def preflight(recipe: Recipe, *, read_model: bool = True) -> list[Problem]:
     elif recipe.template is not None:
         for index, spec in enumerate(recipe.template.data):
             problems += _source(f"template.data[{index}]", spec)
-    shape, unsupported = _model_shape(recipe) if read_model else (None, [])
+    shape, unsupported = _model_shape(recipe)
     problems += unsupported
     if shape is not None:
         problems += _shape_problems(recipe, shape, template)
@@ -50,9 +50,9 @@ def preflight(recipe: Recipe, *, read_model: bool = True) -> list[Problem]:
     return problems
 
 
-def check_recipe(recipe: Recipe, source: str = "<recipe>", *, read_model: bool = True) -> None:
+def check_recipe(recipe: Recipe, source: str = "<recipe>") -> None:
     """Raise :class:`RecipeError` naming ``source`` and every problem :func:`preflight` finds."""
-    problems = preflight(recipe, read_model=read_model)
+    problems = preflight(recipe)
     if problems:
         raise RecipeError.invalid(source, problems)
 

@@ -73,7 +73,7 @@ class ModelSource:
                 raise ModelError(f"model file {path} is not a .gguf file",
                                  hint="Give the folder that holds config.json and the weights, or a .gguf file.")
             return cls("gguf", name, path, revision, trust_remote_code)
-        if looks_like_path(name):
+        if _looks_like_path(name):
             raise ModelError(f"model path {name} does not exist",
                              hint=f"Check the path, or use the embedded model {EMBEDDED_MODEL}.")
         if _HUB_ID.fullmatch(name):
@@ -156,7 +156,7 @@ class ModelSource:
         raise ModelError(f"folder {self.path} is not a model folder: it has no config.json", hint=hint)
 
 
-def looks_like_path(spec: str) -> bool:
+def _looks_like_path(spec: str) -> bool:
     """Specs that can only mean a file or folder, so a missing one is an error at once."""
     return (spec.lower().endswith(".gguf") or spec.startswith((".", "/", "~")) or "\\" in spec
             or spec.count("/") > 1)
