@@ -51,7 +51,7 @@ class FakeRun:
         self.calls: list[Any] = []
         self.progress_sent = 0
 
-    def __call__(self, recipe, *, sink=None, cancel=None, output=None):
+    def __call__(self, recipe, *, sink=None, cancel=None, output=None, source=None):  # fnapi.runner.run's signature
         self.calls.append(recipe)
         run_dir = Path(output or recipe.output.dir.replace("{name}", recipe.name))
         run_dir.mkdir(parents=True, exist_ok=True)
