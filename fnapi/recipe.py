@@ -20,14 +20,39 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from fnapi.errors import Problem, RecipeError
+from fnapi.migrations import Migrations
 from fnapi.paths import atomic_write_text
 from fnapi.redaction import holds_secret
 from fnapi.sites import SITE_NAMES
 
 RECIPE_VERSION = 1
+
+
+def _recipe_version(data: Any) -> Any:
+    # A file without `version` predates versioning (version 0); what is not a mapping is left for
+    # the schema to refuse.
+    return data.get("version", 0) if isinstance(data, dict) else RECIPE_VERSION
+
+
+#: Every older recipe version and the step that brings it to the next (see fnapi.migrations).
+RECIPE_MIGRATIONS = Migrations(
+    "recipe", current=RECIPE_VERSION, field="version", read_version=_recipe_version, error=RecipeError,
+    is_newer=lambda version: type(version) is int and version > RECIPE_VERSION)
+
+
+@RECIPE_MIGRATIONS.step(0, 1)
+def _from_version_0(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """Version 0 (no ``version`` key) spelled ``train.lr`` and ``train.max_steps``."""
+    train = data.get("train")
+    if isinstance(train, dict):
+        renamed = {"lr": "learning_rate", "max_steps": "steps"}
+        train = {(renamed[key] if key in renamed and renamed[key] not in train else key): value
+                 for key, value in train.items()}
+        data = {**data, "train": train}
+    return {**data, "version": 1}
 
 MaskPreset = Literal["none", "lesion", "preserve", "protect", "target"]
 Ablate = Literal["none", "selected", "unselected"]
@@ -296,13 +321,6 @@ class Recipe(Section):
     output: OutputSection = Field(default_factory=OutputSection)
     distributed: DistributedSection | None = None
 
-    @field_validator("version")
-    @classmethod
-    def _known_version(cls, value: int) -> int:
-        if value != RECIPE_VERSION:
-            raise ValueError(f"unsupported recipe version {value}; this fnapi reads version {RECIPE_VERSION}")
-        return value
-
     @field_validator("name")
     @classmethod
     def _safe_name(cls, value: str) -> str:
@@ -312,16 +330,9 @@ class Recipe(Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _migrate(cls, data: Any) -> Any:
-        # Old spellings keep loading: map renamed keys onto the current ones.
-        if isinstance(data, dict) and isinstance(data.get("train"), dict):
-            train = dict(data["train"])
-            if "lr" in train and "learning_rate" not in train:
-                train["learning_rate"] = train.pop("lr")
-            if "max_steps" in train and "steps" not in train:
-                train["steps"] = train.pop("max_steps")
-            data = {**data, "train": train}
-        return data
+    def _upgrade(cls, data: Any, info: ValidationInfo) -> Any:
+        # Older versions load through the one table; from_dict passes the file name for its errors.
+        return RECIPE_MIGRATIONS.upgrade(data, (info.context or {}).get("source", "<recipe>"))
 
     @model_validator(mode="after")
     def _no_secrets(self) -> Recipe:
@@ -376,7 +387,7 @@ class Recipe(Section):
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<recipe>") -> Recipe:
         try:
-            return cls.model_validate(data)
+            return cls.model_validate(data, context={"source": source})
         except ValidationError as exc:
             raise RecipeError.invalid(source, validation_problems(exc, cls)) from None
 

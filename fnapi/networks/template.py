@@ -3,7 +3,7 @@
 A :class:`Template` records where its neurons live (``site`` and ``width``), which model and data
 it came from, how it was made, and one :class:`Component` per functional network: channel indices
 per layer plus stats. Readers also import the predecessor's two JSON layouts and LoKI position
-lists (see ``LEGACY_FORMATS``), marking them as imported and warning that the model is unknown.
+lists (see ``TEMPLATE_MIGRATIONS``), marking them as imported and warning that the model is unknown.
 
 >>> t = Template(site="mlp.out", width=8, num_layers=2,
 ...              components=[Component(0, {0: [3, 1], 1: [2]}), Component(1, {1: [2, 5]})])
@@ -28,6 +28,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, ConfigDict, Field, ValidationError
 
 from fnapi.errors import TemplateError
+from fnapi.migrations import Migrations
 from fnapi.paths import atomic_write_text
 from fnapi.recipe import Section, SiteName, validation_problems
 from fnapi.sites import SITES, site
@@ -332,17 +333,18 @@ class Template:
         return atomic_write_text(path, self.to_json())
 
     @classmethod
-    def from_dict(cls, data: Any, source: str = "<template>") -> Template:
-        """Build from a ``fnapi.template/1`` dict; errors name ``source`` and the JSON field."""
-        return _parse_native(data, source)
+    def from_dict(cls, data: Any, source: str = "<template>", model_info: Any = None) -> Template:
+        """Build from parsed JSON: the native format, the predecessor's layouts, or a LoKI list
+        (older layouts are upgraded through ``TEMPLATE_MIGRATIONS``); errors name ``source`` and the
+        JSON field. ``model_info`` (a ``ModelInfo`` or dict) fills in the model identity and width
+        that imported files do not record; without it they are inferred and a warning is added.
+        """
+        return _parse_native(TEMPLATE_MIGRATIONS.upgrade(data, source, model_info=model_info), source)
 
     @classmethod
     def load(cls, path: str | Path, model_info: Any = None) -> Template:
-        """Read a template file: the native format, the predecessor's layouts, or a LoKI list.
-
-        ``model_info`` (a ``ModelInfo`` or dict) fills in the model identity and width that
-        imported files do not record; without it they are inferred and a warning is added.
-        """
+        """Read a template file: the native format, the predecessor's layouts, or a LoKI list
+        (see :meth:`from_dict` for ``model_info``)."""
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")
@@ -356,9 +358,7 @@ class Template:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise TemplateError(f"{path}: not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
-        if isinstance(data, dict) and "format" in data:
-            return _parse_native(data, str(path))
-        return _import_legacy(data, path, model_info)
+        return cls.from_dict(data, str(path), model_info)
 
 
 # ---- model identity ---------------------------------------------------------------------------
@@ -521,14 +521,7 @@ class TemplateFile(Section):
     components: list[ComponentFile]
 
 
-def _parse_native(data: Any, source: str) -> Template:
-    if not isinstance(data, dict):
-        raise TemplateError(f"{source}: a template is a JSON object, got {_kind(data)}")
-    fmt = data.get("format")
-    if fmt != TEMPLATE_FORMAT:
-        newer = isinstance(fmt, str) and fmt.startswith("fnapi.template/")
-        raise TemplateError(f"{source}: format: unsupported template format {fmt!r}; this fnapi reads "
-                            f"{TEMPLATE_FORMAT!r}", "upgrade fnapi to read it" if newer else None)
+def _parse_native(data: dict[str, Any], source: str) -> Template:
     try:
         parsed = TemplateFile.model_validate(data)
     except ValidationError as exc:
@@ -568,59 +561,90 @@ def _check_channels(channels: Any, where: str, fail) -> None:
             raise fail(f"{where}[{position}]", f"channel index must be a non-negative integer (got {channel!r})")
 
 
-# ---- legacy import ------------------------------------------------------------------------------
+# ---- older layouts ---------------------------------------------------------------------------------
 
-def _import_legacy(data: Any, path: Path, model_info: Any) -> Template:
-    source = str(path)
+PREDECESSOR_BUILDER = "predecessor templates+layout"
+PREDECESSOR_GUIDE = "predecessor components+metadata"
+LOKI = "LoKI position lists"
 
+
+def _template_version(data: Any) -> Any:
+    """The ``format`` of a native file, else which older layout the JSON has (None: none known)."""
+    if isinstance(data, dict):
+        if "format" in data:
+            return data["format"]
+        if "templates" in data:
+            return PREDECESSOR_BUILDER
+        if "components" in data and "metadata" in data:
+            return PREDECESSOR_GUIDE
+    elif isinstance(data, list):
+        return LOKI
+    return None
+
+
+#: The layouts template files had before ``fnapi.template/1`` and the step that imports each (see
+#: fnapi.migrations). Imported files record no model, so a step takes ``model_info`` to fill it in.
+TEMPLATE_MIGRATIONS = Migrations(
+    "template", current=TEMPLATE_FORMAT, field="format", read_version=_template_version, error=TemplateError,
+    is_newer=lambda version: isinstance(version, str) and version.startswith("fnapi.template/"))
+
+
+def _failure(source: str):
     def fail(where: str, message: str, hint: str | None = None) -> TemplateError:
         return TemplateError(f"{source}: {where}: {message}", hint)
+    return fail
 
-    if isinstance(data, list):
-        for layer, channels in enumerate(data):
-            _check_channels(channels, f"[{layer}]", fail)
-        sets = {layer: channels for layer, channels in enumerate(data)}
-        method: dict[str, Any] = {"name": "imported", "from": "loki"}
-        quota = _quota_from_name(path)
-        if quota is not None:
-            method["quota"] = quota
-        return _imported(path, {0: sets}, method, file_layers=len(data), file_width=None,
-                         file_model=None, model_info=model_info)
-    if isinstance(data, dict) and "templates" in data:
-        layout = data.get("layout", {})
-        if not isinstance(layout, dict):
-            raise fail("layout", f"must be an object (got {_kind(layout)})")
-        captured = layout.get("captured_layers_sorted")
-        if captured is not None and (not isinstance(captured, list) or not all(_is_int(x) and x >= 0 for x in captured)):
-            raise fail("layout.captured_layers_sorted", "must be a list of layer indices")
-        hidden = layout.get("hidden_size")
-        if hidden is not None and (not _is_int(hidden) or hidden <= 0):
-            raise fail("layout.hidden_size", f"must be a positive integer (got {hidden!r})")
-        comps = _legacy_components(data["templates"], "templates", fail, key_prefix="")
-        method = {"name": "imported", "from": "templates+layout"}
-        if isinstance(data.get("name"), str):
-            method["name_in_file"] = data["name"]
-        return _imported(path, comps, method, file_layers=None, file_width=hidden, file_model=None,
-                         model_info=model_info, captured=captured)
-    if isinstance(data, dict) and "components" in data and "metadata" in data:
-        meta = data["metadata"]
-        if not isinstance(meta, dict):
-            raise fail("metadata", f"must be an object (got {_kind(meta)})")
-        comps = _legacy_components(data["components"], "components", fail, key_prefix="layer_")
-        method = {"name": "imported", "from": "components+metadata"}
-        for key in ("num_components", "percentile"):
-            if _is_number(meta.get(key)):
-                method[key] = meta[key]
-        file_model = meta.get("model") if isinstance(meta.get("model"), str) else None
-        return _imported(path, comps, method, file_layers=None, file_width=None, file_model=file_model,
-                         model_info=model_info)
-    if isinstance(data, dict):
-        raise TemplateError(
-            f"{source}: format: field missing, and the file is not a known legacy layout",
-            f"a template has \"format\": \"{TEMPLATE_FORMAT}\"; legacy files have 'templates'+'layout', "
-            "'components'+'metadata', or are a list of per-layer lists (LoKI)",
-        )
-    raise TemplateError(f"{source}: a template is a JSON object or a LoKI list of lists, got {_kind(data)}")
+
+@TEMPLATE_MIGRATIONS.step(LOKI, TEMPLATE_FORMAT)
+def _from_loki(data: list[Any], source: str, *, model_info: Any) -> dict[str, Any]:
+    """One list of down-projection rows per layer: a single component; the file name may be the quota."""
+    fail = _failure(source)
+    for layer, channels in enumerate(data):
+        _check_channels(channels, f"[{layer}]", fail)
+    method: dict[str, Any] = {"name": "imported", "from": "loki"}
+    quota = _quota_from_name(Path(source))
+    if quota is not None:
+        method["quota"] = quota
+    return _imported(source, {0: dict(enumerate(data))}, method, file_layers=len(data), file_width=None,
+                     file_model=None, model_info=model_info)
+
+
+@TEMPLATE_MIGRATIONS.step(PREDECESSOR_BUILDER, TEMPLATE_FORMAT)
+def _from_predecessor_builder(data: dict[str, Any], source: str, *, model_info: Any) -> dict[str, Any]:
+    """``templates`` (component -> layer -> channels) with an optional ``layout`` of captured layers."""
+    fail = _failure(source)
+    layout = data.get("layout", {})
+    if not isinstance(layout, dict):
+        raise fail("layout", f"must be an object (got {_kind(layout)})")
+    captured = layout.get("captured_layers_sorted")
+    if captured is not None and (not isinstance(captured, list) or not all(_is_int(x) and x >= 0 for x in captured)):
+        raise fail("layout.captured_layers_sorted", "must be a list of layer indices")
+    hidden = layout.get("hidden_size")
+    if hidden is not None and (not _is_int(hidden) or hidden <= 0):
+        raise fail("layout.hidden_size", f"must be a positive integer (got {hidden!r})")
+    comps = _legacy_components(data["templates"], "templates", fail, key_prefix="")
+    method = {"name": "imported", "from": "templates+layout"}
+    if isinstance(data.get("name"), str):
+        method["name_in_file"] = data["name"]
+    return _imported(source, comps, method, file_layers=None, file_width=hidden, file_model=None,
+                     model_info=model_info, captured=captured)
+
+
+@TEMPLATE_MIGRATIONS.step(PREDECESSOR_GUIDE, TEMPLATE_FORMAT)
+def _from_predecessor_guide(data: dict[str, Any], source: str, *, model_info: Any) -> dict[str, Any]:
+    """``components`` with ``layer_N`` keys and a ``metadata`` block that may name the model."""
+    fail = _failure(source)
+    meta = data["metadata"]
+    if not isinstance(meta, dict):
+        raise fail("metadata", f"must be an object (got {_kind(meta)})")
+    comps = _legacy_components(data["components"], "components", fail, key_prefix="layer_")
+    method = {"name": "imported", "from": "components+metadata"}
+    for key in ("num_components", "percentile"):
+        if _is_number(meta.get(key)):
+            method[key] = meta[key]
+    file_model = meta.get("model") if isinstance(meta.get("model"), str) else None
+    return _imported(source, comps, method, file_layers=None, file_width=None, file_model=file_model,
+                     model_info=model_info)
 
 
 def _legacy_components(raw: Any, where: str, fail, key_prefix: str) -> dict[int, NeuronSets]:
@@ -634,10 +658,12 @@ def _legacy_components(raw: Any, where: str, fail, key_prefix: str) -> dict[int,
     return comps
 
 
-def _imported(path: Path, comps: dict[int, NeuronSets], method: dict[str, Any], *, file_layers: int | None,
+def _imported(source: str, comps: dict[int, NeuronSets], method: dict[str, Any], *, file_layers: int | None,
               file_width: int | None, file_model: str | None, model_info: Any,
-              captured: list[int] | None = None) -> Template:
-    """A Template from imported neuron sets, with the model shape from ``model_info`` or inferred."""
+              captured: list[int] | None = None) -> dict[str, Any]:
+    """A ``fnapi.template/1`` dict from imported neuron sets, with the model shape from
+    ``model_info`` or inferred."""
+    name = Path(source).name
     used_layers = {layer for sets in comps.values() for layer, ch in sets.items() if ch}
     max_channel = max((c for sets in comps.values() for ch in sets.values() for c in ch), default=-1)
     file_layer_set = set(captured or ()) | {layer for sets in comps.values() for layer in sets}
@@ -647,10 +673,10 @@ def _imported(path: Path, comps: dict[int, NeuronSets], method: dict[str, Any], 
         model = model_identity(model_info)
         num_layers, width = model["num_layers"], model["hidden_size"]
         if file_layers is not None and file_layers != num_layers:
-            raise TemplateError(f"{path}: the file has {file_layers} per-layer lists but the model has {num_layers} layers")
+            raise TemplateError(f"{source}: the file has {file_layers} per-layer lists but the model has {num_layers} layers")
         if file_width is not None and file_width != width:
-            raise TemplateError(f"{path}: layout.hidden_size: the file says {file_width} but the model has hidden size {width}")
-        warnings.append(f"imported from {path.name}, which does not record its model; assumed {model.get('name') or 'the given model'}")
+            raise TemplateError(f"{source}: layout.hidden_size: the file says {file_width} but the model has hidden size {width}")
+        warnings.append(f"imported from {name}, which does not record its model; assumed {model.get('name') or 'the given model'}")
     else:
         model = {"name": file_model}
         num_layers = file_layers or (max(file_layer_set) + 1 if file_layer_set else 1)
@@ -659,20 +685,18 @@ def _imported(path: Path, comps: dict[int, NeuronSets], method: dict[str, Any], 
             inferred.append("num_layers")
         if file_width is None:
             inferred.append("width")
-            warnings.append(f"width {width} inferred from the largest channel index in {path.name}")
+            warnings.append(f"width {width} inferred from the largest channel index in {name}")
         warnings.append(UNKNOWN_MODEL_WARNING if not file_model else
-                        f"{path.name} names the model {file_model!r} but records no shape or weights fingerprint")
+                        f"{name} names the model {file_model!r} but records no shape or weights fingerprint")
     if inferred:
         method["inferred"] = inferred
     layers = sorted(set(captured)) if captured else list(range(num_layers))
     if file_layers is None and not captured:
         layers = sorted(used_layers) or [0]
-    components = [Component(cid, {layer: ch for layer, ch in sets.items() if ch}) for cid, sets in sorted(comps.items())]
-    try:
-        return Template(site="mlp.out", width=width, num_layers=num_layers, layers=layers, components=components,
-                        model=model, method=method, data={}, warnings=warnings)
-    except TemplateError as exc:
-        raise TemplateError(f"{path}: {exc.message}", exc.hint) from None
+    return {"format": TEMPLATE_FORMAT, "site": "mlp.out", "width": width, "num_layers": num_layers, "layers": layers,
+            "model": model, "method": method, "data": {}, "created": _now(), "warnings": warnings,
+            "components": [{"id": cid, "neurons": {str(layer): ch for layer, ch in sets.items()}}
+                           for cid, sets in sorted(comps.items())]}
 
 
 def _quota_from_name(path: Path) -> float | None:

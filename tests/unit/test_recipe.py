@@ -90,12 +90,6 @@ def test_missing_file_is_a_recipe_error(tmp_path):
         Recipe.from_yaml(tmp_path / "nope.yaml")
 
 
-def test_renamed_keys_still_load():
-    recipe = Recipe.from_yaml_text("train: {lr: 0.001, max_steps: 12}")
-    assert recipe.train.learning_rate == pytest.approx(0.001)
-    assert recipe.train.steps == 12
-
-
 def test_recipes_are_frozen():
     recipe = Recipe()
     with pytest.raises(ValidationError, match="frozen"):
