@@ -177,7 +177,7 @@ _SHAPES: dict[tuple, ModelShape] = {}
 
 
 def _files_stamp(source: Any) -> tuple:
-    """What changes when the files a parsed model spec reads change: their paths and modification times."""
+    """What changes when the files a parsed model data_spec reads change: their paths and modification times."""
     from fnapi.models import loading
 
     if source.kind == "embedded":
@@ -423,10 +423,10 @@ def _token_counts(recipe: Any, shape: ModelShape, read_data: bool) -> tuple[dict
     from fnapi.networks.capture import BATCH_TOKENS
 
     section = recipe.template
-    specs = (list(section.data) or [recipe.data.path]) if section is not None else []
+    data_specs = (list(section.data) or [recipe.data.path]) if section is not None else []
     bound_len = section.max_length if section is not None else 0
     counts: dict[str, Any] = {
-        "capture_rows": len(specs) * (section.samples if section is not None else 0) * bound_len,
+        "capture_rows": len(data_specs) * (section.samples if section is not None else 0) * bound_len,
         "capture_batch_tokens": BATCH_TOKENS, "capture_batch_size": max(BATCH_TOKENS // max(bound_len, 1), 1),
         "capture_longest": bound_len, "train_longest": recipe.data.max_length, "measured": False,
     }
@@ -439,8 +439,8 @@ def _token_counts(recipe: Any, shape: ModelShape, read_data: bool) -> tuple[dict
         model = recipe.model
         tokenizer = ModelSource.parse(model.name, revision=model.revision,
                                       trust_remote_code=model.trust_remote_code).tokenizer()
-        if specs:
-            counts.update(capture_counts(specs, section, tokenizer))
+        if data_specs:
+            counts.update(capture_counts(data_specs, section, tokenizer))
         data = load_data(recipe.data, seed=recipe.seed)
         tokens = tokenize(data.train, tokenizer, chat_template=recipe.data.chat_template,
                           max_length=recipe.data.max_length)
@@ -452,13 +452,13 @@ def _token_counts(recipe: Any, shape: ModelShape, read_data: bool) -> tuple[dict
         return counts, [f"token counts are upper bounds: the data could not be read ({exc.message})"]
 
 
-def capture_counts(specs: list[str], section: Any, tokenizer: Any) -> dict[str, int]:
+def capture_counts(data_specs: list[str], section: Any, tokenizer: Any) -> dict[str, int]:
     """Captured token rows (special tokens excluded) and the biggest capture batch of a template build."""
     import torch
 
     from fnapi.networks.capture import batch_plan, load_sequences
 
-    sequences = load_sequences(specs, tokenizer, samples=section.samples, max_length=section.max_length).sequences
+    sequences = load_sequences(data_specs, tokenizer, samples=section.samples, max_length=section.max_length).sequences
     special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
     rows = sum(int((~torch.isin(torch.tensor(seq[:section.max_length]), special)).sum()) for seq in sequences)
     plan = batch_plan(sequences, max_length=section.max_length)

@@ -159,13 +159,13 @@ def _trained(folder: Path, recipe: Recipe, loaded: Any, sink: EventSink,
     else:
         raise RecipeError(f"run {folder} has no trained weights (no model/ or adapter/ folder)",
                           "the run may not have finished, or ran with output.save_model: false")
-    spec = None
+    neuron_mask = None
     if recipe.mask.switches()[0] != "none":
         template_file = folder / "template.json"
         if not template_file.is_file():
             raise RecipeError(f"run {folder} ablates neurons but has no template.json to say which")
-        spec = from_section(Template.load(template_file), recipe.mask, seed=recipe.seed)
-    context = mask(model, spec, train="all") if spec is not None else contextlib.nullcontext()
+        neuron_mask = from_section(Template.load(template_file), recipe.mask, seed=recipe.seed)
+    context = mask(model, neuron_mask, train="all") if neuron_mask is not None else contextlib.nullcontext()
     try:
         with context:
             yield model

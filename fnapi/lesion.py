@@ -206,8 +206,8 @@ def lesion_study(loaded: Any, template: Any, *, components: Sequence[int] | None
     percent = {row["id"]: row["percent"] for row in template.summary_rows()}
 
     def lesioned(neurons: dict[int, list[int]]) -> dict[str, float]:
-        spec = NeuronMask(template.site, neurons, ablate="selected", width=width)
-        with mask(model, spec):
+        neuron_mask = NeuronMask(template.site, neurons, ablate="selected", width=width)
+        with mask(model, neuron_mask):
             return probe_scores(model, tokenizer, items)
 
     results = []

@@ -259,21 +259,21 @@ def from_section(template: Any, section: Any, *, seed: int = 0) -> NeuronMask:
     """The mask a recipe's ``mask`` section describes (``recipe.MaskSection``); with
     ``control: random`` the networks' neurons are replaced by :func:`random_like` draws (``seed``)."""
     ablate, train = section.switches()
-    spec = from_template(template, section.components, preset=section.preset, ablate=ablate, train=train,
+    neuron_mask = from_template(template, section.components, preset=section.preset, ablate=ablate, train=train,
                          layers=section.layers, top_stable=section.top_stable)
     if getattr(section, "control", "none") == "random":
-        spec = random_like(spec, template.width, seed=seed)
-    return spec
+        neuron_mask = random_like(neuron_mask, template.width, seed=seed)
+    return neuron_mask
 
 
-def random_like(spec: NeuronMask, width: int, *, seed: int) -> NeuronMask:
-    """The random-neuron control of ``spec``: in every affected layer as many channels as ``spec``
+def random_like(neuron_mask: NeuronMask, width: int, *, seed: int) -> NeuronMask:
+    """The random-neuron control of ``neuron_mask``: in every affected layer as many channels as ``neuron_mask``
     selects there, drawn uniformly from the site's ``width`` (seeded), with the same switches."""
     rng = np.random.default_rng([seed, 7919, width])
     neurons = {layer: sorted(int(c) for c in rng.choice(width, size=len(channels), replace=False))
-               for layer, channels in spec.neurons.items()}
-    return dataclasses.replace(spec, neurons=neurons, width=width,
-                               source={**spec.source, "control": "random", "control_seed": seed})
+               for layer, channels in neuron_mask.neurons.items()}
+    return dataclasses.replace(neuron_mask, neurons=neurons, width=width,
+                               source={**neuron_mask.source, "control": "random", "control_seed": seed})
 
 
 def resolve(model: nn.Module, template_or_mask: Any, *, components: list[int] | str | None = None,
@@ -288,11 +288,11 @@ def resolve(model: nn.Module, template_or_mask: Any, *, components: list[int] | 
     if isinstance(template_or_mask, NeuronMask):
         if components is not None:
             raise TypeError("components only applies when masking with a template")
-        spec = template_or_mask.with_switches(preset=preset, ablate=ablate, train=train)
-        return spec.restrict(layers, num_layers)
+        neuron_mask = template_or_mask.with_switches(preset=preset, ablate=ablate, train=train)
+        return neuron_mask.restrict(layers, num_layers)
     if isinstance(template_or_mask, Mapping):
-        spec = NeuronMask(site or "mlp.out", template_or_mask, *_preset_switches(preset or "none"))
-        return spec.with_switches(ablate=ablate, train=train).restrict(layers, num_layers)
+        neuron_mask = NeuronMask(site or "mlp.out", template_or_mask, *_preset_switches(preset or "none"))
+        return neuron_mask.with_switches(ablate=ablate, train=train).restrict(layers, num_layers)
     template = template_or_mask
     template.check_compatible({"num_layers": num_layers, **_model_widths(adapter, model)})
     if components is None:
@@ -379,36 +379,37 @@ class _Plan:
     hooks: list[tuple[nn.Module, torch.Tensor]]  # (down_proj module, bool "zero this channel" vector)
 
 
-def _plan(model: nn.Module, spec: NeuronMask) -> _Plan:
-    """Work out hooks and freezing for ``spec`` on ``model`` without changing anything."""
+def _plan(model: nn.Module, neuron_mask: NeuronMask) -> _Plan:
+    """Work out hooks and freezing for ``neuron_mask`` on ``model`` without changing anything."""
     adapter = get_adapter(model)
     num_layers = adapter.num_layers(model)
-    width = site(spec.site).width(_model_widths(adapter, model))
-    if spec.width is not None and spec.width != width:
-        raise TemplateError(f"mask was made for width {spec.width} at {spec.site} but the model has width {width} there")
-    outside = [layer for layer in spec.layers if layer >= num_layers]
+    width = site(neuron_mask.site).width(_model_widths(adapter, model))
+    if neuron_mask.width is not None and neuron_mask.width != width:
+        raise TemplateError(f"mask was made for width {neuron_mask.width} at {neuron_mask.site} but the model has "
+                            f"width {width} there")
+    outside = [layer for layer in neuron_mask.layers if layer >= num_layers]
     if outside:
         raise TemplateError(f"mask layers {outside} do not exist: the model has {num_layers} layers (0-{num_layers - 1})")
-    for layer in spec.layers:
-        if spec.neurons[layer] and spec.neurons[layer][-1] >= width:
-            raise TemplateError(f"mask layer {layer}: channel {spec.neurons[layer][-1]} is outside 0-{width - 1} "
-                                f"(width {width} at {spec.site})")
+    for layer in neuron_mask.layers:
+        if neuron_mask.neurons[layer] and neuron_mask.neurons[layer][-1] >= width:
+            raise TemplateError(f"mask layer {layer}: channel {neuron_mask.neurons[layer][-1]} is outside 0-{width - 1} "
+                                f"(width {width} at {neuron_mask.site})")
 
     plan = _Plan([], [], [])
     neuron_params: set[int] = set()
     for layer in range(num_layers):
         down = adapter.down_proj(model, layer)
-        blocks = _neuron_blocks(adapter, model, layer, down, spec.site)
+        blocks = _neuron_blocks(adapter, model, layer, down, neuron_mask.site)
         neuron_params.update(id(p) for block in blocks for p in block.params())
-        if spec.ablate != "none" and spec.ablated(layer, width):
+        if neuron_mask.ablate != "none" and neuron_mask.ablated(layer, width):
             drop = torch.zeros(width, dtype=torch.bool)
-            drop[spec.ablated(layer, width)] = True
+            drop[neuron_mask.ablated(layer, width)] = True
             plan.hooks.append((down, drop))
-        frozen = spec.frozen(layer, width)
+        frozen = neuron_mask.frozen(layer, width)
         if frozen:
             for block in blocks:
                 block.plan(torch.tensor(frozen, dtype=torch.long), f"layer {layer}", plan)
-    if spec.train == "selected":
+    if neuron_mask.train == "selected":
         # Only neuron weights may train; everything else the method would train is frozen.
         plan.freeze.extend(p for p in model.parameters() if p.requires_grad and id(p) not in neuron_params)
     return plan
@@ -514,10 +515,10 @@ class AppliedMask:
     hooks and freezing off again.
     """
 
-    def __init__(self, model: nn.Module, spec: NeuronMask) -> None:
+    def __init__(self, model: nn.Module, neuron_mask: NeuronMask) -> None:
         self.model = model
-        self.mask = spec
-        self._plan = _plan(model, spec)
+        self.mask = neuron_mask
+        self._plan = _plan(model, neuron_mask)
         self._handles: list[Any] = []
         self._requires_grad: list[tuple[torch.Tensor, bool]] = []
         self._parametrized: list[tuple[nn.Module, str]] = []
@@ -610,9 +611,9 @@ def mask(model: nn.Module, template_or_mask: Any, *, components: list[int] | str
     >>> with mask(model, template, components=[0, 2], preset="protect") as applied:  # doctest: +SKIP
     ...     trainer.train()
     """
-    spec = resolve(model, template_or_mask, components=components, ablate=ablate, train=train, preset=preset,
+    neuron_mask = resolve(model, template_or_mask, components=components, ablate=ablate, train=train, preset=preset,
                    layers=layers, top_stable=top_stable, site=site)
-    applied = AppliedMask(model, spec)
+    applied = AppliedMask(model, neuron_mask)
     try:
         applied.install()
         yield applied
@@ -622,15 +623,15 @@ def mask(model: nn.Module, template_or_mask: Any, *, components: list[int] | str
 
 # ---- helpers for training and saving -----------------------------------------------------------------
 
-def trainable_parameters(model: nn.Module, spec: NeuronMask | None = None) -> int:
-    """How many parameters would train with ``spec`` installed (without installing it).
+def trainable_parameters(model: nn.Module, neuron_mask: NeuronMask | None = None) -> int:
+    """How many parameters would train with ``neuron_mask`` installed (without installing it).
 
     Starts from the parameters that currently require grad (what the training method trains).
     """
     total = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    if spec is None or spec.train == "all":
+    if neuron_mask is None or neuron_mask.train == "all":
         return total
-    plan = _plan(model, spec)
+    plan = _plan(model, neuron_mask)
     frozen_whole = {id(p) for p in plan.freeze if p.requires_grad}
     total -= sum(p.numel() for p in {id(p): p for p in plan.freeze if p.requires_grad}.values())
     for (module, name), slices in _group_slices(plan.slices).items():
@@ -641,13 +642,13 @@ def trainable_parameters(model: nn.Module, spec: NeuronMask | None = None) -> in
     return total
 
 
-def frozen_checksums(model: nn.Module, spec: NeuronMask) -> dict[str, str]:
+def frozen_checksums(model: nn.Module, neuron_mask: NeuronMask) -> dict[str, str]:
     """SHA-256 of each frozen block of neuron weights, keyed by layer and parameter.
 
     Take it once the mask is installed (installing zeroes frozen LoRA A columns) and again after
     training; equal dicts mean the frozen weights did not move by a single bit.
     """
-    return _checksums(_plan(model, spec))
+    return _checksums(_plan(model, neuron_mask))
 
 
 def _checksums(plan: _Plan) -> dict[str, str]:
@@ -678,17 +679,17 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return plain
 
 
-def bake_lesion(model: nn.Module, spec: NeuronMask) -> None:
+def bake_lesion(model: nn.Module, neuron_mask: NeuronMask) -> None:
     """Zero the ablated channels in the weights, so the model behaves masked without hooks.
 
     ``mlp.out``: the down-projection's output rows and bias entries (and LoRA B rows);
     ``mlp.hidden``: its input columns (and LoRA A columns). Call it outside :func:`mask`.
     """
     adapter = get_adapter(model)
-    where = site(spec.site)
+    where = site(neuron_mask.site)
     width = where.width(_model_widths(adapter, model))
-    for layer in spec.layers:
-        channels = spec.ablated(layer, width)
+    for layer in neuron_mask.layers:
+        channels = neuron_mask.ablated(layer, width)
         if not channels:
             continue
         down = adapter.down_proj(model, layer)

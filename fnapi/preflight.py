@@ -39,8 +39,8 @@ def preflight(recipe: Recipe) -> list[Problem]:
         if problem:
             problems.append(problem)
     elif recipe.template is not None:
-        for index, spec in enumerate(recipe.template.data):
-            problems += _source(f"template.data[{index}]", spec)
+        for index, data_spec in enumerate(recipe.template.data):
+            problems += _source(f"template.data[{index}]", data_spec)
     shape, unsupported = _model_shape(recipe)
     problems += unsupported
     if shape is not None:
@@ -86,10 +86,10 @@ def _data_problems(recipe: Recipe) -> list[Problem]:
     return problems
 
 
-def _source(where: str, spec: str) -> list[Problem]:
+def _source(where: str, data_spec: str) -> list[Problem]:
     from fnapi.data.loading import source_problem
 
-    problem = source_problem(spec)
+    problem = source_problem(data_spec)
     return [Problem(where, problem)] if problem else []
 
 
@@ -128,10 +128,10 @@ def _shape_problems(recipe: Recipe, shape: ModelShape, template: Template | None
     filters = [("mask.layers", recipe.mask.layers)]
     if recipe.template is not None:
         filters.insert(0, ("template.layers", recipe.template.layers))
-    for where, spec in filters:
+    for where, layer_filter in filters:
         try:
-            if not parse_layers(spec, shape.num_layers):
-                problems.append(Problem(where, f"layer filter {spec!r} selects no layer of {shape.name} "
+            if not parse_layers(layer_filter, shape.num_layers):
+                problems.append(Problem(where, f"layer filter {layer_filter!r} selects no layer of {shape.name} "
                                                f"({shape.num_layers} layers)"))
         except RecipeError as exc:
             problems.append(Problem(where, f"{exc.message} ({shape.name})"))

@@ -533,28 +533,28 @@ def validation_problems(exc: ValidationError, model: type[BaseModel]) -> list[Pr
     return list(dict.fromkeys(problems))
 
 
-def _check_layer_syntax(spec: str | None) -> str | None:
+def _check_layer_syntax(layer_filter: str | None) -> str | None:
     """A layer filter's form, checked before any model is known (the range is checked at load)."""
     try:
-        parse_layers(spec, _ANY_DEPTH)
+        parse_layers(layer_filter, _ANY_DEPTH)
     except RecipeError as exc:
         raise ValueError(exc.message) from None
-    return spec
+    return layer_filter
 
 
 _ANY_DEPTH = 1 << 20  # deeper than any model: only the filter's form can fail against it
 
 
-def parse_layers(spec: str | None, num_layers: int) -> list[int]:
+def parse_layers(layer_filter: str | None, num_layers: int) -> list[int]:
     """Expand a layer filter such as ``"0:4,9:"`` or ``"1,3,-1"`` into sorted layer indices.
 
     >>> parse_layers("0:2,5:", 7)
     [0, 1, 5, 6]
     """
-    if spec is None or str(spec).strip() in ("", "all", ":"):
+    if layer_filter is None or str(layer_filter).strip() in ("", "all", ":"):
         return list(range(num_layers))
     chosen: set[int] = set()
-    for part in str(spec).split(","):
+    for part in str(layer_filter).split(","):
         part = part.strip()
         if not part:
             continue
@@ -572,7 +572,7 @@ def parse_layers(spec: str | None, num_layers: int) -> list[int]:
                     raise RecipeError(f"layer {part} is out of range: the model has {num_layers} layers (0-{num_layers - 1})")
                 chosen.add(index)
         except ValueError:
-            raise RecipeError(f"layer filter {spec!r}: cannot read {part!r}; use forms like '0:4,9:' or '1,3,-1'") from None
+            raise RecipeError(f"layer filter {layer_filter!r}: cannot read {part!r}; use forms like '0:4,9:' or '1,3,-1'") from None
     if not chosen:
-        raise RecipeError(f"layer filter {spec!r} selects no layer of a {num_layers}-layer model")
+        raise RecipeError(f"layer filter {layer_filter!r} selects no layer of a {num_layers}-layer model")
     return sorted(chosen)

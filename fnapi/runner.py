@@ -180,13 +180,13 @@ def _run_stages(recipe: Recipe, rundir: RunDir, sink: EventSink, cancel: threadi
 
     current["stage"] = "template"
     template = None
-    spec = None
+    neuron_mask = None
     if recipe.template is not None:
         template = obtain_template(recipe, loaded, rundir, sink, cancel)
         current["stage"] = "mask"
         if recipe.mask.switches() != ("none", "all"):
-            spec = from_section(template, recipe.mask, seed=recipe.seed)
-            sink.emit(Log(message=f"mask: {spec.describe()}", stage="mask"))
+            neuron_mask = from_section(template, recipe.mask, seed=recipe.seed)
+            sink.emit(Log(message=f"mask: {neuron_mask.describe()}", stage="mask"))
 
     current["stage"] = "evaluate"
     eval_set = _task_conversations(recipe, data)
@@ -195,7 +195,7 @@ def _run_stages(recipe: Recipe, rundir: RunDir, sink: EventSink, cancel: threadi
     baseline = distributed.on_main(baseline_scores, recipe, plan, loaded, rundir, sink, cancel, share=_public)
 
     current["stage"] = "train"
-    result = train(loaded, tokenizer, train_tokens, validation_tokens, recipe.train, mask=spec,
+    result = train(loaded, tokenizer, train_tokens, validation_tokens, recipe.train, mask=neuron_mask,
                    output_dir=rundir.path, seed=recipe.seed, sink=sink, cancel=cancel, resume=True,
                    save_model=recipe.output.save_model, merge_lora=recipe.output.merge_lora,
                    bake_lesion=recipe.output.bake_lesion,
@@ -203,7 +203,7 @@ def _run_stages(recipe: Recipe, rundir: RunDir, sink: EventSink, cancel: threadi
                    task_check=_task_check(recipe, data, tokenizer))
 
     current["stage"] = "evaluate"
-    after = distributed.on_main(final_scores, recipe, plan, result.model, tokenizer, spec, baseline, sink, cancel)
+    after = distributed.on_main(final_scores, recipe, plan, result.model, tokenizer, neuron_mask, baseline, sink, cancel)
     if after is not None:
         distributed.on_main(write_measures, rundir, baseline["measures"], after)
 
@@ -219,7 +219,7 @@ def _run_stages(recipe: Recipe, rundir: RunDir, sink: EventSink, cancel: threadi
         losses=list(result.losses),
         frozen_weights_unchanged=result.frozen_unchanged,
         model=loaded.info.to_dict(),
-        mask=_mask_summary(recipe, spec),
+        mask=_mask_summary(recipe, neuron_mask),
         template=_template_summary(template, rundir),
         method=recipe.train.method,
         recipe_fingerprint=recipe.fingerprint(),
@@ -301,8 +301,8 @@ def obtain_template(recipe: Recipe, loaded: Any, rundir: RunDir, sink: EventSink
         template = Template.load(rundir.template)
         source = "this run (resumed)"
     else:
-        specs = list(section.data) or [recipe.data.path]
-        template = build_template(loaded, section, specs, seed=recipe.seed, sink=sink, cancel=cancel)
+        data_specs = list(section.data) or [recipe.data.path]
+        template = build_template(loaded, section, data_specs, seed=recipe.seed, sink=sink, cancel=cancel)
         source = "built"
         if section.out:
             distributed.on_main(template.save, section.out)
@@ -443,7 +443,7 @@ def _public(scores: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in scores.items() if not key.startswith("_")}
 
 
-def final_scores(recipe: Recipe, plan: Any, model: Any, tokenizer: Any, spec: Any, baseline: dict,
+def final_scores(recipe: Recipe, plan: Any, model: Any, tokenizer: Any, neuron_mask: Any, baseline: dict,
                  sink: EventSink, cancel: threading.Event | None) -> Any:
     """Per-item scores of the fine-tuned model, with the forward-pass part of the mask (ablation) in place."""
 
@@ -452,8 +452,8 @@ def final_scores(recipe: Recipe, plan: Any, model: Any, tokenizer: Any, spec: An
 
     if not recipe.eval.enabled:
         return None
-    ablating = spec is not None and spec.ablate != "none"
-    context = mask(model, spec, train="all") if ablating else contextlib.nullcontext()
+    ablating = neuron_mask is not None and neuron_mask.ablate != "none"
+    context = mask(model, neuron_mask, train="all") if ablating else contextlib.nullcontext()
     merged = _adapter_merged(model) if recipe.train.method == "lora" else contextlib.nullcontext()
     with merged, context, stage(sink, "evaluate", total=plan.items, unit="item", cancel=cancel,
                         description="scores after fine-tuning") as progress:
@@ -499,16 +499,16 @@ def report_scores(before: Any, after: Any) -> dict[str, Any]:
             "kl_to_base": kl["mean"] if kl else None, "kl_ci95": kl["ci95"] if kl else None}
 
 
-def _mask_summary(recipe: Recipe, spec: Any) -> dict[str, Any]:
+def _mask_summary(recipe: Recipe, neuron_mask: Any) -> dict[str, Any]:
     ablate, train_which = recipe.mask.switches()
     summary: dict[str, Any] = {"preset": recipe.mask.preset, "ablate": ablate, "train": train_which,
                                "components": recipe.mask.components, "layers": recipe.mask.layers}
     summary["control"] = recipe.mask.control
-    if spec is not None:
-        summary["site"] = spec.site
-        summary["neurons"] = sum(len(spec.selected(layer)) for layer in spec.layers)
-        summary["per_layer"] = {str(layer): len(spec.selected(layer)) for layer in spec.layers}
-        summary["in_words"] = spec.in_words()
+    if neuron_mask is not None:
+        summary["site"] = neuron_mask.site
+        summary["neurons"] = sum(len(neuron_mask.selected(layer)) for layer in neuron_mask.layers)
+        summary["per_layer"] = {str(layer): len(neuron_mask.selected(layer)) for layer in neuron_mask.layers}
+        summary["in_words"] = neuron_mask.in_words()
     return summary
 
 

@@ -309,11 +309,11 @@ def recipe_sizes(recipe: Any, loaded: Any, *, plan: Any = None, include_template
     capture_tokens, runs, neurons, width, attribution = 0, 0, 0, 0, 0
     section = recipe.template
     if include_template and section is not None and not section.path:
-        specs = list(section.data) or [recipe.data.path]
+        data_specs = list(section.data) or [recipe.data.path]
         if section.method == "ica":
-            capture_tokens, runs, neurons, width = template_work(section, specs, loaded)
+            capture_tokens, runs, neurons, width = template_work(section, data_specs, loaded)
         else:
-            attribution = attribution_work(section, specs, loaded)
+            attribution = attribution_work(section, data_specs, loaded)
     sizes = Sizes(steps=steps, batch_tokens=train.batch_size * train.gradient_accumulation * padded,
                   validation_tokens=validation_tokens, task_items=task_items, probe_items=probe_items,
                   text_items=text_items, task_check_items=checks, capture_tokens=capture_tokens, ica_runs=runs,
@@ -322,20 +322,20 @@ def recipe_sizes(recipe: Any, loaded: Any, *, plan: Any = None, include_template
     return sizes, plan, shape
 
 
-def template_work(section: Any, specs: list[str], loaded: Any) -> tuple[int, int, int, int]:
+def template_work(section: Any, data_specs: list[str], loaded: Any) -> tuple[int, int, int, int]:
     """(captured tokens, ICA runs, neurons, neurons per layer) of building the template ``section``
     describes."""
     from fnapi.estimate import capture_counts
     from fnapi.networks.capture import site_width
     from fnapi.recipe import parse_layers
 
-    counts = capture_counts(specs, section, loaded.tokenizer)
+    counts = capture_counts(data_specs, section, loaded.tokenizer)
     layers = len(parse_layers(section.layers, loaded.info.num_layers))
     width = site_width(loaded.adapter, loaded.model, section.site)
     return counts["capture_rows"], section.runs, layers * width, width
 
 
-def attribution_work(section: Any, specs: list[str], loaded: Any) -> int:
+def attribution_work(section: Any, data_specs: list[str], loaded: Any) -> int:
     """Tokens an attribution template pushes through forward + backward: every example's tokens
     once per integrated-gradient step (the steps are one batch)."""
     from fnapi.data.loading import read_conversations
@@ -343,8 +343,8 @@ def attribution_work(section: Any, specs: list[str], loaded: Any) -> int:
     from fnapi.networks.attribution import DEFAULT_STEPS
 
     tokens = 0
-    for spec in specs:
-        conversations, _ = read_conversations(spec, max_samples=section.samples)
+    for data_spec in data_specs:
+        conversations, _ = read_conversations(data_spec, max_samples=section.samples)
         tokenized = tokenize(conversations, loaded.tokenizer, max_length=section.max_length, cache=False)
         tokens += sum(len(ids) for ids in tokenized.input_ids)
     return tokens * DEFAULT_STEPS
@@ -394,12 +394,12 @@ def estimate_time(recipe: Any, loaded: Any, *, cancel: threading.Event | None = 
     return time_stages(rates, sizes)
 
 
-def estimate_template_time(section: Any, specs: list[str], loaded: Any, *, cache: dict | None = None,
+def estimate_template_time(section: Any, data_specs: list[str], loaded: Any, *, cache: dict | None = None,
                            cancel: threading.Event | None = None) -> TimeEstimate:
     """Time the template build ``section`` describes (capture and ICA, or attribution) on ``loaded``."""
     cache = cache if cache is not None else {}
     if section.method != "ica":
-        tokens = attribution_work(section, specs, loaded)
+        tokens = attribution_work(section, data_specs, loaded)
         length = min(section.max_length, 128)
         key = ("passes", loaded.info.name, TIMED_ROWS, length, False)
         if key not in cache:
@@ -408,7 +408,7 @@ def estimate_template_time(section: Any, specs: list[str], loaded: Any, *, cache
         rates = Rates(forward_token=cache[key][0], train_token=cache[key][1])
         estimate = time_stages(rates, Sizes(steps=0, batch_tokens=0, attribution_tokens=tokens))
         return TimeEstimate(tuple(s for s in estimate.stages if s.stage == "attribution"))
-    tokens, runs, neurons, width = template_work(section, specs, loaded)
+    tokens, runs, neurons, width = template_work(section, data_specs, loaded)
     key = ("passes", loaded.info.name, TIMED_ROWS, min(section.max_length, 128), False)
     if key not in cache:
         check_cancelled(cancel, "the time estimate")

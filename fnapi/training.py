@@ -140,8 +140,8 @@ def train(loaded_or_model: Any, tokenizer: Any, train_data: Any, eval_data: Any,
     sink = distributed.main_process_sink(sink if sink is not None else NullSink())
     output_dir = Path(output_dir)
     root = output_dir / CHECKPOINTS_DIR
-    spec = mask if mask is not None and not mask.is_noop else None
-    identity = _run_identity(train_section, seed, spec, train_data, model_id)
+    neuron_mask = mask if mask is not None and not mask.is_noop else None
+    identity = _run_identity(train_section, seed, neuron_mask, train_data, model_id)
     checkpoint = _find_resume_point(root, identity, resume, sink)
     started = time.monotonic()
 
@@ -175,14 +175,14 @@ def train(loaded_or_model: Any, tokenizer: Any, train_data: Any, eval_data: Any,
             trainer.load_plain_weights(str(checkpoint))
             progress.log(f"resuming from {checkpoint.name}")
         total = sum(p.numel() for p in model.parameters())
-        with _masked(model, spec) as applied:
+        with _masked(model, neuron_mask) as applied:
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
             if trainable == 0:
                 raise RecipeError("the mask leaves no parameter to train",
                                   hint="choose components with neurons in the masked layers or another preset; with "
                                        "LoRA the down-projection must be among train.lora.target_modules")
             progress.log(f"training {trainable:,} of {total:,} parameters"
-                         + (f"; mask {spec.describe()}" if spec else ""))
+                         + (f"; mask {neuron_mask.describe()}" if neuron_mask else ""))
             before = applied.frozen_checksums() if applied else {}
             if train_section.gradient_checkpointing:
                 model.enable_input_require_grads()
@@ -208,7 +208,7 @@ def train(loaded_or_model: Any, tokenizer: Any, train_data: Any, eval_data: Any,
             raise CancelledError(
                 f"training was cancelled at step {steps}; a checkpoint was saved in {callback.last_checkpoint}",
                 hint="Run the same command again to resume from it.")
-        after = frozen_checksums(model, spec) if spec else {}
+        after = frozen_checksums(model, neuron_mask) if neuron_mask else {}
         unchanged = None if not before else after == before
         if unchanged is False:
             progress.log("frozen weights changed during training", level="error")
@@ -218,7 +218,7 @@ def train(loaded_or_model: Any, tokenizer: Any, train_data: Any, eval_data: Any,
             unchanged = unchanged and agree
             progress.log(f"frozen weights bit-identical on all {distributed.world_size()} processes" if agree
                          else "frozen weights differ between processes", level="info" if agree else "error")
-        adapter_dir, model_dir, model = _save_outputs(model, tokenizer, spec, output_dir, train_section.method,
+        adapter_dir, model_dir, model = _save_outputs(model, tokenizer, neuron_mask, output_dir, train_section.method,
                                                       save_model=save_model, merge_lora=merge_lora,
                                                       bake_lesion=bake_lesion)
         model.eval()
@@ -269,14 +269,14 @@ def _data_fingerprint(data: Any) -> str:
     return digest.hexdigest()[:16]
 
 
-def _run_identity(section: TrainSection, seed: int, spec: NeuronMask | None, data: Any, model_id: str) -> dict:
+def _run_identity(section: TrainSection, seed: int, neuron_mask: NeuronMask | None, data: Any, model_id: str) -> dict:
     """What must be equal for a checkpoint to be continued."""
     recipe = section.model_dump(mode="json", exclude=_RESUME_NEUTRAL)
     identity = {
         "format": STATE_FORMAT,
         "train": recipe,
         "seed": seed,
-        "mask": None if spec is None else {**spec.to_dict(), "source": None},
+        "mask": None if neuron_mask is None else {**neuron_mask.to_dict(), "source": None},
         "data": _data_fingerprint(data),
         "model": model_id,
     }
@@ -383,11 +383,11 @@ def _lora_targets(model: Any, targets: list[str] | str) -> list[str]:
 
 
 @contextlib.contextmanager
-def _masked(model: Any, spec: NeuronMask | None) -> Iterator[Any]:
-    if spec is None:
+def _masked(model: Any, neuron_mask: NeuronMask | None) -> Iterator[Any]:
+    if neuron_mask is None:
         yield None
         return
-    with apply_mask(model, spec) as applied:
+    with apply_mask(model, neuron_mask) as applied:
         yield applied
 
 
@@ -544,13 +544,13 @@ class _TaskTarget(TrainerCallback):
 
 # ---- outputs ---------------------------------------------------------------------------------------------
 
-def _save_outputs(model: Any, tokenizer: Any, spec: NeuronMask | None, output_dir: Path, method: str, *,
+def _save_outputs(model: Any, tokenizer: Any, neuron_mask: NeuronMask | None, output_dir: Path, method: str, *,
                   save_model: bool, merge_lora: bool, bake_lesion: bool) -> tuple[Path | None, Path | None, Any]:
     """Write the adapter and/or the full model; returns (adapter_dir, model_dir, model to evaluate)."""
     if not save_model:
         return None, None, model
     is_lora = method in ("lora", "qlora")
-    lesion = bake_lesion and spec is not None and spec.ablate != "none"
+    lesion = bake_lesion and neuron_mask is not None and neuron_mask.ablate != "none"
     adapter_dir = model_dir = None
     if is_lora:
         adapter_dir = _write_dir(output_dir / "adapter", lambda d: (model.save_pretrained(d), tokenizer.save_pretrained(d)))
@@ -558,7 +558,7 @@ def _save_outputs(model: Any, tokenizer: Any, spec: NeuronMask | None, output_di
             return adapter_dir, None, model
         model = model.merge_and_unload()
     if lesion:
-        bake_lesion_into(model, spec)
+        bake_lesion_into(model, neuron_mask)
     model_dir = _write_dir(output_dir / "model", lambda d: (model.save_pretrained(d), tokenizer.save_pretrained(d)))
     return adapter_dir, model_dir, model
 

@@ -13,14 +13,14 @@ model_app = typer.Typer(help="Inspect models.", no_args_is_help=True, add_comple
 
 @model_app.command("info")
 def info(
-    spec: str = typer.Argument(EMBEDDED_MODEL, help="embedded name, hub id, local folder or .gguf file"),
+    model_spec: str = typer.Argument(EMBEDDED_MODEL, metavar="MODEL", help="embedded name, hub id, local folder or .gguf file"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
 ) -> None:
     """Load a model and print its architecture, shapes, parameter count and weight fingerprint."""
     from fnapi.events import console_sink
     from fnapi.models.loading import load_model
 
-    loaded = load_model(spec, sink=console_sink())
+    loaded = load_model(model_spec, sink=console_sink())
     facts = {**loaded.info.to_dict(), "source": loaded.source,
              "pad_token": loaded.tokenizer.pad_token, "pad_is_eos": loaded.pad_is_eos}
     if as_json:

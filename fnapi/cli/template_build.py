@@ -61,19 +61,19 @@ def build(
         raise RecipeError.invalid("command line", validation_problems(exc, TemplateSection)) from None
 
     model_spec = model or (base.model if base else EMBEDDED_MODEL)
-    specs = list(data or section.data or ([base.data.path] if base else [DEFAULT_DATA]))
+    data_specs = list(data or section.data or ([base.data.path] if base else [DEFAULT_DATA]))
     seed_value = seed if seed is not None else (base.seed if base else 0)
     sink = console_sink()
     # The group is left explicitly, after every process is done: a process that exits while gloo's
     # threads still run aborts ("terminate called without an active exception") and fails the launch.
     with distributed.process_group():
-        target = _build_and_save(model_spec, section, specs, seed_value, pca_dims, out, sink)
+        target = _build_and_save(model_spec, section, data_specs, seed_value, pca_dims, out, sink)
         distributed.barrier()
     if target is not None:
         print(target)
 
 
-def _build_and_save(model_spec: str, section: Any, specs: list[str], seed_value: int, pca_dims: Any,
+def _build_and_save(model_spec: str, section: Any, data_specs: list[str], seed_value: int, pca_dims: Any,
                     out: Any, sink: Any) -> Any:
     """Build on every process; the main process saves, reports and returns the path (others: None)."""
     from fnapi import distributed
@@ -81,9 +81,9 @@ def _build_and_save(model_spec: str, section: Any, specs: list[str], seed_value:
     from fnapi.networks.build import build_template, default_template_path
 
     loaded = load_model(model_spec, sink=sink)
-    template = build_template(loaded, section, specs, seed=seed_value, pca_dims=pca_dims, sink=sink)
+    template = build_template(loaded, section, data_specs, seed=seed_value, pca_dims=pca_dims, sink=sink)
     target = out or (Path(section.out) if section.out else
-                     default_template_path(loaded.info.name, specs, section, seed_value))
+                     default_template_path(loaded.info.name, data_specs, section, seed_value))
     if not distributed.is_main_process():
         return None  # under torchrun every process captured its share; the main process writes and reports
     target = _save_or_keep(template, Path(target))

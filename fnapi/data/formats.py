@@ -288,11 +288,11 @@ def _resolve(name: str, columns: list[str], records: list[dict], overrides: dict
              forced: bool) -> dict[str, str] | None:
     """The field mapping of layout ``name`` on these columns, with ``overrides`` applied, in role
     order; None when the layout does not fit."""
-    spec = FORMATS[name]
+    layout = FORMATS[name]
     lower = {c.lower(): c for c in reversed(columns)}
     overridden_roles = set(overrides.values())
     mapping: dict[str, str] = {}
-    for required, roles in ((True, spec["required"]), (False, spec["optional"])):
+    for required, roles in ((True, layout["required"]), (False, layout["optional"])):
         for role, aliases in roles.items():
             if role in overridden_roles:
                 continue
@@ -368,8 +368,8 @@ def _no_format_message(source: str, format: str, columns: list[str], numbered: l
         return (f"{source}: no row is usable as {name} ({_mapping_text(mapping)}); "
                 f"row {number}: {_row_problem(record, mapping)}")
     if format != "auto":
-        spec = FORMATS[format]["required"]
-        wanted = " and ".join(f"{role} ({'/'.join(aliases)})" for role, aliases in spec.items())
+        required = FORMATS[format]["required"]
+        wanted = " and ".join(f"{role} ({'/'.join(aliases)})" for role, aliases in required.items())
         return f"{source}: cannot read as {format}: it needs {wanted}; the rows have fields {shown}"
     return f"{source}: unknown data layout; the rows have fields {shown}"
 

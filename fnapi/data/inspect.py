@@ -45,17 +45,17 @@ class DataPreview:
                 "max_length": self.max_length, "tokens": self.tokens, "examples": self.examples}
 
 
-def inspect_data(spec: str, tokenizer: PreTrainedTokenizerBase, *, tokenizer_name: str = "",
+def inspect_data(data_spec: str, tokenizer: PreTrainedTokenizerBase, *, tokenizer_name: str = "",
                  format: str = "auto", fields: dict[str, str] | None = None, split: str = "train",
                  chat_template: str = "auto", max_length: int = 256, examples: int = 3,
                  system_prompt: str | None = None) -> DataPreview:
-    """Detect, normalise and render ``spec`` without training anything (``system_prompt`` as in
+    """Detect, normalise and render ``data_spec`` without training anything (``system_prompt`` as in
     ``data.system_prompt``: given to examples that have none).
 
     >>> preview = inspect_data("train.jsonl", tokenizer)  # doctest: +SKIP
     >>> print(render_text(preview))                       # doctest: +SKIP
     """
-    conversations, report = read_conversations(spec, split=split, format=format, fields=fields)
+    conversations, report = read_conversations(data_spec, split=split, format=format, fields=fields)
     if system_prompt:
         apply_system_prompt(conversations, system_prompt)
     template = resolve_template(tokenizer, chat_template)

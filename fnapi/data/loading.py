@@ -104,15 +104,15 @@ def load_data(section: DataSection, *, seed: int) -> LoadedData:
                       max_samples=section.max_samples)
 
 
-def read_conversations(spec: str, *, split: str = "train", format: str = "auto",
+def read_conversations(data_spec: str, *, split: str = "train", format: str = "auto",
                        fields: dict[str, str] | None = None,
                        max_samples: int | None = None) -> tuple[list[Conversation], DetectionReport]:
-    """Normalised rows of one split of ``spec`` and the detection report.
+    """Normalised rows of one split of ``data_spec`` and the detection report.
 
     ``split`` is ``train``, ``validation`` or ``test`` (aliases such as ``dev`` are accepted).
     ``max_samples`` keeps the first rows.
     """
-    splits, report = _read_normalised(spec, format=format, fields=fields, split=split)
+    splits, report = _read_normalised(data_spec, format=format, fields=fields, split=split)
     wanted = _canonical_split(split)
     if wanted not in splits:
         raise DataError(f"{report.source} has no {split!r} split; it has {', '.join(splits)}")
@@ -144,59 +144,59 @@ _SOURCE_HINT = ("Give a .json/.jsonl/.csv/.tsv/.parquet/.txt file, a folder of s
                 "a hub dataset id, or builtin:skill / builtin:probes / builtin:text.")
 
 
-def source_problem(spec: str) -> str | None:
-    """Why ``spec`` cannot name a dataset, found without reading it (None: it can).
+def source_problem(data_spec: str) -> str | None:
+    """Why ``data_spec`` cannot name a dataset, found without reading it (None: it can).
 
-    A built-in name must exist; a spec that can only be a path (a data suffix, or starting with
+    A built-in name must exist; a data spec that can only be a path (a data suffix, or starting with
     ``.``, ``/`` or ``~``) must exist on disk; anything else must have the form of a hub id.
     """
-    if spec.startswith(BUILTIN_PREFIX):
+    if data_spec.startswith(BUILTIN_PREFIX):
         from fnapi.data.builtin import BUILTINS
 
-        name = spec[len(BUILTIN_PREFIX):]
+        name = data_spec[len(BUILTIN_PREFIX):]
         if name not in BUILTINS:
-            return f"unknown built-in dataset {spec}; there are " + ", ".join(f"builtin:{k}" for k in BUILTINS)
+            return f"unknown built-in dataset {data_spec}; there are " + ", ".join(f"builtin:{k}" for k in BUILTINS)
         return None
-    path = Path(spec).expanduser()
+    path = Path(data_spec).expanduser()
     if path.exists():
         return None
-    if path.suffix.lower() in DATA_SUFFIXES or spec.startswith((".", "/", "~")) or not _HUB_ID.fullmatch(spec):
-        return f"data file {spec} does not exist"
+    if path.suffix.lower() in DATA_SUFFIXES or data_spec.startswith((".", "/", "~")) or not _HUB_ID.fullmatch(data_spec):
+        return f"data file {data_spec} does not exist"
     return None
 
 
-def read_rows(spec: str) -> dict[str, RawSplit]:
+def read_rows(data_spec: str) -> dict[str, RawSplit]:
     """Raw rows per split (``train``/``validation``/``test``/other names) of a file, folder or hub id."""
-    path = Path(spec).expanduser()
+    path = Path(data_spec).expanduser()
     if path.is_file():
         return _read_file_splits(path)
     if path.is_dir():
         return _read_folder(path)
-    problem = source_problem(spec)
+    problem = source_problem(data_spec)
     if problem:
         raise DataError(problem, _SOURCE_HINT)
-    return _read_hub(spec)
+    return _read_hub(data_spec)
 
 
 # ---- normalisation over splits ----------------------------------------------------------------
 
-def _read_normalised(spec: str, *, format: str, fields: dict[str, str] | None,
+def _read_normalised(data_spec: str, *, format: str, fields: dict[str, str] | None,
                      split: str = "train") -> tuple[dict[str, list[Conversation]], DetectionReport]:
     """All splits normalised with the mapping detected on ``split`` (or the train split)."""
-    if spec.startswith(BUILTIN_PREFIX):
+    if data_spec.startswith(BUILTIN_PREFIX):
         from fnapi.data.builtin import builtin_splits
 
-        splits = builtin_splits(spec[len(BUILTIN_PREFIX):])
+        splits = builtin_splits(data_spec[len(BUILTIN_PREFIX):])
         name = _canonical_split(split) if _canonical_split(split) in splits else next(iter(splits))
         rows = splits[name]
         report = DetectionReport(
-            source=spec, format="builtin", fields={}, confidence=1.0, rows_total=len(rows),
+            source=data_spec, format="builtin", fields={}, confidence=1.0, rows_total=len(rows),
             rows_kept=len(rows), rows_examined=len(rows), split=name,
             splits={key: {"rows_total": len(part), "rows_kept": len(part), "rows_skipped": 0}
                     for key, part in splits.items()},
         )
         return splits, report
-    raw = read_rows(spec)
+    raw = read_rows(data_spec)
     detect_on = _canonical_split(split)
     if detect_on not in raw:
         detect_on = "train" if "train" in raw else next(iter(raw))
@@ -222,12 +222,12 @@ def _canonical_split(name: str) -> str:
     return lowered
 
 
-def dataset_name(spec: str) -> str:
-    """A short name for a data spec: ``builtin:skill`` -> ``skill``, ``data/train.jsonl`` -> ``train``."""
-    if spec.startswith(BUILTIN_PREFIX):
-        return spec[len(BUILTIN_PREFIX):]
-    path = Path(spec.rstrip("/"))
-    return path.stem if path.suffix else (path.name or spec)
+def dataset_name(data_spec: str) -> str:
+    """A short name for a data data_spec: ``builtin:skill`` -> ``skill``, ``data/train.jsonl`` -> ``train``."""
+    if data_spec.startswith(BUILTIN_PREFIX):
+        return data_spec[len(BUILTIN_PREFIX):]
+    path = Path(data_spec.rstrip("/"))
+    return path.stem if path.suffix else (path.name or data_spec)
 
 
 # ---- files -----------------------------------------------------------------------------------

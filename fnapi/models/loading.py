@@ -98,9 +98,9 @@ class LoadedModel:
         return self.tokenizer.pad_token_id is not None and self.tokenizer.pad_token_id == self.tokenizer.eos_token_id
 
 
-def load_model(spec: str | ModelSection | ModelSource, *, dtype: str | None = None, device: str | None = None,
+def load_model(model_spec: str | ModelSection | ModelSource, *, dtype: str | None = None, device: str | None = None,
                sink: EventSink | None = None, cancel: threading.Event | None = None) -> LoadedModel:
-    """Load the model named by ``spec``: a spec string, a recipe's ``ModelSection`` or a parsed
+    """Load the model named by ``model_spec``: a model spec string, a recipe's ``ModelSection`` or a parsed
     :class:`~fnapi.models.source.ModelSource`.
 
     ``dtype`` is ``auto`` (float32 on CPU, bfloat16 on a GPU that supports it), ``float32``,
@@ -119,17 +119,18 @@ def load_model(spec: str | ModelSection | ModelSource, *, dtype: str | None = No
     """
     from fnapi.hardware import check_quantization_supported
 
-    if isinstance(spec, (str, ModelSource)):
+    if isinstance(model_spec, (str, ModelSource)):
         quantization, dtype, device = "none", dtype or "auto", device or "cpu"
     else:
-        quantization, dtype, device = spec.quantization, dtype or spec.dtype, device or spec.device
-    check_quantization_supported(quantization)  # what the hardware cannot do is said before the spec is read
-    if isinstance(spec, ModelSource):
-        source = spec
-    elif isinstance(spec, str):
-        source = ModelSource.parse(spec)
+        quantization, dtype, device = model_spec.quantization, dtype or model_spec.dtype, device or model_spec.device
+    check_quantization_supported(quantization)  # what the hardware cannot do is said before the model spec is read
+    if isinstance(model_spec, ModelSource):
+        source = model_spec
+    elif isinstance(model_spec, str):
+        source = ModelSource.parse(model_spec)
     else:
-        source = ModelSource.parse(spec.name, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+        source = ModelSource.parse(model_spec.name, revision=model_spec.revision,
+                                   trust_remote_code=model_spec.trust_remote_code)
     name, trust_remote_code = source.name, source.trust_remote_code
     device = distributed.device_for(_resolve_device(device))
     torch_dtype = _resolve_dtype(dtype, device)

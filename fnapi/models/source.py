@@ -60,9 +60,9 @@ class ModelSource:
     trust_remote_code: bool = False
 
     @classmethod
-    def parse(cls, spec: str, *, revision: str | None = None, trust_remote_code: bool = False) -> ModelSource:
-        """The source ``spec`` names; :class:`ModelError` saying what a spec can be when it names none."""
-        name = spec.strip()
+    def parse(cls, model_spec: str, *, revision: str | None = None, trust_remote_code: bool = False) -> ModelSource:
+        """The source ``model_spec`` names; :class:`ModelError` saying what a model spec can be when it names none."""
+        name = model_spec.strip()
         if name.lower() == EMBEDDED_MODEL:
             return cls("embedded", EMBEDDED_MODEL, revision=revision, trust_remote_code=trust_remote_code)
         path = Path(name).expanduser()
@@ -156,10 +156,10 @@ class ModelSource:
         raise ModelError(f"folder {self.path} is not a model folder: it has no config.json", hint=hint)
 
 
-def _looks_like_path(spec: str) -> bool:
+def _looks_like_path(model_spec: str) -> bool:
     """Specs that can only mean a file or folder, so a missing one is an error at once."""
-    return (spec.lower().endswith(".gguf") or spec.startswith((".", "/", "~")) or "\\" in spec
-            or spec.count("/") > 1)
+    return (model_spec.lower().endswith(".gguf") or model_spec.startswith((".", "/", "~")) or "\\" in model_spec
+            or model_spec.count("/") > 1)
 
 
 def hub_problem() -> str | None:
@@ -169,9 +169,9 @@ def hub_problem() -> str | None:
     return auth.hub_problem("TRANSFORMERS_OFFLINE", timeout=HUB_PROBE_TIMEOUT)
 
 
-def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
-    """The tokenizer of model ``spec`` (see :meth:`ModelSource.tokenizer`)."""
-    return ModelSource.parse(spec).tokenizer()
+def load_tokenizer(model_spec: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of model ``model_spec`` (see :meth:`ModelSource.tokenizer`)."""
+    return ModelSource.parse(model_spec).tokenizer()
 
 
 # ---- tokenizers ----------------------------------------------------------------------------------

@@ -64,21 +64,21 @@ def build_template(loaded: Any, section: TemplateSection, data_specs: Sequence[s
     captures, so the template is the same) and every process returns its template.
     """
     sink = distributed.main_process_sink(sink)
-    specs = list(data_specs or section.data)
-    if not specs:
+    data_specs = list(data_specs or section.data)
+    if not data_specs:
         raise TemplateError("no data to build the template from", "give --data PATH or template.data in the recipe")
     model, tokenizer, info = loaded.model, loaded.tokenizer, loaded.info
     adapter = loaded.adapter
     num_layers = adapter.num_layers(model)
     layers = parse_layers(section.layers, num_layers)
     if section.method == "attribution":
-        return _build_attribution(loaded, section, specs, layers, sink=sink, cancel=cancel)
+        return _build_attribution(loaded, section, data_specs, layers, sink=sink, cancel=cancel)
     if section.method != "ica":
         raise TemplateError(f"template.method {section.method!r} is unknown; use ica or attribution")
     selection = section.selection
     check_selection(selection.rule, selection.value, selection.sign)
 
-    data = load_sequences(specs, tokenizer, samples=section.samples, max_length=section.max_length)
+    data = load_sequences(data_specs, tokenizer, samples=section.samples, max_length=section.max_length)
     autocast = _autocast_dtype(model, precision)
     capture_kwargs = dict(site=section.site, layers=layers, pad_token_id=tokenizer.pad_token_id,
                           exclude_token_ids=tokenizer.all_special_ids, max_length=section.max_length,
@@ -91,12 +91,12 @@ def build_template(loaded: Any, section: TemplateSection, data_specs: Sequence[s
         acts = capture_distributed(model, data.sequences, dtype=torch.float32, **capture_kwargs)
         buffer_dtype = "float32"
     # Only the main process holds the whole matrix: it fits the ICA, the others receive the template.
-    return distributed.on_main(_fit_ica, acts, buffer_dtype, data, section, specs, layers, num_layers, info,
+    return distributed.on_main(_fit_ica, acts, buffer_dtype, data, section, data_specs, layers, num_layers, info,
                                tokenizer, seed=seed, pca_dims=pca_dims, autocast=autocast, sink=sink,
                                cancel=cancel)
 
 
-def _fit_ica(acts: Activations, buffer_dtype: str, data: Any, section: TemplateSection, specs: list[str],
+def _fit_ica(acts: Activations, buffer_dtype: str, data: Any, section: TemplateSection, data_specs: list[str],
              layers: list[int], num_layers: int, info: Any, tokenizer: Any, *, seed: int, pca_dims: int | None,
              autocast: torch.dtype | None, sink: EventSink | None, cancel: threading.Event | None) -> Template:
     """ICA, neuron selection and top tokens on a captured matrix: the template."""
@@ -156,7 +156,7 @@ def _fit_ica(acts: Activations, buffer_dtype: str, data: Any, section: TemplateS
             "capture": {"buffer": buffer_dtype, "autocast": str(autocast).replace("torch.", "") if autocast else None},
         },
         data={
-            "sources": specs, "rows": len(data.sequences), "tokens": acts.n_rows,
+            "sources": data_specs, "rows": len(data.sequences), "tokens": acts.n_rows,
             "fingerprint": data.fingerprint, "samples": section.samples, "max_length": section.max_length,
             "per_source": data.sources,
         },
@@ -265,7 +265,7 @@ def default_template_path(model_name: str, data_specs: Sequence[str], section: T
     from fnapi.data.loading import dataset_name
 
     model = _slug(Path(model_name.rstrip("/")).name if Path(model_name).exists() else model_name.replace("/", "--"))
-    data = "+".join(_slug(dataset_name(spec)) for spec in data_specs)[:80] or "data"
+    data = "+".join(_slug(dataset_name(data_spec)) for data_spec in data_specs)[:80] or "data"
     name = f"{section.method}-{section.site}-{section.mode}-k{section.components}-seed{seed}.json"
     return Path(root) / model / data / name
 
@@ -286,7 +286,7 @@ def _autocast_dtype(model: torch.nn.Module, precision: str) -> torch.dtype | Non
     return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
 
 
-def _build_attribution(loaded: Any, section: TemplateSection, specs: list[str], layers: list[int], *,
+def _build_attribution(loaded: Any, section: TemplateSection, data_specs: list[str], layers: list[int], *,
                        sink: EventSink | None, cancel: threading.Event | None) -> Template:
     """Attribution templates choose a share of each layer's ``mlp.out`` channels (LoKI's rule)."""
     from fnapi.data.loading import read_conversations
@@ -303,15 +303,15 @@ def _build_attribution(loaded: Any, section: TemplateSection, specs: list[str], 
     else:
         raise TemplateError("method attribution selects a share of each layer: use selection rule percentile or topk")
     examples: dict[str, list] = {"input_ids": [], "labels": []}
-    for spec in specs:
-        conversations, _ = read_conversations(spec, max_samples=section.samples)
+    for data_spec in data_specs:
+        conversations, _ = read_conversations(data_spec, max_samples=section.samples)
         tokenized = tokenize(conversations, loaded.tokenizer, max_length=section.max_length, cache=False)
         examples["input_ids"].extend(tokenized.input_ids)
         examples["labels"].extend(tokenized.labels)
     if not examples["input_ids"]:
-        raise TemplateError(f"no usable rows in {', '.join(specs)} to attribute")
+        raise TemplateError(f"no usable rows in {', '.join(data_specs)} to attribute")
     pairs = list(zip(examples["input_ids"], examples["labels"]))
-    return attribution_template(loaded, pairs, quota_percent=quota, layers=layers, sources=specs,
+    return attribution_template(loaded, pairs, quota_percent=quota, layers=layers, sources=data_specs,
                                 sink=sink, cancel=cancel)
 
 

@@ -278,7 +278,7 @@ class CaptureData:
     """Token sequences from one or more datasets, and their provenance for the template."""
 
     sequences: list[list[int]]
-    sources: list[dict[str, Any]]  # per dataset: spec, rows, tokens
+    sources: list[dict[str, Any]]  # per dataset: source, rows, tokens
 
     @property
     def fingerprint(self) -> str:
@@ -291,9 +291,9 @@ class CaptureData:
 
 def load_sequences(data_specs: Sequence[str], tokenizer: Any, *, samples: int, max_length: int,
                    chat_template: str = "auto") -> CaptureData:
-    """Read up to ``samples`` rows of each dataset spec and tokenise them (cut to ``max_length``).
+    """Read up to ``samples`` rows of each dataset and tokenise them (cut to ``max_length``).
 
-    Any spec the data layer reads works (files, folders, ``builtin:NAME``). A dataset that yields
+    Any data spec the data layer reads works (files, folders, ``builtin:NAME``). A dataset that yields
     no rows raises :class:`DataError` naming it.
     """
     from fnapi.data.loading import read_conversations
@@ -303,15 +303,15 @@ def load_sequences(data_specs: Sequence[str], tokenizer: Any, *, samples: int, m
         raise DataError("no dataset given to capture activations from", "pass --data PATH (for example builtin:text)")
     sequences: list[list[int]] = []
     sources = []
-    for spec in data_specs:
-        conversations, _report = read_conversations(spec, max_samples=samples)
+    for data_spec in data_specs:
+        conversations, _report = read_conversations(data_spec, max_samples=samples)
         if not conversations:
-            raise DataError(f"dataset {spec} has no usable rows to capture activations from")
+            raise DataError(f"dataset {data_spec} has no usable rows to capture activations from")
         tokenized = tokenize(conversations, tokenizer, chat_template=chat_template, max_length=max_length,
                              cache=False)
         rows = [list(ids) for ids in tokenized.input_ids if ids]
         if not rows:
-            raise DataError(f"dataset {spec}: every row tokenised to nothing")
+            raise DataError(f"dataset {data_spec}: every row tokenised to nothing")
         sequences.extend(rows)
-        sources.append({"spec": spec, "rows": len(rows), "tokens": sum(len(r) for r in rows)})
+        sources.append({"source": data_spec, "rows": len(rows), "tokens": sum(len(r) for r in rows)})
     return CaptureData(sequences=sequences, sources=sources)

@@ -113,17 +113,17 @@ class ModelScreen(StepScreen):
         return section.model_dump_json()
 
     def changes(self, form: Form) -> dict[str, Any]:
-        spec = form.text("model-spec", required=f"enter a model: {EMBEDDED_MODEL}, org/name, a folder or a .gguf file")
+        model_spec = form.text("model-spec", required=f"enter a model: {EMBEDDED_MODEL}, org/name, a folder or a .gguf file")
         dtype = form.raw("dtype")
-        if spec:
+        if model_spec:
             from fnapi.errors import ModelError
             from fnapi.models.source import ModelSource
 
             try:
-                ModelSource.parse(spec)  # the parse every fnapi command uses: no weights, no network
+                ModelSource.parse(model_spec)  # the parse every fnapi command uses: no weights, no network
             except ModelError as exc:
                 form.fail("model-spec", exc.message)
-        return {"model.name": spec, "model.dtype": dtype}
+        return {"model.name": model_spec, "model.dtype": dtype}
 
     def known_problems(self, recipe: Recipe) -> dict[str, str]:
         failure = self.failures.get(self.key(recipe.model))

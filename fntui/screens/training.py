@@ -180,11 +180,11 @@ class TrainingScreen(StepScreen):
         from fnapi.masking import from_section
 
         try:
-            spec = from_section(template, mask.model_copy(update={"preset": preset, "ablate": None, "train": None}),
+            neuron_mask = from_section(template, mask.model_copy(update={"preset": preset, "ablate": None, "train": None}),
                                 seed=self.recipe.seed)
         except FnapiError as exc:
             return f"Mask: {exc.message}"
-        return f"Mask ({preset}): {spec.in_words()}."
+        return f"Mask ({preset}): {neuron_mask.in_words()}."
 
     def edited(self, control: Widget) -> None:
         if control.id == "preset":

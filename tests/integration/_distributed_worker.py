@@ -49,16 +49,16 @@ def main(folder: Path) -> None:
     with distributed.process_group():
         loaded = load_model(str(folder / "model"))
         template = build_template(loaded, TEMPLATE, [str(folder / "capture.jsonl")], seed=0)
-        spec = from_template(template, [0, 1], preset="protect")
-        frozen_before = frozen_checksums(loaded.model, spec)
+        neuron_mask = from_template(template, [0, 1], preset="protect")
+        frozen_before = frozen_checksums(loaded.model, neuron_mask)
         section = TrainSection(method="full", steps=6, batch_size=4, learning_rate=1e-2, weight_decay=0.1,
                                logging_steps=1, save_steps=3)
-        result = train(loaded, None, counting_data(), None, section, mask=spec, output_dir=folder / "out", seed=0)
+        result = train(loaded, None, counting_data(), None, section, mask=neuron_mask, output_dir=folder / "out", seed=0)
         record = {
             "rank": distributed.rank(),
             "template": template.to_dict(),
             "frozen_before": frozen_before,
-            "frozen_after": frozen_checksums(result.model, spec),
+            "frozen_after": frozen_checksums(result.model, neuron_mask),
             "frozen_unchanged": result.frozen_unchanged,
             "weights": weights_hash(result.model),
             "losses": result.losses,

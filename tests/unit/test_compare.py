@@ -122,13 +122,13 @@ def test_seeds_and_controls_expand_into_runs():
 def test_random_control_keeps_each_layers_count_and_follows_the_seed():
     from fnapi.masking import NeuronMask, random_like
 
-    spec = NeuronMask("mlp.out", {0: [1, 2, 3], 2: [5], 3: []}, train="unselected", width=64)
-    control = random_like(spec, 64, seed=4)
+    neuron_mask = NeuronMask("mlp.out", {0: [1, 2, 3], 2: [5], 3: []}, train="unselected", width=64)
+    control = random_like(neuron_mask, 64, seed=4)
     assert {layer: len(c) for layer, c in control.neurons.items()} == {0: 3, 2: 1, 3: 0}
-    assert (control.ablate, control.train) == (spec.ablate, spec.train)
-    assert control.neurons != spec.neurons
-    assert random_like(spec, 64, seed=4).neurons == control.neurons
-    assert random_like(spec, 64, seed=5).neurons != control.neurons
+    assert (control.ablate, control.train) == (neuron_mask.ablate, neuron_mask.train)
+    assert control.neurons != neuron_mask.neurons
+    assert random_like(neuron_mask, 64, seed=4).neurons == control.neurons
+    assert random_like(neuron_mask, 64, seed=5).neurons != control.neurons
     assert all(0 <= c < 64 for channels in control.neurons.values() for c in channels)
 
 

@@ -138,12 +138,12 @@ def test_missing_pad_falls_back_to_eos_when_nothing_else_exists():
     assert model.config.pad_token_id == tokenizer.eos_token_id
 
 
-@pytest.mark.parametrize("spec", ["./no/such/folder", "/no/such/model.gguf", "~/no-such-dir/x", "a/b/c"])
-def test_missing_path_names_the_path(spec):
+@pytest.mark.parametrize("model_spec", ["./no/such/folder", "/no/such/model.gguf", "~/no-such-dir/x", "a/b/c"])
+def test_missing_path_names_the_path(model_spec):
     with pytest.raises(ModelError) as info:
-        load_model(spec)
+        load_model(model_spec)
     assert "does not exist" in info.value.message
-    assert spec.lstrip("~./").split("/")[-1] in info.value.message
+    assert model_spec.lstrip("~./").split("/")[-1] in info.value.message
 
 
 def test_folder_without_config_is_not_a_model(tmp_path):

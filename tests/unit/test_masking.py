@@ -53,14 +53,14 @@ def _capture(model, site: str, layer: int) -> tuple[dict, object]:
     return seen, handle
 
 
-def _site_tensor(model, site: str, layer: int, ids: torch.Tensor, spec=None) -> torch.Tensor:
-    if spec is None:
+def _site_tensor(model, site: str, layer: int, ids: torch.Tensor, neuron_mask=None) -> torch.Tensor:
+    if neuron_mask is None:
         seen, handle = _capture(model, site, layer)
         with torch.no_grad():
             model(ids)
         handle.remove()
         return seen["t"]
-    with mask(model, spec):
+    with mask(model, neuron_mask):
         seen, handle = _capture(model, site, layer)
         with torch.no_grad():
             model(ids)
@@ -92,10 +92,10 @@ def test_ablation_zeroes_exactly_the_chosen_channels(family, site, ablate):
     model = tiny_model(family)
     width = HIDDEN_SIZE if site == "mlp.out" else INTERMEDIATE_SIZE
     ids = _ids()
-    spec = NeuronMask(site, SELECTED, ablate=ablate)
+    neuron_mask = NeuronMask(site, SELECTED, ablate=ablate)
     plain = _site_tensor(model, site, 0, ids)
-    masked = _site_tensor(model, site, 0, ids, spec)
-    zeroed = spec.ablated(0, width)
+    masked = _site_tensor(model, site, 0, ids, neuron_mask)
+    zeroed = neuron_mask.ablated(0, width)
     kept = [c for c in range(width) if c not in set(zeroed)]
     assert len(zeroed) == (3 if ablate == "selected" else width - 3)
     assert torch.all(masked[..., zeroed] == 0)
@@ -111,10 +111,10 @@ def test_peft_lora_delta_is_masked_too(site):
     model = _lora(tiny_model("llama"), nonzero_b=True)
     width = HIDDEN_SIZE if site == "mlp.out" else INTERMEDIATE_SIZE
     ids = _ids()
-    spec = NeuronMask(site, SELECTED, ablate="selected")
+    neuron_mask = NeuronMask(site, SELECTED, ablate="selected")
     down = get_adapter(model).down_proj(model, 0)
     assert hasattr(down, "lora_B"), "the hook must sit on the LoRA layer"
-    masked = _site_tensor(model, site, 0, ids, spec)
+    masked = _site_tensor(model, site, 0, ids, neuron_mask)
     assert torch.all(masked[..., SELECTED[0]] == 0)
     if site == "mlp.out":
         # with the adapter disabled the output differs: the hooked output includes the delta
@@ -132,9 +132,9 @@ def test_everything_is_removed_after_an_exception(llama):
         before = llama(ids).logits
     llama.requires_grad_(True)
     flags = {name: p.requires_grad for name, p in llama.named_parameters()}
-    spec = NeuronMask("mlp.out", SELECTED, ablate="selected", train="selected")
+    neuron_mask = NeuronMask("mlp.out", SELECTED, ablate="selected", train="selected")
     with pytest.raises(RuntimeError, match="boom"):
-        with mask(llama, spec):
+        with mask(llama, neuron_mask):
             assert parametrize.is_parametrized(get_adapter(llama).down_proj(llama, 0))
             raise RuntimeError("boom")
     for layer in range(2):
@@ -148,9 +148,9 @@ def test_everything_is_removed_after_an_exception(llama):
 
 def test_layer_filter_leaves_other_layers_alone(llama):
     ids = _ids()
-    spec = NeuronMask("mlp.out", SELECTED, ablate="unselected")
+    neuron_mask = NeuronMask("mlp.out", SELECTED, ablate="unselected")
     plain0 = _site_tensor(llama, "mlp.out", 0, ids)
-    with mask(llama, spec, layers="1:") as applied:
+    with mask(llama, neuron_mask, layers="1:") as applied:
         assert applied.mask.layers == [1]
         seen0, h0 = _capture(llama, "mlp.out", 0)
         seen1, h1 = _capture(llama, "mlp.out", 1)
@@ -178,9 +178,9 @@ def _template(site: str = "mlp.out", width: int = HIDDEN_SIZE) -> Template:
 
 @pytest.mark.parametrize("preset", ["lesion", "preserve", "protect", "target"])
 def test_presets_map_onto_the_two_switches(preset):
-    spec = from_template(_template(), [0, 1], preset=preset)
-    assert (spec.ablate, spec.train) == MASK_PRESETS[preset]
-    assert spec.neurons == {0: (1, 5, 7), 1: (2, 40)}
+    neuron_mask = from_template(_template(), [0, 1], preset=preset)
+    assert (neuron_mask.ablate, neuron_mask.train) == MASK_PRESETS[preset]
+    assert neuron_mask.neurons == {0: (1, 5, 7), 1: (2, 40)}
     section = MaskSection(preset=preset, components=[0, 1], train="all")
     assert (from_section(_template(), section).ablate, from_section(_template(), section).train) == (
         MASK_PRESETS[preset][0], "all")
@@ -195,10 +195,10 @@ def test_expected_preset_table():
 
 
 def test_template_components_stable_and_layers():
-    spec = from_template(_template(), "stable", top_stable=2, preset="lesion", layers="1")
-    assert spec.neurons == {1: (2, 9)}  # components 2 and 0, layer 1 only
-    spec = from_template(_template(), [1], ablate="selected", train="unselected", preset="target")
-    assert (spec.ablate, spec.train) == ("selected", "unselected")  # explicit switches win
+    neuron_mask = from_template(_template(), "stable", top_stable=2, preset="lesion", layers="1")
+    assert neuron_mask.neurons == {1: (2, 9)}  # components 2 and 0, layer 1 only
+    neuron_mask = from_template(_template(), [1], ablate="selected", train="unselected", preset="target")
+    assert (neuron_mask.ablate, neuron_mask.train) == ("selected", "unselected")  # explicit switches win
 
 
 def test_template_of_another_shape_is_refused(llama):
@@ -215,10 +215,10 @@ def test_template_of_another_shape_is_refused(llama):
 
 
 def test_mask_round_trips_through_json():
-    spec = from_template(_template(), [0], preset="protect")
-    again = NeuronMask.from_dict(spec.to_dict())
-    assert again == spec and again.fingerprint() == spec.fingerprint()
-    assert spec.with_switches(train="all").fingerprint() != spec.fingerprint()
+    neuron_mask = from_template(_template(), [0], preset="protect")
+    again = NeuronMask.from_dict(neuron_mask.to_dict())
+    assert again == neuron_mask and again.fingerprint() == neuron_mask.fingerprint()
+    assert neuron_mask.with_switches(train="all").fingerprint() != neuron_mask.fingerprint()
 
 
 def test_trainable_parameter_counts(llama):
@@ -233,9 +233,9 @@ def test_trainable_parameter_counts(llama):
     assert trainable_parameters(llama, target) == rows * INTERMEDIATE_SIZE
     # down_proj column + gate_proj row + up_proj row per intermediate neuron
     assert trainable_parameters(llama, hidden_target) == rows * 3 * HIDDEN_SIZE
-    for spec in (protect, target, hidden_target):
-        expected = trainable_parameters(llama, spec)
-        with mask(llama, spec) as applied:
+    for neuron_mask in (protect, target, hidden_target):
+        expected = trainable_parameters(llama, neuron_mask)
+        with mask(llama, neuron_mask) as applied:
             assert applied.trainable_parameters() == expected
     assert trainable_parameters(llama) == total
 
@@ -286,19 +286,19 @@ def test_frozen_rows_stay_bit_identical_under_adamw_weight_decay(family, lora, s
     model.requires_grad_(True)
     if lora:
         model = _lora(model)
-    spec = NeuronMask(site, SELECTED, train=train)
+    neuron_mask = NeuronMask(site, SELECTED, train=train)
     width = HIDDEN_SIZE if site == "mlp.out" else INTERMEDIATE_SIZE
     ids = _ids()
     before = [_effective_weight(model, layer) for layer in range(2)]
-    with mask(model, spec) as applied:
+    with mask(model, neuron_mask) as applied:
         sums = applied.frozen_checksums()
         _adamw_steps(model, ids)
     after = [_effective_weight(model, layer) for layer in range(2)]
-    assert frozen_checksums(model, spec) == sums
+    assert frozen_checksums(model, neuron_mask) == sums
     dim = 0 if site == "mlp.out" else 1
     for layer in range(2):
-        frozen = torch.tensor(spec.frozen(layer, width))
-        trainable = torch.tensor([c for c in range(width) if c not in set(spec.frozen(layer, width))])
+        frozen = torch.tensor(neuron_mask.frozen(layer, width))
+        trainable = torch.tensor([c for c in range(width) if c not in set(neuron_mask.frozen(layer, width))])
         assert torch.equal(before[layer].index_select(dim, frozen), after[layer].index_select(dim, frozen))
         assert not torch.equal(before[layer].index_select(dim, trainable), after[layer].index_select(dim, trainable))
 
@@ -306,8 +306,8 @@ def test_frozen_rows_stay_bit_identical_under_adamw_weight_decay(family, lora, s
 def test_full_finetune_optimizer_state_holds_only_trainable_rows():
     model = tiny_model("llama").train()
     model.requires_grad_(True)
-    spec = NeuronMask("mlp.out", SELECTED, train="selected")
-    with mask(model, spec):
+    neuron_mask = NeuronMask("mlp.out", SELECTED, train="selected")
+    with mask(model, neuron_mask):
         optimizer = _adamw_steps(model, _ids(), steps=1)
         shapes = sorted(tuple(s["exp_avg"].shape) for s in optimizer.state.values())
     assert shapes == [(2, INTERMEDIATE_SIZE), (3, INTERMEDIATE_SIZE)]
@@ -341,12 +341,12 @@ def test_baked_lesion_behaves_like_the_hooks(family, site, lora):
     if lora:
         model = _lora(model, nonzero_b=True)
     ids = _ids()
-    spec = NeuronMask(site, SELECTED, ablate="selected")
+    neuron_mask = NeuronMask(site, SELECTED, ablate="selected")
     with torch.no_grad():
         plain = model(ids).logits
-        with mask(model, spec):
+        with mask(model, neuron_mask):
             hooked = model(ids).logits
-        bake_lesion(model, spec)
+        bake_lesion(model, neuron_mask)
         baked = model(ids).logits
     assert not torch.allclose(plain, hooked)
     torch.testing.assert_close(baked, hooked, rtol=0, atol=1e-6)
@@ -371,8 +371,8 @@ def test_invalid_masks_are_explained():
 def test_a_mask_says_in_words_what_it_does(components, preset, words):
     template = Template(site="mlp.out", width=8, num_layers=2, components=[
         Component(0, {0: [1, 2, 3]}, 0.9), Component(1, {1: [4, 5]}, 0.5)])
-    spec = from_template(template, components, preset=preset, top_stable=1)
-    assert spec.in_words().startswith(words)
+    neuron_mask = from_template(template, components, preset=preset, top_stable=1)
+    assert neuron_mask.in_words().startswith(words)
     # Layers a network does not reach are not counted as layers it spans ("3 ... in 2 layers" before).
     count, layers = words.split(", ")[1].split(" neuron")[0], words.split(" in ")[1].split(":")[0]
-    assert spec.describe().startswith(f"mlp.out: {count} selected neuron{'s' if count != '1' else ''} in {layers}, ")
+    assert neuron_mask.describe().startswith(f"mlp.out: {count} selected neuron{'s' if count != '1' else ''} in {layers}, ")

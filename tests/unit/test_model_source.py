@@ -28,15 +28,15 @@ def test_specs_parse_to_their_kind(tiny_folder, tmp_path):
     assert ModelSource.parse("org/name", revision="main").revision == "main"
 
 
-@pytest.mark.parametrize("spec, says", [
+@pytest.mark.parametrize("model_spec, says", [
     ("./nowhere", "model path ./nowhere does not exist"),
     ("a/b/c", "model path a/b/c does not exist"),
     ("missing.gguf", "model path missing.gguf does not exist"),
-    ("not a spec", "is not the embedded model, an existing folder or .gguf file, or a hub id"),
+    ("not a model_spec", "is not the embedded model, an existing folder or .gguf file, or a hub id"),
 ])
-def test_bad_specs_say_what_is_wrong(spec, says):
+def test_bad_specs_say_what_is_wrong(model_spec, says):
     with pytest.raises(ModelError, match=says):
-        ModelSource.parse(spec)
+        ModelSource.parse(model_spec)
 
 
 def test_a_file_that_is_not_gguf_and_a_folder_without_config_are_named(tmp_path):
@@ -56,13 +56,13 @@ def test_config_and_tokenizer_of_a_folder_need_no_weights(tiny_folder):
     assert source.tokenizer()("hello")["input_ids"]
 
 
-def _commands(spec: str, tmp_path: Path) -> dict[str, list[str]]:
+def _commands(model_spec: str, tmp_path: Path) -> dict[str, list[str]]:
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump({"version": 1, "model": {"name": spec}, "data": {"path": "builtin:skill"},
+    recipe.write_text(yaml.safe_dump({"version": 1, "model": {"name": model_spec}, "data": {"path": "builtin:skill"},
                                       "train": {"steps": 1}}), encoding="utf-8")
-    return {"detect": ["detect", "--model", spec],
-            "model info": ["model", "info", spec],
-            "data inspect": ["data", "inspect", "builtin:skill", "--model", spec, "-n", "1"],
+    return {"detect": ["detect", "--model", model_spec],
+            "model info": ["model", "info", model_spec],
+            "data inspect": ["data", "inspect", "builtin:skill", "--model", model_spec, "-n", "1"],
             "validate": ["validate", str(recipe)],
             "estimate": ["estimate", str(recipe)]}
 

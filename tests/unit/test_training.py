@@ -54,10 +54,10 @@ def section(**changes) -> TrainSection:
     return TrainSection(**values)
 
 
-def run(tmp_path: Path, name: str = "run", *, model=None, spec=None, sink=None, **changes):
+def run(tmp_path: Path, name: str = "run", *, model=None, neuron_mask=None, sink=None, **changes):
     return train(model if model is not None else tiny_model("llama"), tiny_tokenizer(), tiny_data(), None,
                  section(**{k: v for k, v in changes.items() if k in TrainSection.model_fields}),
-                 mask=spec, output_dir=tmp_path / name, seed=0, sink=sink,
+                 mask=neuron_mask, output_dir=tmp_path / name, seed=0, sink=sink,
                  **{k: v for k, v in changes.items() if k not in TrainSection.model_fields})
 
 
@@ -104,22 +104,22 @@ def test_lora_loss_falls_and_events_report_progress(tmp_path):
 ])
 def test_frozen_neurons_stay_bit_identical(tmp_path, method, preset, site):
     model = tiny_model("llama")
-    spec = NeuronMask(site, SELECTED, *MASK_PRESETS[preset])
+    neuron_mask = NeuronMask(site, SELECTED, *MASK_PRESETS[preset])
     width, dim = (HIDDEN_SIZE, 0) if site == "mlp.out" else (INTERMEDIATE_SIZE, 1)
     before = [effective_down_proj(model, layer) for layer in range(2)]
-    result = run(tmp_path, model=model, spec=spec, method=method, save_model=False)
+    result = run(tmp_path, model=model, neuron_mask=neuron_mask, method=method, save_model=False)
     assert result.frozen_unchanged is True and result.frozen_checksums
     for layer in range(2):
         after = effective_down_proj(result.model, layer)
-        frozen = torch.tensor(spec.frozen(layer, width))
-        trainable = torch.tensor([c for c in range(width) if c not in set(spec.frozen(layer, width))])
+        frozen = torch.tensor(neuron_mask.frozen(layer, width))
+        trainable = torch.tensor([c for c in range(width) if c not in set(neuron_mask.frozen(layer, width))])
         assert torch.equal(before[layer].index_select(dim, frozen), after.index_select(dim, frozen))
         assert not torch.equal(before[layer].index_select(dim, trainable), after.index_select(dim, trainable))
 
 
 def test_full_finetuning_optimizer_state_holds_only_trainable_rows(tmp_path):
-    spec = NeuronMask("mlp.out", SELECTED, train="selected")
-    result = run(tmp_path, spec=spec, method="full", steps=4, save_model=False)
+    neuron_mask = NeuronMask("mlp.out", SELECTED, train="selected")
+    result = run(tmp_path, neuron_mask=neuron_mask, method="full", steps=4, save_model=False)
     assert result.trainable_parameters == 4 * INTERMEDIATE_SIZE
     optimizer = torch.load(result.checkpoint_dir / "optimizer.pt", weights_only=True)
     shapes = sorted(tuple(s["exp_avg"].shape) for s in optimizer["state"].values())
@@ -141,14 +141,14 @@ class CancelAt:
 
 
 def test_cancel_saves_a_checkpoint_and_the_run_resumes_to_the_same_result(tmp_path):
-    spec = NeuronMask("mlp.out", SELECTED, train="unselected")
-    reference = run(tmp_path, "reference", spec=spec)
+    neuron_mask = NeuronMask("mlp.out", SELECTED, train="unselected")
+    reference = run(tmp_path, "reference", neuron_mask=neuron_mask)
     stopper = CancelAt(3)
     with pytest.raises(CancelledError, match="step 3"):
-        train(tiny_model("llama"), tiny_tokenizer(), tiny_data(), None, section(), mask=spec,
+        train(tiny_model("llama"), tiny_tokenizer(), tiny_data(), None, section(), mask=neuron_mask,
               output_dir=tmp_path / "run", seed=0, sink=stopper, cancel=stopper.cancel)
     assert (tmp_path / "run" / "checkpoints" / "checkpoint-3" / STATE_FILE).is_file()
-    resumed = run(tmp_path, "run", spec=spec)
+    resumed = run(tmp_path, "run", neuron_mask=neuron_mask)
     assert resumed.resumed_from == 3 and resumed.steps == 8
     assert [s for s, _ in resumed.losses] == list(range(1, 9))
     assert resumed.losses == pytest.approx(reference.losses, rel=1e-5)
@@ -194,12 +194,12 @@ def test_a_save_that_fails_leaves_no_partial_checkpoint(tmp_path, monkeypatch):
 
 
 def test_resume_refuses_a_checkpoint_from_another_mask(tmp_path):
-    run(tmp_path, spec=NeuronMask("mlp.out", SELECTED, train="unselected"), steps=2, save_model=False)
+    run(tmp_path, neuron_mask=NeuronMask("mlp.out", SELECTED, train="unselected"), steps=2, save_model=False)
     with pytest.raises(RecipeError, match="different mask/recipe.*mask"):
-        run(tmp_path, spec=NeuronMask("mlp.out", {0: [1]}, train="unselected"), steps=2)
+        run(tmp_path, neuron_mask=NeuronMask("mlp.out", {0: [1]}, train="unselected"), steps=2)
     with pytest.raises(RecipeError, match="train.learning_rate"):
-        run(tmp_path, spec=NeuronMask("mlp.out", SELECTED, train="unselected"), steps=2, learning_rate=1e-3)
-    fresh = run(tmp_path, spec=NeuronMask("mlp.out", {0: [1]}, train="unselected"), steps=2, resume=False,
+        run(tmp_path, neuron_mask=NeuronMask("mlp.out", SELECTED, train="unselected"), steps=2, learning_rate=1e-3)
+    fresh = run(tmp_path, neuron_mask=NeuronMask("mlp.out", {0: [1]}, train="unselected"), steps=2, resume=False,
                 save_model=False)
     assert fresh.resumed_from is None and fresh.steps == 2
 
@@ -234,10 +234,10 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
         child.wait()
     assert child.returncode == -signal.SIGKILL
 
-    spec = NeuronMask("mlp.out", SELECTED, train="unselected")
+    neuron_mask = NeuronMask("mlp.out", SELECTED, train="unselected")
     changes = dict(method="full", steps=10, save_steps=2, save_model=False)
-    resumed = run(tmp_path, "killed", spec=spec, **changes)
-    reference = run(tmp_path, "reference", spec=spec, **changes)
+    resumed = run(tmp_path, "killed", neuron_mask=neuron_mask, **changes)
+    reference = run(tmp_path, "reference", neuron_mask=neuron_mask, **changes)
     assert resumed.resumed_from is not None and 2 <= resumed.resumed_from < 10
     assert resumed.steps == 10
     assert resumed.final_loss == pytest.approx(reference.final_loss, rel=1e-5)
@@ -270,8 +270,8 @@ def test_qlora_needs_cuda_and_bitsandbytes(tmp_path, monkeypatch):
 def test_saved_full_model_reloads_with_plain_transformers(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    spec = NeuronMask("mlp.out", SELECTED, *MASK_PRESETS["protect"])
-    result = run(tmp_path, spec=spec, method="full", steps=4)
+    neuron_mask = NeuronMask("mlp.out", SELECTED, *MASK_PRESETS["protect"])
+    result = run(tmp_path, neuron_mask=neuron_mask, method="full", steps=4)
     reloaded = AutoModelForCausalLM.from_pretrained(result.model_dir)
     torch.testing.assert_close(logits(reloaded), logits(result.model), rtol=0, atol=1e-5)
     assert (result.model_dir / "tokenizer.json").is_file()
@@ -280,13 +280,13 @@ def test_saved_full_model_reloads_with_plain_transformers(tmp_path):
 def test_baked_lesion_behaves_like_the_masked_model(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    spec = NeuronMask("mlp.out", SELECTED, *MASK_PRESETS["lesion"])
-    result = run(tmp_path, spec=spec, method="full", steps=4, bake_lesion=True)
+    neuron_mask = NeuronMask("mlp.out", SELECTED, *MASK_PRESETS["lesion"])
+    result = run(tmp_path, neuron_mask=neuron_mask, method="full", steps=4, bake_lesion=True)
     baked = AutoModelForCausalLM.from_pretrained(result.model_dir)
     # the last checkpoint holds the same trained weights without the lesion baked in
     trained = tiny_model("llama")
     trained.load_state_dict(load_file(result.checkpoint_dir / "model.safetensors"), strict=False)
-    with mask(trained, spec):
+    with mask(trained, neuron_mask):
         masked = logits(trained)
     torch.testing.assert_close(logits(baked), masked, rtol=0, atol=1e-5)
     assert not torch.allclose(logits(trained), masked)
@@ -296,10 +296,10 @@ def test_saved_lora_adapter_and_merged_model_reload(tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    spec = NeuronMask("mlp.out", SELECTED, *MASK_PRESETS["protect"])
-    result = run(tmp_path, spec=spec, steps=4, save_model=False)
+    neuron_mask = NeuronMask("mlp.out", SELECTED, *MASK_PRESETS["protect"])
+    result = run(tmp_path, neuron_mask=neuron_mask, steps=4, save_model=False)
     expected = logits(result.model)
-    adapter_result = run(tmp_path, "with-outputs", spec=spec, steps=4, merge_lora=True)
+    adapter_result = run(tmp_path, "with-outputs", neuron_mask=neuron_mask, steps=4, merge_lora=True)
     assert (adapter_result.adapter_dir / "adapter_model.safetensors").is_file()
     with_adapter = PeftModel.from_pretrained(tiny_model("llama"), adapter_result.adapter_dir)
     torch.testing.assert_close(logits(with_adapter), expected, rtol=0, atol=1e-5)
