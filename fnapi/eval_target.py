@@ -19,12 +19,15 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fnapi.errors import DataError, RecipeError
 from fnapi.events import EventSink, NullSink, stage
 from fnapi.measures import EvalMeasures, build_plan, compare_measures, evaluate, read_sources
 from fnapi.recipe import DataSection, Recipe
+
+if TYPE_CHECKING:
+    from fnapi.models.loading import LoadedModel
 
 
 @dataclass
@@ -105,7 +108,7 @@ class RunAnswers:
     base: str
 
 
-def ask_run(folder: str | Path, prompt: str, *, loaded: Any = None, max_new_tokens: int = 64,
+def ask_run(folder: str | Path, prompt: str, *, loaded: LoadedModel | None = None, max_new_tokens: int = 64,
             sink: EventSink | None = None) -> RunAnswers:
     """Ask the run in ``folder`` and its base model the same question. ``loaded`` is the base
     model already in memory (loaded from the run's recipe otherwise); it is left as it was."""

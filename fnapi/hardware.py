@@ -232,7 +232,7 @@ def _ask(question, *args):
         return None, f"could not be detected: {type(exc).__name__}: {exc}"
 
 
-def detect_hardware(probe: Any = None) -> HardwareReport:
+def detect_hardware(probe: SystemProbe | None = None) -> HardwareReport:
     """Look at this machine's devices, memory, disk and bitsandbytes; never raises.
 
     ``probe`` answers the questions (default: :class:`SystemProbe`); pass a fake to test.

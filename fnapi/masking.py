@@ -62,9 +62,9 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -75,6 +75,9 @@ from fnapi.errors import TemplateError, UnsupportedArchitectureError
 from fnapi.models.registry import ArchitectureAdapter, get_adapter
 from fnapi.recipe import MASK_PRESETS, parse_layers
 from fnapi.sites import SITES, site
+
+if TYPE_CHECKING:
+    from fnapi.networks.template import Template
 
 ABLATE_CHOICES = ("none", "selected", "unselected")
 TRAIN_CHOICES = ("all", "selected", "unselected")
@@ -276,8 +279,8 @@ def random_like(neuron_mask: NeuronMask, width: int, *, seed: int) -> NeuronMask
                                source={**neuron_mask.source, "control": "random", "control_seed": seed})
 
 
-def resolve(model: nn.Module, template_or_mask: Any, *, components: list[int] | str | None = None,
-            ablate: str | None = None, train: str | None = None, preset: str | None = None,
+def resolve(model: nn.Module, template_or_mask: Template | NeuronMask | Mapping[int, Sequence[int]], *,
+            components: list[int] | str | None = None, ablate: str | None = None, train: str | None = None, preset: str | None = None,
             layers: list[int] | str | None = None, top_stable: int = 3, site: str | None = None) -> NeuronMask:
     """Turn what :func:`mask` accepts (Template, NeuronMask, or ``{layer: channels}``) into a NeuronMask.
 
@@ -597,8 +600,8 @@ def _union(indices: Iterator[torch.Tensor]) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def mask(model: nn.Module, template_or_mask: Any, *, components: list[int] | str | None = None,
-         ablate: str | None = None, train: str | None = None, preset: str | None = None,
+def mask(model: nn.Module, template_or_mask: Template | NeuronMask | Mapping[int, Sequence[int]], *,
+         components: list[int] | str | None = None, ablate: str | None = None, train: str | None = None, preset: str | None = None,
          layers: list[int] | str | None = None, top_stable: int = 3, site: str | None = None) -> Iterator[AppliedMask]:
     """Apply a mask for the duration of a ``with`` block; everything is removed on the way out.
 

@@ -34,9 +34,11 @@ from fnapi.recipe import Section
 
 if TYPE_CHECKING:
     import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from fnapi.data.builtin import ProbeItem
     from fnapi.data.formats import Conversation
+    from fnapi.events import EventSink, StageProgress
 
 RESAMPLES = 2000
 LEVEL = 0.95
@@ -351,8 +353,9 @@ class EvalMeasures:
                 "texts": [t.summary() for t in self.texts]}
 
 
-def evaluate(model: Any, tokenizer: Any, plan: EvalPlan, *, reference: Sequence[Sequence[Any]] | None = None,
-             progress: Any = None) -> tuple[EvalMeasures, list[list[Any]]]:
+def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, plan: EvalPlan, *,
+             reference: Sequence[Sequence[torch.Tensor]] | None = None,
+             progress: StageProgress | None = None) -> tuple[EvalMeasures, list[list[torch.Tensor]]]:
     """Score ``model`` on everything in ``plan``. With ``reference`` (the base model's text
     distributions, one list per text source, as returned by an earlier call) the text measures
     include the KL to the base. Returns the measures and this model's text distributions.
@@ -421,7 +424,7 @@ def _pair(before: Sequence[float], after: Sequence[float], weights: Sequence[flo
 
 
 def read_sources(*, probes: Sequence[str] = (), probe_samples: int | None = None, texts: Sequence[str] = (),
-                 text_samples: int = 32, sink: Any = None) -> tuple[list, list]:
+                 text_samples: int = 32, sink: EventSink | None = None) -> tuple[list, list]:
     """The probe items and text paragraphs of each source, read without a model, so a bad file fails
     before any weights load: ``([(source, items)], [(source, paragraphs)])``."""
     from fnapi.data.probes import load_probes, load_texts
@@ -438,9 +441,10 @@ def read_sources(*, probes: Sequence[str] = (), probe_samples: int | None = None
     return sets, paragraphs
 
 
-def build_plan(tokenizer: Any, *, tasks: Sequence[tuple[str, Sequence[Any]]] = (), probes: Sequence[str] = (),
+def build_plan(tokenizer: PreTrainedTokenizerBase, *, tasks: Sequence[tuple[str, Sequence[Conversation]]] = (),
+               probes: Sequence[str] = (),
                probe_samples: int | None = None, texts: Sequence[str] = (), text_samples: int = 32,
-               max_new_tokens: int = 24, chat_template: str = "auto", sink: Any = None,
+               max_new_tokens: int = 24, chat_template: str = "auto", sink: EventSink | None = None,
                sources: tuple[list, list] | None = None) -> EvalPlan:
     """An :class:`EvalPlan` from sources: task conversations by name, probe sets (``builtin:probes``
     or files, read with :func:`fnapi.data.probes.load_probes`; skipped rows are logged to ``sink``)

@@ -68,7 +68,8 @@ class Recommendation:
 
 
 def recommend(report: HardwareReport, shape: ModelShape, method: str = "lora", seq_len: int = 256, *,
-              lora_rank: int = 8, lora_targets: Any = "auto", gradient_checkpointing: bool = False) -> Recommendation:
+              lora_rank: int = 8, lora_targets: list[str] | Literal["auto"] = "auto",
+              gradient_checkpointing: bool = False) -> Recommendation:
     """Device, dtype, quantization and batch settings for fine-tuning a model of ``shape`` here.
 
     Aims for an effective batch of :data:`TARGET_EFFECTIVE_BATCH` with the largest power-of-two

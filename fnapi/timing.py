@@ -23,9 +23,14 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fnapi.events import check_cancelled
+
+if TYPE_CHECKING:
+    from fnapi.events import EventSink
+    from fnapi.models.loading import LoadedModel
+    from fnapi.recipe import Recipe
 
 #: Items of each evaluation kind timed to find its rate: two batches of generation and of text, and
 #: two of probes (scoring sorts a whole set's items by length, so one batch of mixed lengths pads
@@ -350,9 +355,9 @@ def attribution_work(section: Any, data_specs: list[str], loaded: Any) -> int:
     return tokens * DEFAULT_STEPS
 
 
-def estimate_time(recipe: Any, loaded: Any, *, cancel: threading.Event | None = None,
+def estimate_time(recipe: Recipe, loaded: LoadedModel, *, cancel: threading.Event | None = None,
                   include_template: bool = True, load_seconds: float = 0.0,
-                  cache: dict | None = None, sink: Any = None) -> TimeEstimate:
+                  cache: dict | None = None, sink: EventSink | None = None) -> TimeEstimate:
     """Time every stage of ``recipe`` on this machine, with rates measured on ``loaded`` (the model
     the recipe names, already loaded). ``cache`` keeps rates between calls (keyed by what they
     depend on), so a changed setting is re-estimated in a moment. ``sink`` gets a ``timing``

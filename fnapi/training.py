@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
@@ -58,6 +58,12 @@ from fnapi.models.runtime import pad_id, quiet_progress_bars
 from fnapi.paths import atomic_write_text
 from fnapi.recipe import TrainSection
 from fnapi.rundir import CHECKPOINT_STATE_FILE as STATE_FILE
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from fnapi.data.templating import TokenizedData
+    from fnapi.models.loading import LoadedModel
 from fnapi.rundir import read_checkpoint_state as _read_state
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -108,12 +114,13 @@ def _str(path: Path | None) -> str | None:
     return None if path is None else str(path)
 
 
-def train(loaded_or_model: Any, tokenizer: Any, train_data: Any, eval_data: Any, train_section: TrainSection, *,
+def train(loaded_or_model: LoadedModel | PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None,
+          train_data: TokenizedData, eval_data: TokenizedData | None, train_section: TrainSection, *,
           mask: NeuronMask | None = None, output_dir: str | os.PathLike, seed: int = 0,
           sink: EventSink | None = None, cancel: threading.Event | None = None, resume: bool = True,
           save_model: bool = True, merge_lora: bool = False, bake_lesion: bool = False,
           accelerate_config: str | os.PathLike | None = None,
-          task_check: Callable[[Any], float] | None = None) -> TrainResult:
+          task_check: Callable[[PreTrainedModel], float] | None = None) -> TrainResult:
     """Fine-tune a model on tokenized data under an optional neuron mask; resume if interrupted.
 
     ``loaded_or_model`` is a ``LoadedModel`` or a transformers model; ``tokenizer`` may be None

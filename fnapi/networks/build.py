@@ -18,7 +18,7 @@ import re
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ from fnapi.networks.stability import ConsensusICA
 from fnapi.networks.template import Component, Template, model_identity
 from fnapi.recipe import TemplateSection, parse_layers
 
+if TYPE_CHECKING:
+    from fnapi.models.loading import LoadedModel
+
 #: Where templates go when no output path is given (relative to the working directory).
 TEMPLATES_DIR = Path("ica_templates")
 #: Top-activating tokens kept per component, and tokens of context shown before each.
@@ -48,7 +51,7 @@ NEURON_TOP_ROWS = 32
 NEURON_TOKENS = 3
 
 
-def build_template(loaded: Any, section: TemplateSection, data_specs: Sequence[str] | None = None, *, seed: int,
+def build_template(loaded: LoadedModel, section: TemplateSection, data_specs: Sequence[str] | None = None, *, seed: int,
                    pca_dims: int | None = None, precision: str = "auto", sink: EventSink | None = None,
                    cancel: threading.Event | None = None) -> Template:
     """Build a template for ``loaded`` (a ``LoadedModel``) from ``data_specs`` (default ``section.data``).

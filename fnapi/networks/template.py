@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, ConfigDict, Field, ValidationError
 
@@ -32,6 +32,12 @@ from fnapi.migrations import Migrations
 from fnapi.paths import atomic_write_text
 from fnapi.recipe import Section, SiteName, validation_problems
 from fnapi.sites import SITES, site
+
+if TYPE_CHECKING:
+    from fnapi.models.loading import ModelInfo
+
+    #: A model as templates see it: a ``ModelInfo``, or a dict with the same keys.
+    ModelFacts = ModelInfo | Mapping[str, Any]
 
 TEMPLATE_FORMAT = "fnapi.template/1"
 
@@ -181,7 +187,7 @@ class Template:
                         f"{where}.neurons.{layer}: channel {bad} is outside 0-{self.width - 1} (width {self.width} at {self.site})"
                     )
 
-    def check_compatible(self, info: Any) -> list[str]:
+    def check_compatible(self, info: ModelFacts) -> list[str]:
         """Check that this template fits a model; return warnings, raise :class:`TemplateError` if not.
 
         ``info`` is a ``ModelInfo`` (or a dict) with ``num_layers``, ``hidden_size``,
@@ -210,7 +216,7 @@ class Template:
             warnings.append(UNKNOWN_MODEL_WARNING)
         return warnings
 
-    def other_model(self, info: Any) -> str | None:
+    def other_model(self, info: ModelFacts) -> str | None:
         """Why this template seems to come from another model than ``info``, or None.
 
         The weights fingerprints decide when both are known; otherwise the recorded model name is
@@ -333,7 +339,7 @@ class Template:
         return atomic_write_text(path, self.to_json())
 
     @classmethod
-    def from_dict(cls, data: Any, source: str = "<template>", model_info: Any = None) -> Template:
+    def from_dict(cls, data: Any, source: str = "<template>", model_info: ModelFacts | None = None) -> Template:
         """Build from parsed JSON: the native format, the predecessor's layouts, or a LoKI list
         (older layouts are upgraded through ``TEMPLATE_MIGRATIONS``); errors name ``source`` and the
         JSON field. ``model_info`` (a ``ModelInfo`` or dict) fills in the model identity and width
@@ -342,7 +348,7 @@ class Template:
         return _parse_native(TEMPLATE_MIGRATIONS.upgrade(data, source, model_info=model_info), source)
 
     @classmethod
-    def load(cls, path: str | Path, model_info: Any = None) -> Template:
+    def load(cls, path: str | Path, model_info: ModelFacts | None = None) -> Template:
         """Read a template file: the native format, the predecessor's layouts, or a LoKI list
         (see :meth:`from_dict` for ``model_info``)."""
         path = Path(path)
@@ -371,7 +377,7 @@ def _model_key(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", base)
 
 
-def model_identity(info: Any) -> dict[str, Any]:
+def model_identity(info: ModelFacts) -> dict[str, Any]:
     """The ``model`` block of a template from a ``ModelInfo`` (or dict with the same keys)."""
     return {key: _info(info, key, None)
             for key in ("name", "architecture", "num_layers", "hidden_size", "intermediate_size", "fingerprint")}
@@ -380,7 +386,7 @@ def model_identity(info: Any) -> dict[str, Any]:
 _MISSING = object()
 
 
-def _info(info: Any, key: str, default: Any = _MISSING) -> Any:
+def _info(info: ModelFacts, key: str, default: Any = _MISSING) -> Any:
     value = info.get(key, default) if isinstance(info, Mapping) else getattr(info, key, default)
     if value is _MISSING:
         raise TemplateError(f"model description has no {key!r}; pass a ModelInfo")
@@ -596,7 +602,7 @@ def _failure(source: str):
 
 
 @TEMPLATE_MIGRATIONS.step(LOKI, TEMPLATE_FORMAT)
-def _from_loki(data: list[Any], source: str, *, model_info: Any) -> dict[str, Any]:
+def _from_loki(data: list[Any], source: str, *, model_info: ModelFacts | None) -> dict[str, Any]:
     """One list of down-projection rows per layer: a single component; the file name may be the quota."""
     fail = _failure(source)
     for layer, channels in enumerate(data):
@@ -610,7 +616,7 @@ def _from_loki(data: list[Any], source: str, *, model_info: Any) -> dict[str, An
 
 
 @TEMPLATE_MIGRATIONS.step(PREDECESSOR_BUILDER, TEMPLATE_FORMAT)
-def _from_predecessor_builder(data: dict[str, Any], source: str, *, model_info: Any) -> dict[str, Any]:
+def _from_predecessor_builder(data: dict[str, Any], source: str, *, model_info: ModelFacts | None) -> dict[str, Any]:
     """``templates`` (component -> layer -> channels) with an optional ``layout`` of captured layers."""
     fail = _failure(source)
     layout = data.get("layout", {})
@@ -631,7 +637,7 @@ def _from_predecessor_builder(data: dict[str, Any], source: str, *, model_info: 
 
 
 @TEMPLATE_MIGRATIONS.step(PREDECESSOR_GUIDE, TEMPLATE_FORMAT)
-def _from_predecessor_guide(data: dict[str, Any], source: str, *, model_info: Any) -> dict[str, Any]:
+def _from_predecessor_guide(data: dict[str, Any], source: str, *, model_info: ModelFacts | None) -> dict[str, Any]:
     """``components`` with ``layer_N`` keys and a ``metadata`` block that may name the model."""
     fail = _failure(source)
     meta = data["metadata"]
@@ -659,7 +665,7 @@ def _legacy_components(raw: Any, where: str, fail, key_prefix: str) -> dict[int,
 
 
 def _imported(source: str, comps: dict[int, NeuronSets], method: dict[str, Any], *, file_layers: int | None,
-              file_width: int | None, file_model: str | None, model_info: Any,
+              file_width: int | None, file_model: str | None, model_info: ModelFacts | None,
               captured: list[int] | None = None) -> dict[str, Any]:
     """A ``fnapi.template/1`` dict from imported neuron sets, with the model shape from
     ``model_info`` or inferred."""
