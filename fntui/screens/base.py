@@ -8,6 +8,7 @@ recipe changes, noting bad input per field; the changes are then validated by
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual import on
@@ -92,6 +93,66 @@ class Form:
         if positive and not number > 0:
             self.fail(control_id, "must be greater than 0")
         return number
+
+
+class CheckBeforeNext:
+    """Slow work a step's input must pass before Next (loading the model, reading the data,
+    building a template), keyed by what its answer depends on: ``key(recipe)``.
+
+    It remembers which key is being checked (``running``), which keys failed and beside which
+    control, and whether Next is waiting for the answer (then the step advances once it passes).
+    ``passed()`` gives the key whose check passed last; ``run(recipe)`` starts the step's worker,
+    in worker group ``group``; ``running`` is None again once the step says the work ended.
+    """
+
+    def __init__(self, screen: StepScreen, *, group: str, key: Callable[[Recipe], str | None],
+                 passed: Callable[[], str | None], run: Callable[..., None]) -> None:
+        self.screen = screen
+        self.group = group
+        self.key = key
+        self.passed = passed
+        self.run = run
+        self.running: str | None = None
+        self.advance = False
+        self.failures: dict[str, tuple[str, str]] = {}  # key -> (control id, message)
+
+    def start(self, recipe: Recipe, *, advance: bool = False, **options: Any) -> None:
+        """Check ``recipe`` (``options`` go to ``run``); with ``advance``, Next goes on once it passes."""
+        self.running, self.advance = self.key(recipe), advance
+        self.run(recipe, **options)
+
+    def before_next(self, recipe: Recipe, *, advance: bool = True) -> Recipe | None:
+        """``recipe`` when its check passed; else start the check and stay on the step."""
+        if self.passed() == self.key(recipe):
+            return recipe
+        self.start(recipe, advance=advance)
+        return None
+
+    def current(self, key: str | None) -> Recipe | None:
+        """The step's recipe if an answer for ``key`` still applies (None: the fields changed since)."""
+        recipe, _ = self.screen.check()
+        return recipe if recipe is not None and key == self.key(recipe) else None
+
+    def proceed(self, recipe: Recipe | None) -> None:
+        """After a passing answer is shown: advance when Next was waiting for it."""
+        if self.advance and recipe is not None:
+            self.screen.app.advance(recipe)
+
+    def owns(self, group: str, error: BaseException) -> bool:
+        """Whether a failed worker is this check saying what is wrong with the input (not a bug)."""
+        return group == self.group and isinstance(error, FnapiError) and self.running is not None
+
+    def failed(self, control_id: str, message: str) -> bool:
+        """Keep the running key's failure beside ``control_id`` (``""``: the banner) and show it."""
+        if self.running is not None:
+            self.failures[self.running] = (control_id, message)
+        self.screen.validate(show_all=True)
+        return True
+
+    def problems(self, recipe: Recipe) -> dict[str, str]:
+        """The failure of exactly this input, by control id."""
+        control_id, message = self.failures.get(self.key(recipe) or "", ("", ""))
+        return {control_id: message} if message else {}
 
 
 class StepScreen(Screen):

@@ -20,10 +20,10 @@ from textual.widgets import Input, Select, Static
 
 from fnapi.data.formats import FORMATS, ROLES
 from fnapi.data.templating import TEMPLATES
-from fnapi.errors import FnapiError, ModelError
+from fnapi.errors import ModelError
 from fnapi.recipe import Recipe
 from fntui.messages import DataInspected
-from fntui.screens.base import Form, StepScreen, describe_error
+from fntui.screens.base import CheckBeforeNext, Form, StepScreen, describe_error
 from fntui.widgets.fields import Field, PathSuggester
 
 BUILTIN_DATA = ("builtin:skill", "builtin:text", "builtin:probes")
@@ -98,11 +98,10 @@ class DataScreen(StepScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.failures: dict[str, tuple[str, str]] = {}
         self.inspected: str | None = None
         self.previews: dict[str, Any] = {}
-        self.checking: str | None = None
-        self.advance_after_check = False
+        self.reading = CheckBeforeNext(self, group="data", key=self.key, passed=lambda: self.inspected,
+                                       run=self.start_inspect)
 
     def compose_body(self) -> ComposeResult:
         data = self.app.draft.recipe.data
@@ -130,7 +129,7 @@ class DataScreen(StepScreen):
         self.query_one("#data-preview").display = False
         recipe = self.validate()
         if recipe is not None:
-            self.start_inspect(recipe, advance=False)
+            self.reading.start(recipe)
 
     @staticmethod
     def key(recipe: Recipe) -> str:
@@ -159,9 +158,9 @@ class DataScreen(StepScreen):
         return changes
 
     def known_problems(self, recipe: Recipe) -> dict[str, str]:
-        target, message = self.failures.get(self.key(recipe), (None, None))
-        if target:
-            return {target: message}
+        failure = self.reading.problems(recipe)
+        if failure:
+            return failure
         preview = self.previews.get(self.key(recipe))
         if preview is not None and preview.tokens["rows"] and preview.tokens["dropped"] == preview.tokens["rows"]:
             return {"max-length": f"at {recipe.data.max_length} tokens every example is cut before its answer, "
@@ -178,23 +177,18 @@ class DataScreen(StepScreen):
         if isinstance(control, Select):
             recipe, _ = self.check()
             if recipe is not None:
-                self.start_inspect(recipe, advance=False)
+                self.reading.start(recipe)
 
     @on(Input.Submitted)
     def _submitted(self) -> None:
         recipe = self.validate(show_all=True)
         if recipe is not None:
-            self.start_inspect(recipe, advance=False)
+            self.reading.start(recipe)
 
     async def before_next(self, recipe: Recipe) -> Recipe | None:
-        if self.inspected == self.key(recipe):
-            return recipe
-        self.start_inspect(recipe, advance=True)
-        return None
+        return self.reading.before_next(recipe)
 
-    def start_inspect(self, recipe: Recipe, *, advance: bool) -> None:
-        self.checking = self.key(recipe)
-        self.advance_after_check = advance
+    def start_inspect(self, recipe: Recipe) -> None:
         self.query_one("#data-status", Static).update(f"Reading {recipe.data.path}…")
         self.inspect(recipe)
 
@@ -206,8 +200,8 @@ class DataScreen(StepScreen):
 
     @on(DataInspected)
     def _inspected(self, message: DataInspected) -> None:
-        recipe, _ = self.check()
-        if recipe is None or message.key != self.key(recipe):
+        recipe = self.reading.current(message.key)
+        if recipe is None:
             return
         self.inspected = message.key
         preview = self.previews[message.key] = message.preview
@@ -218,13 +212,10 @@ class DataScreen(StepScreen):
         self.query_one("#data-report", Static).update(report_view(preview))
         self.query_one("#data-preview", Static).update(preview_view(preview))
         self.query_one("#data-preview").display = True
-        recipe = self.validate(show_all=True)  # a preview can reveal a problem (all examples cut)
-        if self.advance_after_check and recipe is not None:
-            self.app.advance(recipe)
+        self.reading.proceed(self.validate(show_all=True))  # a preview can reveal a problem (all examples cut)
 
     def work_failed(self, group: str, error: BaseException) -> bool:
-        if group != "data" or not isinstance(error, FnapiError) or isinstance(error, ModelError) \
-                or self.checking is None:
+        if not self.reading.owns(group, error) or isinstance(error, ModelError):
             return False
         message = describe_error(error)
         chosen = Form(self).raw("data-format")
@@ -234,9 +225,7 @@ class DataScreen(StepScreen):
             target = "data-format"
         else:
             target = "data-path"
-        self.failures[self.checking] = (target, message)
         self.query_one("#data-status", Static).update("")
         self.query_one("#data-report", Static).update("")
         self.query_one("#data-preview").display = False
-        self.validate(show_all=True)
-        return True
+        return self.reading.failed(target, message)

@@ -16,11 +16,10 @@ from textual.app import ComposeResult
 from textual.widget import Widget
 from textual.widgets import Input, ProgressBar, Select, Static
 
-from fnapi.errors import FnapiError
 from fnapi.models.source import EMBEDDED_MODEL
 from fnapi.recipe import ModelSection, Recipe
 from fntui.messages import EngineEvent, MessageSink, ModelChecked
-from fntui.screens.base import Form, StepScreen, describe_error
+from fntui.screens.base import CheckBeforeNext, Form, StepScreen, describe_error
 from fntui.widgets.fields import Field, PathSuggester
 
 if TYPE_CHECKING:
@@ -84,9 +83,8 @@ class ModelScreen(StepScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.failures: dict[str, str] = {}
-        self.checking: str | None = None
-        self.advance_after_check = False
+        self.model_check = CheckBeforeNext(self, group="model", key=lambda recipe: self.key(recipe.model),
+                                       passed=lambda: self.app.session.model_key, run=self.start_check)
 
     def compose_body(self) -> ComposeResult:
         model = self.app.draft.recipe.model
@@ -126,8 +124,7 @@ class ModelScreen(StepScreen):
         return {"model.name": model_spec, "model.dtype": dtype}
 
     def known_problems(self, recipe: Recipe) -> dict[str, str]:
-        failure = self.failures.get(self.key(recipe.model))
-        return {"model-spec": failure} if failure else {}
+        return self.model_check.problems(recipe)
 
     def edited(self, control: Widget) -> None:
         self.query_one("#model-info", Static).update("")
@@ -137,17 +134,12 @@ class ModelScreen(StepScreen):
     def _submitted(self) -> None:
         recipe = self.validate(show_all=True)
         if recipe is not None:
-            self.start_check(recipe, advance=False)
+            self.model_check.start(recipe)
 
     async def before_next(self, recipe: Recipe) -> Recipe | None:
-        if self.app.session.model_key == self.key(recipe.model):
-            return recipe
-        self.start_check(recipe, advance=True)
-        return None
+        return self.model_check.before_next(recipe)
 
-    def start_check(self, recipe: Recipe, *, advance: bool) -> None:
-        self.checking = self.key(recipe.model)
-        self.advance_after_check = advance
+    def start_check(self, recipe: Recipe) -> None:
         self.query_one("#model-status", Static).update(f"Loading {recipe.model.name}…")
         self.query_one("#model-info", Static).update("")
         self.query_one("#model-wait", ProgressBar).display = True
@@ -169,25 +161,22 @@ class ModelScreen(StepScreen):
 
     @on(ModelChecked)
     def _checked(self, message: ModelChecked) -> None:
-        recipe, _ = self.check()
-        if recipe is None or message.key != self.key(recipe.model):
+        recipe = self.model_check.current(message.key)
+        if recipe is None:
             return  # the field changed while loading; this answer is stale
         self.query_one("#model-wait", ProgressBar).display = False
         session = self.app.session
         session.model, session.model_key = message.check, message.key
         self._show(message.check, recipe)
-        if self.advance_after_check:
-            self.app.advance(recipe)
+        self.model_check.proceed(recipe)
 
     def _show(self, result: ModelCheck, recipe: Recipe) -> None:
         self.query_one("#model-status", Static).update(f"✓ {result.info.name} loaded and checked")
         self.query_one("#model-info", Static).update(model_table(result, recipe))
 
     def work_failed(self, group: str, error: BaseException) -> bool:
-        if group != "model" or not isinstance(error, FnapiError) or self.checking is None:
+        if not self.model_check.owns(group, error):
             return False
-        self.failures[self.checking] = describe_error(error)
         self.query_one("#model-wait", ProgressBar).display = False
         self.query_one("#model-status", Static).update("")
-        self.validate(show_all=True)
-        return True
+        return self.model_check.failed("model-spec", describe_error(error))

@@ -21,11 +21,11 @@ from textual.containers import Vertical
 from textual.widget import Widget
 from textual.widgets import Button, Input, RadioButton, RadioSet, Select, Static
 
-from fnapi.errors import CancelledError, FnapiError, ModelError
+from fnapi.errors import CancelledError, ModelError
 from fnapi.events import Log
 from fnapi.recipe import Recipe
 from fntui.messages import EngineEvent, MessageSink, TemplateReady
-from fntui.screens.base import Form, StepScreen, describe_error
+from fntui.screens.base import CheckBeforeNext, Form, StepScreen, describe_error
 from fntui.widgets.fields import Field, PathSuggester
 from fntui.widgets.progress_pane import ProgressPane
 from fntui.widgets.template_view import visible
@@ -62,8 +62,8 @@ class TemplateScreen(StepScreen):
         self.cancel = threading.Event()
         self.estimating = threading.Event()  # set to stop a build-time estimate
         self._estimate_timer: Any = None
-        self.failures: dict[str, str] = {}
-        self.working: str | None = None
+        self.building = CheckBeforeNext(self, group="template", key=self.key,
+                                        passed=lambda: self.app.session.template_key, run=self.start)
 
     def compose_body(self) -> ComposeResult:
         recipe = self.app.draft.recipe
@@ -112,7 +112,7 @@ class TemplateScreen(StepScreen):
         if session.template is not None and recipe is not None and session.template_key == self.key(recipe):
             self._show_template(session.template, session.template_warnings)
         elif recipe is not None and self.recipe.template is not None and self.recipe.template.path:
-            self.start(recipe, existing=self.recipe.template.path)
+            self.building.start(recipe, existing=self.recipe.template.path)
         else:
             self._estimate_soon(delay=0.0)
 
@@ -121,7 +121,7 @@ class TemplateScreen(StepScreen):
         """Estimate the build time once the settings stop changing (timed on the loaded model)."""
         if self._estimate_timer is not None:
             self._estimate_timer.stop()
-        if self._mode() != "build" or self.working is not None:
+        if self._mode() != "build" or self.building.running is not None:
             return
         self._estimate_timer = self.set_timer(delay, self._estimate_now) if delay else None
         if not delay:
@@ -208,10 +208,7 @@ class TemplateScreen(StepScreen):
         return recipe, errors
 
     def known_problems(self, recipe: Recipe) -> dict[str, str]:
-        failure = self.failures.get(self.key(recipe) or "")
-        if failure is None:
-            return {}
-        return {"tpl-path" if self._mode() == "load" else "": failure}
+        return self.building.problems(recipe)
 
     # ---- building and loading ---------------------------------------------------------------
     async def before_next(self, recipe: Recipe) -> Recipe | None:
@@ -219,16 +216,16 @@ class TemplateScreen(StepScreen):
             self.app.session.template = None
             self.app.draft.choices.template_mode = "none"
             return recipe
-        if self.app.session.template_key == self.key(recipe):
+        if self.building.running is not None and self.building.passed() != self.key(recipe):
+            return None  # the build under way answers first
+        # The template is shown when it is ready, so Next is pressed again to go on.
+        recipe = self.building.before_next(recipe, advance=False)
+        if recipe is not None:
             self.app.draft.choices.template_mode = self._mode()
-            return recipe
-        if self.working is None:
-            self.start(recipe)
-        return None
+        return recipe
 
     def start(self, recipe: Recipe, existing: str | None = None) -> None:
         self.estimating.set()  # the build needs the cores
-        self.working = self.key(recipe)
         self.cancel = threading.Event()
         mode = "load" if existing or self._mode() == "load" else "build"
         self.query_one("#tpl-status", Static).update("Loading the template…" if mode == "load" else "")
@@ -256,11 +253,11 @@ class TemplateScreen(StepScreen):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "cancel":
-            return self.working is not None
+            return self.building.running is not None
         return super().check_action(action, parameters)
 
     def action_cancel(self) -> None:
-        if self.working is not None:
+        if self.building.running is not None:
             self.cancel.set()
             self.query_one("#tpl-status", Static).update("Cancelling at the next step…")
 
@@ -278,7 +275,7 @@ class TemplateScreen(StepScreen):
 
     @on(TemplateReady)
     def _ready(self, message: TemplateReady) -> None:
-        self.working = None
+        self.building.running = None
         self.refresh_bindings()
         self.query_one("#cancel-build").display = False
         template, path, warnings = message.template, message.path, message.warnings
@@ -306,19 +303,18 @@ class TemplateScreen(StepScreen):
             return True
         if group != "template":
             return False
-        key, self.working = self.working, None
+        shown = self.building.owns(group, error) and not isinstance(error, (CancelledError, ModelError))
+        if shown:
+            self.query_one("#tpl-status", Static).update("")
+            self.building.failed("tpl-path" if self._mode() == "load" else "", describe_error(error))
+        self.building.running = None
         self.refresh_bindings()
         self.query_one("#cancel-build").display = False
         if isinstance(error, CancelledError):
             self.query_one(ProgressPane).reset("build cancelled")
             self.query_one("#tpl-status", Static).update("Cancelled. Next starts the build again.")
             return True
-        if not isinstance(error, FnapiError) or isinstance(error, ModelError) or key is None:
-            return False
-        self.failures[key] = describe_error(error)
-        self.query_one("#tpl-status", Static).update("")
-        self.validate(show_all=True)
-        return True
+        return shown
 
     def on_unmount(self) -> None:
         self.cancel.set()
