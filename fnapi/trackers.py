@@ -1,0 +1,375 @@
+"""Experiment trackers: TensorBoard, MLflow and Weights & Biases, fed by the Hugging Face Trainer.
+
+A recipe lists them in ``train.report_to``. This module owns everything about them:
+
+* their names (:data:`TRACKERS`), which the recipe schema accepts, and whether each is installed
+  (:func:`missing`), which ``fnapi validate`` and ``fnapi run`` check before any weight loads;
+* where each one writes (:class:`TrackerSession`): inside the run directory unless the
+  environment says otherwise, so a run folder carries its own tracking data;
+* the end of a run: the forgetting report's headline numbers logged to each tracker as summary
+  metrics (:meth:`TrackerSession.log_summary`).
+
+The Trainer logs the loss, learning rate and gradient norm itself (``report_to``); a session
+sets the environment its callbacks read, starts the MLflow run and picks the W&B run's id up
+front, so that a resumed run continues the same tracker run (the ids are kept in
+``RUN/trackers/runs.json``).
+
+Defaults, each overridden by the variable the tracker itself reads:
+
+=============  =================================================================================
+tensorboard    ``RUN/trackers/tensorboard`` (``TENSORBOARD_LOGGING_DIR``)
+mlflow         a file store in ``RUN/trackers/mlflow`` (``MLFLOW_TRACKING_URI``), experiment
+               ``fnapi`` (``MLFLOW_EXPERIMENT_NAME``)
+wandb          ``RUN/trackers/wandb`` (``WANDB_DIR``), project ``fnapi`` (``WANDB_PROJECT``),
+               offline unless an API key is configured (``WANDB_MODE``)
+=============  =================================================================================
+
+Only numbers reach a tracker from this module; the Trainer's own configuration logging masks
+``*_token`` arguments, and fnapi never passes a token to the Trainer.
+
+Heavy libraries are imported inside functions, so importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import importlib.util
+import json
+import math
+import netrc
+import os
+import secrets
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from fnapi.errors import CancelledError
+from fnapi.paths import atomic_write_text
+
+#: The optional dependencies that hold every tracker: ``pip install 'fntui[track]'``.
+EXTRA = "track"
+TRACKERS_DIR = "trackers"
+RUNS_FILE = "runs.json"
+#: MLflow experiment and W&B project when the environment names none.
+DEFAULT_PROJECT = "fnapi"
+SUMMARY_PREFIX = "forgetting/"
+
+
+@dataclass(frozen=True)
+class Tracker:
+    """One tracker: its ``report_to`` name, the module it needs and the package that brings it."""
+
+    name: str
+    module: str
+    package: str
+
+
+TRACKERS: dict[str, Tracker] = {
+    "tensorboard": Tracker("tensorboard", "tensorboard", "tensorboard"),
+    "mlflow": Tracker("mlflow", "mlflow", "mlflow-skinny"),
+    "wandb": Tracker("wandb", "wandb", "wandb"),
+}
+TRACKER_NAMES = tuple(TRACKERS)
+
+
+def unknown_tracker(name: str) -> str | None:
+    """Why ``name`` is not a tracker (with the closest known name), or None when it is one.
+
+    >>> unknown_tracker("tensorbord")
+    "not a tracker; did you mean 'tensorboard'? (trackers: tensorboard, mlflow, wandb)"
+    """
+    if name in TRACKERS:
+        return None
+    guess = difflib.get_close_matches(name.lower(), TRACKER_NAMES, n=1)
+    hint = f"; did you mean '{guess[0]}'?" if guess else ""
+    return f"not a tracker{hint} (trackers: {', '.join(TRACKER_NAMES)})"
+
+
+def is_installed(module: str) -> bool:
+    """Whether ``module`` can be imported (looked up, not imported)."""
+    return importlib.util.find_spec(module) is not None
+
+
+def missing(name: str) -> str | None:
+    """Why the tracker ``name`` cannot be used here (not installed, or switched off), or None."""
+    tracker = TRACKERS[name]
+    if not is_installed(tracker.module):
+        return (f"{name} is not installed; install the tracker extra: pip install 'fntui[{EXTRA}]' "
+                f"(or just pip install {tracker.package})")
+    if name == "mlflow" and os.environ.get("DISABLE_MLFLOW_INTEGRATION", "").upper() == "TRUE":
+        return "DISABLE_MLFLOW_INTEGRATION is set, which switches the Trainer's MLflow logging off; unset it"
+    return None
+
+
+# ---- one run's trackers ----------------------------------------------------------------------------
+
+@dataclass
+class TrackerSession:
+    """The trackers of one run: where each writes, the tracker runs' ids, and the summary at the end.
+
+    Made by :func:`session`; an empty session (no trackers, or not the main process) does nothing.
+    ``notes`` says in words where each tracker writes.
+    """
+
+    names: tuple[str, ...]
+    run_dir: Path
+    run_name: str
+    environment: dict[str, str] = field(default_factory=dict)
+    runs: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    owned_mlflow: str | None = None  # the MLflow run this session started (and so ends)
+
+    @property
+    def folder(self) -> Path:
+        return self.run_dir / TRACKERS_DIR
+
+    def tensorboard_dir(self) -> Path:
+        return Path(self.environment["TENSORBOARD_LOGGING_DIR"])
+
+    def log_summary(self, metrics: dict[str, float], step: int) -> list[str]:
+        """Log ``metrics`` (name -> number) to every tracker as the run's summary, under
+        ``forgetting/``; returns one line per tracker that failed (a tracker failing does not
+        undo the run: its report is written already)."""
+        values = {f"{SUMMARY_PREFIX}{key}": float(value) for key, value in metrics.items()
+                  if value is not None and math.isfinite(float(value))}
+        failures = []
+        for name in self.names:
+            try:
+                with _environment(self.environment):
+                    _SUMMARY_WRITERS[name](self, values, step)
+            except Exception as exc:  # a tracker's own error types; the run itself is complete
+                failures.append(f"{name}: could not log the summary ({type(exc).__name__}: {exc})")
+        return failures
+
+    def close(self, status: str) -> None:
+        """End the tracker runs still open: ``status`` is ``finished``, ``failed`` or ``killed``."""
+        with _environment(self.environment):
+            if "wandb" in self.names:
+                _close_wandb(self, status)
+            if "mlflow" in self.names:
+                _close_mlflow(self, status)
+
+
+_current: TrackerSession | None = None
+
+
+@contextlib.contextmanager
+def session(names: Sequence[str], run_dir: str | os.PathLike, run_name: str) -> Iterator[TrackerSession]:
+    """Set up the trackers ``names`` for the run in ``run_dir`` for the length of the ``with`` block.
+
+    The environment variables the trackers read are set to their defaults inside ``run_dir``
+    (:mod:`fnapi.trackers`) unless already set, and restored afterwards. The MLflow and W&B runs
+    are named ``run_name``; they end when the block ends (failed when it raises). Opening a session
+    for a run directory whose session is already open returns that one, so a run's whole life
+    (training, then the summary) is one tracker run. Call it on the main process only; pass no
+    names elsewhere.
+    """
+    global _current
+    run_dir = Path(run_dir)
+    if _current is not None and _current.run_dir == run_dir:
+        yield _current
+        return
+    opened = TrackerSession(tuple(dict.fromkeys(names)), run_dir, run_name)
+    if not opened.names:
+        yield opened
+        return
+    _prepare(opened)
+    previous, _current = _current, opened
+    status = "failed"
+    try:
+        with _environment(opened.environment):
+            yield opened
+        status = "finished"
+    except BaseException as exc:
+        status = "killed" if isinstance(exc, (KeyboardInterrupt, CancelledError)) else "failed"
+        raise
+    finally:
+        _current = previous
+        opened.close(status)
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``values`` set, restored afterwards (trackers read their settings from it)."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
+def _prepare(run: TrackerSession) -> None:
+    """Fill in the session's environment and run ids, create the tracker runs that need an id."""
+    run.folder.mkdir(parents=True, exist_ok=True)
+    stored = _read_runs(run.folder / RUNS_FILE)
+    env = run.environment
+    if "tensorboard" in run.names:
+        env["TENSORBOARD_LOGGING_DIR"] = os.environ.get("TENSORBOARD_LOGGING_DIR") or str(run.folder / "tensorboard")
+        run.notes.append(f"tensorboard: {env['TENSORBOARD_LOGGING_DIR']}")
+    if "mlflow" in run.names:
+        _prepare_mlflow(run, stored.get("mlflow"))
+    if "wandb" in run.names:
+        _prepare_wandb(run, stored.get("wandb"))
+    if run.runs:
+        atomic_write_text(run.folder / RUNS_FILE, json.dumps(run.runs, indent=1) + "\n")
+
+
+def _read_runs(path: Path) -> dict[str, str]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)} if isinstance(data, dict) else {}
+
+
+# ---- MLflow ---------------------------------------------------------------------------------------------
+
+def _prepare_mlflow(run: TrackerSession, stored_id: str | None) -> None:
+    """The tracking URI (a file store in the run directory by default), the experiment, and the run,
+    started here and kept active until the session ends: the Trainer's callback logs into the active
+    run, also after training (the validation loss), instead of ending it and starting another."""
+    env = run.environment
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        uri = (run.folder / "mlflow").resolve().as_uri()
+        # MLflow 3 keeps the file store only on request (it prefers a database); a run folder is
+        # self-contained with it, and reading it needs no database driver.
+        env["MLFLOW_ALLOW_FILE_STORE"] = os.environ.get("MLFLOW_ALLOW_FILE_STORE") or "true"
+    env["MLFLOW_TRACKING_URI"] = uri
+    experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_PROJECT
+    with _environment(env):
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        active = mlflow.active_run()
+        if active is not None:  # the caller's own run: the Trainer logs into it, and it stays the caller's
+            run.runs["mlflow"] = active.info.run_id
+            run.notes.append(f"mlflow: the active run {active.info.run_id}")
+            return
+        client = MlflowClient(tracking_uri=uri)
+        found = client.get_experiment_by_name(experiment)
+        experiment_id = found.experiment_id if found is not None else client.create_experiment(experiment)
+        if stored_id and _mlflow_run_exists(client, stored_id, experiment_id):
+            started = mlflow.start_run(run_id=stored_id)
+        else:
+            started = mlflow.start_run(experiment_id=experiment_id, run_name=run.run_name,
+                                       tags={"fnapi.run_dir": str(run.run_dir.resolve())})
+    run.runs["mlflow"] = run.owned_mlflow = started.info.run_id
+    run.notes.append(f"mlflow: {_shown_uri(uri)}, experiment {experiment}, run {started.info.run_id}")
+
+
+def _mlflow_run_exists(client: Any, run_id: str, experiment_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client.get_run(run_id)
+    except MlflowException:
+        return False
+    return found.info.experiment_id == experiment_id and found.info.lifecycle_stage == "active"
+
+
+def _shown_uri(uri: str) -> str:
+    """A tracking URI without any password it may carry."""
+    parsed = urlparse(uri)
+    if parsed.password:
+        return uri.replace(f":{parsed.password}@", ":***@")
+    return uri
+
+
+def _mlflow_summary(run: TrackerSession, values: dict[str, float], step: int) -> None:
+    import time
+
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=run.environment["MLFLOW_TRACKING_URI"])
+    now = int(time.time() * 1000)
+    client.log_batch(run.runs["mlflow"], metrics=[Metric(key, value, now, step) for key, value in values.items()])
+
+
+def _close_mlflow(run: TrackerSession, status: str) -> None:
+    import mlflow
+
+    active = mlflow.active_run()
+    if run.owned_mlflow is not None and active is not None and active.info.run_id == run.owned_mlflow:
+        mlflow.end_run(status={"finished": "FINISHED", "failed": "FAILED", "killed": "KILLED"}[status])
+
+
+# ---- Weights & Biases -----------------------------------------------------------------------------------
+
+def _prepare_wandb(run: TrackerSession, stored_id: str | None) -> None:
+    """The W&B folder, project, mode and run id (read by ``wandb.init`` in the Trainer's callback)."""
+    env = run.environment
+    env["WANDB_DIR"] = os.environ.get("WANDB_DIR") or str(run.folder)
+    env["WANDB_PROJECT"] = os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT
+    env["WANDB_MODE"] = os.environ.get("WANDB_MODE") or ("online" if _wandb_logged_in() else "offline")
+    # W&B would otherwise wrap stdout/stderr (the console and the wizard draw there) and print its banners.
+    env["WANDB_CONSOLE"] = os.environ.get("WANDB_CONSOLE") or "off"
+    env["WANDB_SILENT"] = os.environ.get("WANDB_SILENT") or "true"
+    run_id = stored_id or secrets.token_hex(4)
+    env["WANDB_RUN_ID"] = run_id
+    env["WANDB_RESUME"] = "allow"
+    Path(env["WANDB_DIR"]).mkdir(parents=True, exist_ok=True)
+    run.runs["wandb"] = run_id
+    where = Path(env["WANDB_DIR"]) / "wandb"
+    if env["WANDB_MODE"] == "offline":
+        run.notes.append(f"wandb: offline in {where} (upload later with `wandb sync {where}/offline-run-*`)")
+    else:
+        run.notes.append(f"wandb: {env['WANDB_MODE']}, project {env['WANDB_PROJECT']}, run {run_id}")
+
+
+def _wandb_logged_in() -> bool:
+    """An API key in the environment or in ``~/.netrc`` for the W&B host (what ``wandb login`` writes)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname or "api.wandb.ai"
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def _wandb_run(run: TrackerSession) -> Any:
+    """The W&B run the Trainer logged to (still open), or this session's run opened again (when
+    training was over before this process started, say)."""
+    import wandb
+
+    if wandb.run is not None:
+        return wandb.run
+    return wandb.init(id=run.runs["wandb"], name=run.run_name, resume="allow")
+
+
+def _wandb_summary(run: TrackerSession, values: dict[str, float], step: int) -> None:
+    _wandb_run(run).summary.update(values)
+
+
+def _close_wandb(run: TrackerSession, status: str) -> None:
+    import wandb
+
+    current = wandb.run
+    if current is not None and current.id == run.runs.get("wandb"):
+        current.finish(exit_code=0 if status == "finished" else 1)
+
+
+# ---- TensorBoard ------------------------------------------------------------------------------------------
+
+def _tensorboard_summary(run: TrackerSession, values: dict[str, float], step: int) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(run.tensorboard_dir()))
+    try:
+        for key, value in values.items():
+            writer.add_scalar(key, value, global_step=step)
+    finally:
+        writer.close()
+
+
+_SUMMARY_WRITERS = {"tensorboard": _tensorboard_summary, "mlflow": _mlflow_summary, "wandb": _wandb_summary}
