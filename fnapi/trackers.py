@@ -10,9 +10,9 @@ A recipe lists them in ``train.report_to``. This module owns everything about th
   metrics (:meth:`TrackerSession.log_summary`).
 
 The Trainer logs the loss, learning rate and gradient norm itself (``report_to``); a session
-sets the environment its callbacks read, starts the MLflow run and picks the W&B run's id up
-front, so that a resumed run continues the same tracker run (the ids are kept in
-``RUN/trackers/runs.json``).
+sets the environment its callbacks read and starts the MLflow and W&B runs up front, so the
+Trainer logs into them (the validation pass after training too) and a resumed run continues the
+same tracker runs (their ids are kept in ``RUN/trackers/runs.json``).
 
 Defaults, each overridden by the variable the tracker itself reads:
 
@@ -120,7 +120,8 @@ class TrackerSession:
     environment: dict[str, str] = field(default_factory=dict)
     runs: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    owned_mlflow: str | None = None  # the MLflow run this session started (and so ends)
+    owned_mlflow: str | None = None  # the MLflow and W&B runs this session started (and so ends)
+    owned_wandb: str | None = None
 
     @property
     def folder(self) -> Path:
@@ -306,28 +307,41 @@ def _close_mlflow(run: TrackerSession, status: str) -> None:
 # ---- Weights & Biases -----------------------------------------------------------------------------------
 
 def _prepare_wandb(run: TrackerSession, stored_id: str | None) -> None:
-    """The W&B folder, project, mode and run id (read by ``wandb.init`` in the Trainer's callback)."""
-    env = run.environment
-    env["WANDB_DIR"] = os.environ.get("WANDB_DIR") or str(run.folder)
-    env["WANDB_PROJECT"] = os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT
-    env["WANDB_MODE"] = os.environ.get("WANDB_MODE") or ("online" if _wandb_logged_in() else "offline")
-    # W&B would otherwise wrap stdout/stderr (the console and the wizard draw there) and print its banners.
-    env["WANDB_CONSOLE"] = os.environ.get("WANDB_CONSOLE") or "off"
-    env["WANDB_SILENT"] = os.environ.get("WANDB_SILENT") or "true"
-    run_id = stored_id or secrets.token_hex(4)
-    env["WANDB_RUN_ID"] = run_id
-    env["WANDB_RESUME"] = "allow"
-    Path(env["WANDB_DIR"]).mkdir(parents=True, exist_ok=True)
-    run.runs["wandb"] = run_id
-    where = Path(env["WANDB_DIR"]) / "wandb"
-    if env["WANDB_MODE"] == "offline":
+    """Start the W&B run the Trainer's callback then logs into (it opens none while one is active).
+
+    Settings go to ``wandb.init`` itself rather than through the environment: wandb reads the
+    environment once per process, so a second run in the same process (the wizard, a comparison)
+    would otherwise land in the first run's folder under its id.
+    """
+    import wandb
+
+    if wandb.run is not None:  # the caller's own run: the Trainer logs into it, and it stays the caller's
+        run.runs["wandb"] = wandb.run.id
+        run.notes.append(f"wandb: the active run {wandb.run.id}")
+        return
+    folder = Path(os.environ.get("WANDB_DIR") or run.folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    project = os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT
+    mode = wandb_mode()
+    # W&B would otherwise wrap stdout/stderr (where the console and the wizard draw) and print banners.
+    quiet = {"console": "off", "silent": True} if not os.environ.get("WANDB_CONSOLE") else {"silent": True}
+    started = wandb.init(dir=str(folder), project=project, mode=mode, id=stored_id or secrets.token_hex(4),
+                         name=run.run_name, resume="allow", settings=wandb.Settings(**quiet))
+    run.runs["wandb"] = run.owned_wandb = started.id
+    where = folder / "wandb"
+    if mode == "offline":
         run.notes.append(f"wandb: offline in {where} (upload later with `wandb sync {where}/offline-run-*`)")
     else:
-        run.notes.append(f"wandb: {env['WANDB_MODE']}, project {env['WANDB_PROJECT']}, run {run_id}")
+        run.notes.append(f"wandb: {mode}, project {project}, run {started.id}")
+
+
+def wandb_mode() -> str:
+    """The W&B mode a run uses: ``WANDB_MODE`` when set, else online with an API key (in
+    ``WANDB_API_KEY`` or ``~/.netrc``, where ``wandb login`` puts it), else offline."""
+    return os.environ.get("WANDB_MODE") or ("online" if _wandb_logged_in() else "offline")
 
 
 def _wandb_logged_in() -> bool:
-    """An API key in the environment or in ``~/.netrc`` for the W&B host (what ``wandb login`` writes)."""
     if os.environ.get("WANDB_API_KEY"):
         return True
     host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname or "api.wandb.ai"
@@ -337,25 +351,17 @@ def _wandb_logged_in() -> bool:
         return False
 
 
-def _wandb_run(run: TrackerSession) -> Any:
-    """The W&B run the Trainer logged to (still open), or this session's run opened again (when
-    training was over before this process started, say)."""
+def _wandb_summary(run: TrackerSession, values: dict[str, float], step: int) -> None:
     import wandb
 
-    if wandb.run is not None:
-        return wandb.run
-    return wandb.init(id=run.runs["wandb"], name=run.run_name, resume="allow")
-
-
-def _wandb_summary(run: TrackerSession, values: dict[str, float], step: int) -> None:
-    _wandb_run(run).summary.update(values)
+    wandb.run.summary.update(values)
 
 
 def _close_wandb(run: TrackerSession, status: str) -> None:
     import wandb
 
     current = wandb.run
-    if current is not None and current.id == run.runs.get("wandb"):
+    if run.owned_wandb is not None and current is not None and current.id == run.owned_wandb:
         current.finish(exit_code=0 if status == "finished" else 1)
 
 
