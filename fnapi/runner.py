@@ -114,8 +114,9 @@ def _run_in(recipe: Recipe, rundir: RunDir, sink: EventSink | None, cancel: thre
             seconds = time.monotonic() - started
             result.report.total_seconds = seconds
             distributed.on_main(write_report, result.report, rundir.path)
-            for failure in tracking.log_summary(result.report.headline(), result.report.steps):
-                events.emit(Log(message=failure, level="warning", stage="report"))
+            tracking.log_summary(result.report.headline(), result.report.steps)
+        for problem in tracking.problems:
+            events.emit(Log(message=problem, level="warning", stage="report"))
         distributed.on_main(rundir.mark_finished, seconds)
     except CancelledError as exc:
         stopped = CancelledError(exc.message, f"resume with `{resume}`")

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from fnapi.errors import CancelledError
+from fnapi.errors import CancelledError, FnapiError, Problem, TrackerError
 from fnapi.paths import atomic_write_text
 
 #: The optional dependencies that hold every tracker: ``pip install 'fntui[track]'``.
@@ -111,7 +111,8 @@ class TrackerSession:
     """The trackers of one run: where each writes, the tracker runs' ids, and the summary at the end.
 
     Made by :func:`session`; an empty session (no trackers, or not the main process) does nothing.
-    ``notes`` says in words where each tracker writes.
+    ``notes`` says in words where each tracker writes; ``problems`` what failed after the run's
+    outputs were written (the summary, ending a tracker run), for the caller to report.
     """
 
     names: tuple[str, ...]
@@ -120,6 +121,7 @@ class TrackerSession:
     environment: dict[str, str] = field(default_factory=dict)
     runs: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
     owned_mlflow: str | None = None  # the MLflow and W&B runs this session started (and so ends)
     owned_wandb: str | None = None
 
@@ -130,28 +132,29 @@ class TrackerSession:
     def tensorboard_dir(self) -> Path:
         return Path(self.environment["TENSORBOARD_LOGGING_DIR"])
 
-    def log_summary(self, metrics: dict[str, float], step: int) -> list[str]:
+    def log_summary(self, metrics: dict[str, float], step: int) -> None:
         """Log ``metrics`` (name -> number) to every tracker as the run's summary, under
-        ``forgetting/``; returns one line per tracker that failed (a tracker failing does not
-        undo the run: its report is written already)."""
+        ``forgetting/``, at training step ``step``. A tracker that fails is noted in ``problems``
+        and does not undo the run: its report is written already."""
         values = {f"{SUMMARY_PREFIX}{key}": float(value) for key, value in metrics.items()
                   if value is not None and math.isfinite(float(value))}
-        failures = []
         for name in self.names:
             try:
                 with _environment(self.environment):
                     _SUMMARY_WRITERS[name](self, values, step)
-            except Exception as exc:  # a tracker's own error types; the run itself is complete
-                failures.append(f"{name}: could not log the summary ({type(exc).__name__}: {exc})")
-        return failures
+            except Exception as exc:  # each library's own errors; the run itself is complete
+                self.problems.append(f"{name}: could not log the summary ({type(exc).__name__}: {exc})")
 
     def close(self, status: str) -> None:
-        """End the tracker runs still open: ``status`` is ``finished``, ``failed`` or ``killed``."""
-        with _environment(self.environment):
-            if "wandb" in self.names:
-                _close_wandb(self, status)
-            if "mlflow" in self.names:
-                _close_mlflow(self, status)
+        """End the tracker runs this session started: ``status`` is ``finished``, ``failed`` or
+        ``killed``. A tracker that cannot be ended is noted in ``problems`` (all are tried)."""
+        for name, end in (("wandb", _close_wandb), ("mlflow", _close_mlflow)):
+            if name in self.names:
+                try:
+                    with _environment(self.environment):
+                        end(self, status)
+                except Exception as exc:  # each library's own errors; the run's outputs are complete
+                    self.problems.append(f"{name}: could not end its run ({type(exc).__name__}: {exc})")
 
 
 _current: TrackerSession | None = None
@@ -177,19 +180,18 @@ def session(names: Sequence[str], run_dir: str | os.PathLike, run_name: str) -> 
     if not opened.names:
         yield opened
         return
-    _prepare(opened)
     previous, _current = _current, opened
-    status = "failed"
     try:
+        _prepare(opened)
         with _environment(opened.environment):
             yield opened
-        status = "finished"
     except BaseException as exc:
-        status = "killed" if isinstance(exc, (KeyboardInterrupt, CancelledError)) else "failed"
-        raise
-    finally:
         _current = previous
-        opened.close(status)
+        # Ending the tracker runs must not hide why the run stopped.
+        opened.close("killed" if isinstance(exc, (KeyboardInterrupt, CancelledError)) else "failed")
+        raise
+    _current = previous
+    opened.close("finished")
 
 
 @contextlib.contextmanager
@@ -208,19 +210,28 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
 
 
 def _prepare(run: TrackerSession) -> None:
-    """Fill in the session's environment and run ids, create the tracker runs that need an id."""
+    """Fill in the session's environment and start the tracker runs; a tracker that cannot start
+    is a :class:`TrackerError` naming it (its own exception is the cause)."""
     run.folder.mkdir(parents=True, exist_ok=True)
     stored = _read_runs(run.folder / RUNS_FILE)
-    env = run.environment
-    if "tensorboard" in run.names:
-        env["TENSORBOARD_LOGGING_DIR"] = os.environ.get("TENSORBOARD_LOGGING_DIR") or str(run.folder / "tensorboard")
-        run.notes.append(f"tensorboard: {env['TENSORBOARD_LOGGING_DIR']}")
-    if "mlflow" in run.names:
-        _prepare_mlflow(run, stored.get("mlflow"))
-    if "wandb" in run.names:
-        _prepare_wandb(run, stored.get("wandb"))
+    for index, name in enumerate(run.names):
+        try:
+            _PREPARERS[name](run, stored.get(name))
+        except FnapiError:
+            raise
+        except Exception as exc:  # each library's own errors: a bad URI, a server down, a full disk
+            raise TrackerError(f"{name} could not start: {type(exc).__name__}: {exc}",
+                               hint=f"check {name}'s settings in the environment ({_SETTINGS[name]}), "
+                                    "or leave it out of train.report_to",
+                               problems=[Problem(f"train.report_to[{index}]", f"{name} could not start")]) from exc
     if run.runs:
         atomic_write_text(run.folder / RUNS_FILE, json.dumps(run.runs, indent=1) + "\n")
+
+
+def _prepare_tensorboard(run: TrackerSession, stored_id: str | None) -> None:
+    run.environment["TENSORBOARD_LOGGING_DIR"] = (os.environ.get("TENSORBOARD_LOGGING_DIR")
+                                                  or str(run.folder / "tensorboard"))
+    run.notes.append(f"tensorboard: {run.environment['TENSORBOARD_LOGGING_DIR']}")
 
 
 def _read_runs(path: Path) -> dict[str, str]:
@@ -378,4 +389,7 @@ def _tensorboard_summary(run: TrackerSession, values: dict[str, float], step: in
         writer.close()
 
 
+_PREPARERS = {"tensorboard": _prepare_tensorboard, "mlflow": _prepare_mlflow, "wandb": _prepare_wandb}
 _SUMMARY_WRITERS = {"tensorboard": _tensorboard_summary, "mlflow": _mlflow_summary, "wandb": _wandb_summary}
+_SETTINGS = {"tensorboard": "TENSORBOARD_LOGGING_DIR", "mlflow": "MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME",
+             "wandb": "WANDB_MODE, WANDB_DIR, WANDB_PROJECT, WANDB_API_KEY"}

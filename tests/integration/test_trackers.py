@@ -14,13 +14,9 @@ from fnapi.events import ListSink, Log
 from fnapi.models.tiny import save_tiny, tiny_model, tiny_tokenizer
 from fnapi.recipe import Recipe, TrainSection
 from fnapi.report import ForgettingReport
-from fnapi.training import train
 from fnapi.trackers import SUMMARY_PREFIX
+from fnapi.training import train
 from tests.unit.test_training import tiny_data
-
-pytest.importorskip("tensorboard")
-pytest.importorskip("mlflow")
-pytest.importorskip("wandb")
 
 STEPS = 3
 

@@ -177,3 +177,23 @@ def test_headline_leaves_out_what_was_not_measured():
         "probes_before": 0.5, "probes_after": 0.4, "probes_change": -0.1, "probes_change_ci95_low": -0.2,
         "probes_change_ci95_high": 0.0, "probes_retained": 0.8, "probes_retained_ci95_low": 0.6,
         "probes_retained_ci95_high": 1.0, "kl_to_base": 0.01})
+
+
+def test_a_tracker_that_cannot_start_is_named_and_the_others_are_ended(tmp_path, monkeypatch):
+    import mlflow
+    import wandb
+    from mlflow.tracking import MlflowClient
+
+    from fnapi.errors import TrackerError
+
+    monkeypatch.setenv("WANDB_MODE", "sideways")  # not a mode wandb knows
+    with pytest.raises(TrackerError) as refused, trackers.session(["mlflow", "wandb"], tmp_path / "run", "demo"):
+        raise AssertionError("the session should not have started")
+    assert refused.value.problems[0].path == "train.report_to[1]"
+    assert refused.value.message.startswith("wandb could not start") and "WANDB_MODE" in refused.value.hint
+    # The MLflow run it had started is ended as failed, not left active for the next run in this process.
+    assert mlflow.active_run() is None and wandb.run is None
+    client = MlflowClient(tracking_uri=(tmp_path / "run" / "trackers" / "mlflow").as_uri())
+    [logged] = client.search_runs([client.get_experiment_by_name("fnapi").experiment_id])
+    assert logged.info.status == "FAILED"
+    assert "MLFLOW_TRACKING_URI" not in os.environ
