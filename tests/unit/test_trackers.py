@@ -197,3 +197,14 @@ def test_a_tracker_that_cannot_start_is_named_and_the_others_are_ended(tmp_path,
     [logged] = client.search_runs([client.get_experiment_by_name("fnapi").experiment_id])
     assert logged.info.status == "FAILED"
     assert "MLFLOW_TRACKING_URI" not in os.environ
+
+
+def test_a_resumed_run_continues_its_mlflow_run(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    with trackers.session(["mlflow"], tmp_path / "run", "demo") as first:
+        pass
+    with trackers.session(["mlflow"], tmp_path / "run", "demo") as again:
+        assert again.runs["mlflow"] == first.runs["mlflow"]
+    client = MlflowClient(tracking_uri=(tmp_path / "run" / "trackers" / "mlflow").as_uri())
+    assert len(client.search_runs([client.get_experiment_by_name("fnapi").experiment_id])) == 1
