@@ -10,8 +10,8 @@ A recipe lists them in ``train.report_to``. This module owns everything about th
   metrics (:meth:`TrackerSession.log_summary`).
 
 The Trainer logs the loss, learning rate and gradient norm itself (``report_to``); a session
-sets the environment its callbacks read and starts the MLflow and W&B runs up front, so the
-Trainer logs into them (the validation pass after training too) and a resumed run continues the
+sets the environment its TensorBoard and MLflow callbacks read and starts the MLflow and W&B runs
+up front, so the Trainer logs into them (the validation pass after training too) and a resumed run continues the
 same tracker runs (their ids are kept in ``RUN/trackers/runs.json``).
 
 Defaults, each overridden by the variable the tracker itself reads:
@@ -164,9 +164,9 @@ _current: TrackerSession | None = None
 def session(names: Sequence[str], run_dir: str | os.PathLike, run_name: str) -> Iterator[TrackerSession]:
     """Set up the trackers ``names`` for the run in ``run_dir`` for the length of the ``with`` block.
 
-    The environment variables the trackers read are set to their defaults inside ``run_dir``
-    (:mod:`fnapi.trackers`) unless already set, and restored afterwards. The MLflow and W&B runs
-    are named ``run_name``; they end when the block ends (failed when it raises). Opening a session
+    Each tracker writes to its default inside ``run_dir`` (:mod:`fnapi.trackers`) unless its own
+    environment variable says otherwise; the variables set for the Trainer's callbacks are restored
+    afterwards. The MLflow and W&B runs are named ``run_name``; they end when the block ends (failed when it raises). Opening a session
     for a run directory whose session is already open returns that one, so a run's whole life
     (training, then the summary) is one tracker run. Call it on the main process only; pass no
     names elsewhere.
