@@ -79,6 +79,10 @@ class HardwareError(FnapiError):
     """A feature the detected hardware cannot provide (for example 4-bit loading without CUDA)."""
 
 
+class TrackerError(FnapiError):
+    """An experiment tracker that cannot start: its server unreachable, its store unusable."""
+
+
 class CancelledError(FnapiError):
     """Work stopped because the caller set the cancel event (SIGINT gives exit code 130, SIGTERM 143)."""
 

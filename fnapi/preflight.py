@@ -2,8 +2,9 @@
 
 The recipe schema checks each field on its own. This module checks what needs the world outside
 the file: that data and evaluation files exist, that the data format and field roles are known,
-that a template file can be read, and, when the model's config can be read offline, that layer
-filters, the template's shape and the mask's components fit that model.
+that the experiment trackers asked for are installed, that a template file can be read, and, when
+the model's config can be read offline, that layer filters, the template's shape and the mask's
+components fit that model.
 
 ``fnapi validate`` reports these problems and ``fnapi run`` refuses a recipe that has any before
 it loads the model, so a run never fails on them minutes in.
@@ -32,7 +33,8 @@ def preflight(recipe: Recipe) -> list[Problem]:
     The model's config is read (offline, no weights) to check layer filters and the template
     against the model's shape; a config that cannot be read offline skips those checks.
     """
-    problems = _model_problems(recipe) + _data_problems(recipe) + _evaluation_problems(recipe)
+    problems = (_model_problems(recipe) + _data_problems(recipe) + _evaluation_problems(recipe)
+                + _tracker_problems(recipe))
     template = None
     if recipe.template is not None and recipe.template.path:
         template, problem = _read_template(recipe.template.path)
@@ -96,6 +98,13 @@ def _source(where: str, data_spec: str) -> list[Problem]:
 def _evaluation_problems(recipe: Recipe) -> list[Problem]:
     return [Problem(where, f"file not found: {value}") for where, value in recipe.evaluation_files()
             if not Path(value).expanduser().exists()]
+
+
+def _tracker_problems(recipe: Recipe) -> list[Problem]:
+    from fnapi.trackers import missing
+
+    return [Problem(f"train.report_to[{index}]", problem) for index, name in enumerate(recipe.train.report_to)
+            if (problem := missing(name))]
 
 
 def _read_template(path: str) -> tuple[Template | None, Problem | None]:

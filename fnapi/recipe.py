@@ -17,16 +17,17 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from fnapi.errors import Problem, RecipeError
 from fnapi.migrations import Migrations
 from fnapi.paths import atomic_write_text
 from fnapi.redaction import holds_secret
 from fnapi.sites import SITE_NAMES
+from fnapi.trackers import unknown_tracker
 
 RECIPE_VERSION = 1
 
@@ -195,6 +196,16 @@ class LoraSection(Section):
     target_modules: list[str] | Literal["auto"] = "auto"
 
 
+def _known_tracker(name: str) -> str:
+    problem = unknown_tracker(name)
+    if problem:
+        raise ValueError(problem)
+    return name
+
+
+TrackerName = Annotated[str, AfterValidator(_known_tracker)]  # a name fnapi.trackers defines
+
+
 class TrainSection(Section):
     """Fine-tuning hyperparameters."""
 
@@ -220,6 +231,25 @@ class TrainSection(Section):
                                       "task_check_every steps); train.steps is then the cap")
     task_check_every: int = Field(10, gt=0)
     task_check_samples: int = Field(40, gt=0, description="validation conversations scored at each check")
+    report_to: list[TrackerName] = Field(
+        default_factory=list, description="experiment trackers the run logs to: tensorboard, mlflow, wandb (they "
+                                          "write inside the run folder unless their environment says otherwise)")
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        # `report_to: tensorboard` and `report_to: null` mean what they say
+        if value is None:
+            return []
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("report_to")
+    @classmethod
+    def _each_once(cls, value: list[str]) -> list[str]:
+        twice = sorted({name for name in value if value.count(name) > 1})
+        if twice:
+            raise ValueError(f"{', '.join(twice)} is listed more than once")
+        return value
 
 
 class EvalSection(Section):
@@ -410,6 +440,7 @@ class Recipe(Section):
         """Short hash of the recipe's meaning (stable across formatting and scheduling settings)."""
         data = self.to_dict()
         data["output"].pop("dir", None)  # where a run goes does not change what it does
+        data["train"].pop("report_to", None)  # nor where it is tracked
         scaling = data.pop("distributed", None) or {}
         if scaling.get("accelerate_config"):  # FSDP/DeepSpeed change the run; SLURM settings do not
             data["distributed"] = {"accelerate_config": scaling["accelerate_config"]}

@@ -105,6 +105,22 @@ class ForgettingReport:
         )
         return redact_obj(data)
 
+    def headline(self) -> dict[str, float]:
+        """The numbers a tracker shows for the run, flat (what is not measured is left out): task and
+        probe scores before and after, the change with its paired 95% interval, probe retention with
+        its interval, held-out text NLL, KL to the base model, and the final training loss."""
+        numbers: dict[str, float | None] = {}
+        for key in ("task", "probes", "text_nll"):
+            score: Score = getattr(self, key)
+            numbers.update({f"{key}_before": score.before, f"{key}_after": score.after, f"{key}_change": score.change})
+            numbers.update(_bounds(f"{key}_change_ci95", score.change_ci95))
+        numbers["probes_retained"] = self.probes.retained
+        numbers.update(_bounds("probes_retained_ci95", self.probes.retained_ci95))
+        numbers["kl_to_base"] = self.kl_to_base
+        numbers.update(_bounds("kl_to_base_ci95", self.kl_ci95))
+        numbers["final_loss"] = self.final_loss
+        return {key: float(value) for key, value in numbers.items() if value is not None}
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ForgettingReport:
         data = dict(data)
@@ -173,6 +189,10 @@ class ForgettingReport:
             )
         lines += ["", "![loss curve](loss.png)", ""]
         return redact("\n".join(lines))
+
+
+def _bounds(name: str, interval: list[float] | None) -> dict[str, float]:
+    return {} if not interval else {f"{name}_low": interval[0], f"{name}_high": interval[1]}
 
 
 def plot_losses(losses: list[tuple[int, float]], title: str) -> bytes:

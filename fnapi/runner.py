@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fnapi import distributed
+from fnapi import distributed, trackers
 from fnapi.errors import CancelledError, DataError, FnapiError, HardwareError, StorageError, TemplateError, storage_error
 from fnapi.events import (
     CompositeSink,
@@ -103,14 +103,20 @@ def _run_in(recipe: Recipe, rundir: RunDir, sink: EventSink | None, cancel: thre
                                 "this recipe starts over there", stage="run"))
     current = {"stage": "setup"}
     resume = f"fnapi run {rundir.path / RECIPE_FILE}"
+    tracked = recipe.train.report_to if distributed.is_main_process() else []
     try:
-        result = _run_stages(recipe, rundir, events, cancel, current)
-        # Outputs first, the finished marker last: a run that dies in between is unfinished, and
-        # running it again resumes from the last checkpoint and writes what is missing.
-        current["stage"] = "report"
-        seconds = time.monotonic() - started
-        result.report.total_seconds = seconds
-        distributed.on_main(write_report, result.report, rundir.path)
+        # One tracker run for the whole run: the Trainer logs into it, the report's numbers end it.
+        with trackers.session(tracked, rundir.path, recipe.name) as tracking:
+            result = _run_stages(recipe, rundir, events, cancel, current)
+            # Outputs first, the finished marker last: a run that dies in between is unfinished, and
+            # running it again resumes from the last checkpoint and writes what is missing.
+            current["stage"] = "report"
+            seconds = time.monotonic() - started
+            result.report.total_seconds = seconds
+            distributed.on_main(write_report, result.report, rundir.path)
+            tracking.log_summary(result.report.headline(), result.report.steps)
+        for problem in tracking.problems:
+            events.emit(Log(message=problem, level="warning", stage="report"))
         distributed.on_main(rundir.mark_finished, seconds)
     except CancelledError as exc:
         stopped = CancelledError(exc.message, f"resume with `{resume}`")
@@ -200,7 +206,7 @@ def _run_stages(recipe: Recipe, rundir: RunDir, sink: EventSink, cancel: threadi
                    save_model=recipe.output.save_model, merge_lora=recipe.output.merge_lora,
                    bake_lesion=recipe.output.bake_lesion,
                    accelerate_config=recipe.distributed.accelerate_config if recipe.distributed else None,
-                   task_check=_task_check(recipe, data, tokenizer))
+                   task_check=_task_check(recipe, data, tokenizer), run_name=recipe.name)
 
     current["stage"] = "evaluate"
     after = distributed.on_main(final_scores, recipe, plan, result.model, tokenizer, neuron_mask, baseline, sink, cancel)

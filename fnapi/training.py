@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-from fnapi import distributed
+from fnapi import distributed, trackers
 from fnapi.data.templating import collate
 from fnapi.errors import CancelledError, DataError, ModelError, RecipeError
 from fnapi.events import EventSink, Log, Metric, NullSink, Progress, stage
@@ -68,8 +68,8 @@ from fnapi.rundir import read_checkpoint_state as _read_state
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FORMAT = "fnapi.train-state/1"
-# Hyperparameters that do not change the trajectory, so a resumed run may differ in them.
-_RESUME_NEUTRAL = {"logging_steps", "save_steps"}
+# Settings that do not change the trajectory, so a resumed run may differ in them.
+_RESUME_NEUTRAL = {"logging_steps", "save_steps", "report_to"}
 
 
 @dataclass
@@ -120,7 +120,7 @@ def train(loaded_or_model: LoadedModel | PreTrainedModel, tokenizer: PreTrainedT
           sink: EventSink | None = None, cancel: threading.Event | None = None, resume: bool = True,
           save_model: bool = True, merge_lora: bool = False, bake_lesion: bool = False,
           accelerate_config: str | os.PathLike | None = None,
-          task_check: Callable[[PreTrainedModel], float] | None = None) -> TrainResult:
+          task_check: Callable[[PreTrainedModel], float] | None = None, run_name: str | None = None) -> TrainResult:
     """Fine-tune a model on tokenized data under an optional neuron mask; resume if interrupted.
 
     ``loaded_or_model`` is a ``LoadedModel`` or a transformers model; ``tokenizer`` may be None
@@ -137,6 +137,10 @@ def train(loaded_or_model: LoadedModel | PreTrainedModel, tokenizer: PreTrainedT
     [0, 1]) runs every ``task_check_every`` steps and training stops, with a checkpoint, as soon as
     it reaches the target; ``train_section.steps`` is then the cap. A resumed run that had already
     reached its target does not train further.
+
+    The trackers in ``train_section.report_to`` get the Trainer's logs under ``run_name`` (default:
+    the output folder's name), written inside ``output_dir`` by default (:mod:`fnapi.trackers`);
+    only the main process logs.
     """
     check_method_supported(train_section.method)
     model, tokenizer, model_id = _unpack(loaded_or_model, tokenizer)
@@ -152,8 +156,11 @@ def train(loaded_or_model: LoadedModel | PreTrainedModel, tokenizer: PreTrainedT
     checkpoint = _find_resume_point(root, identity, resume, sink)
     started = time.monotonic()
 
-    with quiet_progress_bars(), stage(sink, "train", total=_planned_steps(train_section, len(train_data)), unit="step",
-                                    cancel=cancel, description=f"{train_section.method} fine-tuning") as progress:
+    tracked = train_section.report_to if distributed.is_main_process() else []
+    with (quiet_progress_bars(),
+          trackers.session(tracked, output_dir, run_name or output_dir.name) as tracking,
+          stage(sink, "train", total=_planned_steps(train_section, len(train_data)), unit="step",
+                cancel=cancel, description=f"{train_section.method} fine-tuning") as progress):
         torch.manual_seed(seed)  # the LoRA initialisation depends on it
         model = _prepare_model(model, train_section)
         saved = _read_state(checkpoint) if checkpoint else {"step": None, "losses": []}
@@ -165,7 +172,10 @@ def train(loaded_or_model: LoadedModel | PreTrainedModel, tokenizer: PreTrainedT
                                  saved.get("task_checks", []), saved.get("stopped_at_task_target"))
             callback.extra_state = target.state
             callbacks.append(target)
-        arguments = _training_arguments(train_section, root, seed, model, parallel)
+        arguments = _training_arguments(train_section, root, seed, model, parallel,
+                                        report_to=list(tracking.names), run_name=tracking.run_name)
+        for note in tracking.notes:
+            progress.log(f"tracking to {note}")
         # A checkpoint saved when the target was reached is the end of training: only its weights load.
         finished = target is not None and target.reached is not None and checkpoint is not None
         trainer = _MaskedTrainer(
@@ -399,7 +409,8 @@ def _masked(model: Any, neuron_mask: NeuronMask | None) -> Iterator[Any]:
 
 
 def _training_arguments(section: TrainSection, root: Path, seed: int, model: Any,
-                        parallel: dict[str, Any] | None = None) -> TrainingArguments:
+                        parallel: dict[str, Any] | None = None, *, report_to: list[str] | None = None,
+                        run_name: str | None = None) -> TrainingArguments:
     on_cpu = next(model.parameters()).device.type == "cpu"
     return TrainingArguments(
         **(parallel or {}),
@@ -431,7 +442,8 @@ def _training_arguments(section: TrainSection, root: Path, seed: int, model: Any
         include_num_input_tokens_seen="non_padding",
         use_cpu=on_cpu,
         disable_tqdm=True,
-        report_to="none",
+        report_to=report_to or "none",
+        run_name=run_name,
     )
 
 

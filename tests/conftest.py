@@ -18,3 +18,12 @@ def _no_user_token(monkeypatch, tmp_path_factory):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path_factory.getbasetemp() / "hf_home"))
+
+
+@pytest.fixture(autouse=True)
+def _no_user_trackers(monkeypatch):
+    """Tests never log to the developer's tracker servers or folders: W&B offline, defaults elsewhere."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for name in ("WANDB_API_KEY", "WANDB_DIR", "WANDB_PROJECT", "WANDB_RUN_ID", "MLFLOW_TRACKING_URI",
+                 "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID", "TENSORBOARD_LOGGING_DIR"):
+        monkeypatch.delenv(name, raising=False)

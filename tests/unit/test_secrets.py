@@ -128,6 +128,28 @@ def finished_run(ctx: Context) -> str:
     return ctx.cli("run", str(recipe), "--output", str(ctx.tmp / "run")) + ctx.files()
 
 
+@producer
+def tracked_run(ctx: Context) -> str:
+    # Every tracker's files after a run: the Trainer logs its arguments and the model config to them
+    # (TensorBoard text, MLflow params, W&B config and run metadata), and fnapi its summary numbers.
+    from fnapi.models.tiny import save_tiny
+
+    model = save_tiny("llama", ctx.tmp.parent / "tiny")
+    recipe = ctx.tmp.parent / "run.yaml"
+    recipe.write_text(
+        f"version: 1\nname: leak\nmodel: {{name: {model}}}\n"
+        "data: {path: builtin:skill, max_samples: 16, max_length: 48}\n"
+        "train: {steps: 2, batch_size: 2, save_steps: 1, report_to: [tensorboard, mlflow, wandb]}\n"
+        "eval: {enabled: false}\n"
+    )
+    output = ctx.cli("run", str(recipe), "--output", str(ctx.tmp / "run"))
+    assert output.startswith("exit 0"), output
+    written = sorted(p.name for p in (ctx.tmp / "run" / "trackers").rglob("*") if p.is_file())
+    assert any("tfevents" in n for n in written) and any(n.endswith(".wandb") for n in written), written
+    assert "learning_rate" in written, written  # an MLflow parameter file: the Trainer's arguments were logged
+    return output + ctx.files()
+
+
 # ---- the check ---------------------------------------------------------------------------------
 
 
