@@ -79,6 +79,10 @@ class HardwareError(FnapiError):
     """A feature the detected hardware cannot provide (for example 4-bit loading without CUDA)."""
 
 
+class ExtraNotInstalledError(FnapiError):
+    """A feature whose optional extra is not installed (the hint names the ``pip install``)."""
+
+
 class CancelledError(FnapiError):
     """Work stopped because the caller set the cancel event (SIGINT gives exit code 130, SIGTERM 143)."""
 
