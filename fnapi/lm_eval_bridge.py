@@ -221,7 +221,7 @@ def check_tasks(request: LmEvalRequest, *, tasks_at: str = "--lm-eval", include_
                                 hint="List lm-eval's tasks with `lm-eval ls tasks`; a local task is a YAML file "
                                      "in the folder given to --lm-eval-include (eval.lm_eval.include).")
     manager = _manager(request)
-    with _hub_guard():
+    with _hub_guard(), _quiet_harness():
         for name in request.tasks:
             manager.load([name])
 
