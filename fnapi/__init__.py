@@ -57,6 +57,9 @@ _EXPORTS = {
     "compare_measures": "fnapi.measures",
     "bootstrap": "fnapi.measures",
     "compare_recipes": "fnapi.comparison",
+    # standard benchmarks (lm-evaluation-harness, the eval extra)
+    "LmEvalRequest": "fnapi.lm_eval_bridge",
+    "score_lm_eval": "fnapi.lm_eval_bridge",
     # events and errors
     "EventSink": "fnapi.events",
     "ListSink": "fnapi.events",
@@ -66,7 +69,7 @@ _EXPORTS = {
 }
 
 # names exported under another name than the one they have in their module
-_ALIASES = {"compare_templates": "compare"}
+_ALIASES = {"compare_templates": "compare", "score_lm_eval": "score"}
 
 __all__ = sorted([*_EXPORTS, "__version__"])
 

@@ -83,6 +83,10 @@ class TrackerError(FnapiError):
     """An experiment tracker that cannot start: its server unreachable, its store unusable."""
 
 
+class ExtraNotInstalledError(FnapiError):
+    """A feature whose optional extra is not installed (the hint names the ``pip install``)."""
+
+
 class CancelledError(FnapiError):
     """Work stopped because the caller set the cancel event (SIGINT gives exit code 130, SIGTERM 143)."""
 

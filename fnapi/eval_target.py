@@ -5,8 +5,9 @@ directory. A run is scored as it was trained: its saved full model, or its base 
 saved LoRA adapter, with the forward-pass part of its mask (ablation) in place; its base model is
 scored too, so every measure comes with the paired change and its interval.
 
-Defaults: for a run, the run's own task, probe sets and held-out text (``eval`` section of its
-recipe); for a model, ``builtin:probes`` and ``builtin:text``.
+Defaults: for a run, the run's own task, probe sets, held-out text and lm-eval benchmarks
+(``eval`` section of its recipe); for a model, ``builtin:probes`` and ``builtin:text``. Asking for
+lm-eval benchmarks alone scores only them.
 
 >>> result = evaluate_target("runs/quickstart", probes=["my_arc.jsonl"])  # doctest: +SKIP
 >>> result.to_dict()["change"]["probe_sets"][1]["accuracy"]["change_ci95"]    # doctest: +SKIP
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from fnapi.errors import DataError, RecipeError
 from fnapi.events import EventSink, NullSink, stage
+from fnapi.lm_eval_bridge import LmEvalRequest
 from fnapi.measures import EvalMeasures, build_plan, compare_measures, evaluate, read_sources
 from fnapi.recipe import DataSection, Recipe
 
@@ -57,14 +59,19 @@ def is_run_dir(target: str | Path) -> bool:
 
 def evaluate_target(target: str | Path, *, probes: Sequence[str] | None = None, texts: Sequence[str] | None = None,
                     tasks: Sequence[str] | None = None, probe_samples: int | None = None, text_samples: int = 32,
-                    task_samples: int = 50, sink: EventSink | None = None,
+                    task_samples: int = 50, lm_eval: LmEvalRequest | None = None, sink: EventSink | None = None,
                     cancel: threading.Event | None = None) -> TargetEvaluation:
-    """Score ``target`` (see the module docstring); ``None`` for a source list means its default."""
+    """Score ``target`` (see the module docstring); ``None`` for a source list means its default.
+    ``lm_eval`` adds lm-eval benchmarks (checked, data and all, before any weights load)."""
     from fnapi.models.loading import load_model
 
     sink = sink if sink is not None else NullSink()
     run = is_run_dir(target)
     recipe = _run_recipe(Path(target)) if run else None
+    if lm_eval is not None and probes is None and texts is None and tasks is None:
+        probes, texts, tasks = [], [], []  # the benchmarks alone were asked for
+    elif lm_eval is None and recipe is not None and recipe.eval.lm_eval is not None:
+        lm_eval = LmEvalRequest.from_section(recipe.eval.lm_eval)
     if recipe is not None:
         probes = list(recipe.eval.probes) if probes is None else list(probes)
         texts = ([recipe.eval.text] if recipe.eval.text else []) if texts is None else list(texts)
@@ -76,14 +83,21 @@ def evaluate_target(target: str | Path, *, probes: Sequence[str] | None = None, 
         texts = ["builtin:text"] if texts is None else list(texts)
         tasks = [] if tasks is None else list(tasks)
         chat_template = "auto"
-    if not (probes or texts or tasks):
-        raise DataError("nothing to evaluate: give --probes, --text or --task")
+    if not (probes or texts or tasks or lm_eval):
+        raise DataError("nothing to evaluate: give --probes, --text, --task or --lm-eval")
+    if lm_eval is not None:
+        from fnapi.lm_eval_bridge import check_tasks
+
+        with stage(sink, "benchmarks", description="lm-eval tasks and their data") as progress:
+            check_tasks(lm_eval)
+            progress.log(f"lm-eval tasks ready: {', '.join(lm_eval.tasks)}")
     # Data sources are read before any weights load, so a bad file fails at once.
     conversations = [(source, _task_conversations(source, task_samples, recipe)) for source in tasks]
     sources = read_sources(probes=probes, probe_samples=probe_samples, texts=texts, text_samples=text_samples,
                            sink=sink)
     loaded = load_model(recipe.model if recipe is not None else str(target), sink=sink, cancel=cancel)
-    plan = build_plan(loaded.tokenizer, tasks=conversations, chat_template=chat_template, sources=sources)
+    plan = build_plan(loaded.tokenizer, tasks=conversations, chat_template=chat_template, sources=sources,
+                      lm_eval=lm_eval)
     if recipe is None:
         with stage(sink, "evaluate", total=plan.items, unit="item", cancel=cancel,
                    description=f"scores of {target}") as progress:
@@ -146,10 +160,12 @@ def _task_conversations(source: str, samples: int, recipe: Recipe | None) -> lis
 @contextlib.contextmanager
 def _trained(folder: Path, recipe: Recipe, loaded: Any, sink: EventSink,
              cancel: threading.Event | None) -> Iterator[Any]:
-    """The run's model as trained (full model, or base + adapter), with its ablation in place."""
+    """The run's model as trained (full model, or base + adapter merged into its weights for the
+    block, as a run scores it), with its ablation in place."""
     from fnapi.masking import from_section, mask
     from fnapi.models.loading import load_model
     from fnapi.networks.template import Template
+    from fnapi.runner import adapter_merged
 
     model_dir, adapter_dir = folder / "model", folder / "adapter"
     if model_dir.is_dir():
@@ -169,8 +185,9 @@ def _trained(folder: Path, recipe: Recipe, loaded: Any, sink: EventSink,
             raise RecipeError(f"run {folder} ablates neurons but has no template.json to say which")
         neuron_mask = from_section(Template.load(template_file), recipe.mask, seed=recipe.seed)
     context = mask(model, neuron_mask, train="all") if neuron_mask is not None else contextlib.nullcontext()
+    merged = adapter_merged(model) if adapter_dir.is_dir() and not model_dir.is_dir() else contextlib.nullcontext()
     try:
-        with context:
+        with merged, context:
             yield model
     finally:
         if adapter_dir.is_dir() and not model_dir.is_dir():

@@ -10,6 +10,8 @@ and the interval is much narrower than the two separate intervals suggest).
 - :func:`measure_task` — task score per conversation (greedy generation, exact match).
 - :func:`measure_text` — held-out general text: mean NLL per token per paragraph, and, given the
   base model's distributions, the KL divergence to them per paragraph.
+- standard benchmarks through lm-evaluation-harness (:mod:`fnapi.lm_eval_bridge`): each metric as
+  lm-eval reports it, with its per-document values where they are numbers.
 
 Intervals over items are percentile bootstraps (:func:`bootstrap`, 2,000 resamples, seeded: the same
 values always give the same interval). Intervals over seeds are Student-t intervals
@@ -30,6 +32,7 @@ import numpy as np
 from pydantic import Field
 
 from fnapi.errors import DataError
+from fnapi.lm_eval_bridge import LmEvalData, LmEvalRequest, LmEvalScores
 from fnapi.recipe import Section
 
 if TYPE_CHECKING:
@@ -290,10 +293,12 @@ class EvalPlan:
     texts: tuple[tuple[str, tuple[tuple[int, ...], ...]], ...] = ()
     max_new_tokens: int = 24
     chat_template: str = "auto"
+    lm_eval: LmEvalRequest | None = None
 
     @property
     def items(self) -> int:
-        """Progress units of :func:`evaluate`: every task conversation, probe item and text paragraph."""
+        """Progress units of :func:`evaluate`: every task conversation, probe item and text paragraph
+        (lm-eval's requests are added once lm-eval has built them)."""
         return (sum(len(c) for _, c in self.tasks) + sum(len(i) for _, i in self.probes)
                 + sum(len(p) for _, p in self.texts))
 
@@ -324,6 +329,7 @@ class MeasuresData(Section):
     tasks: list[_TaskItems] = Field(default_factory=list)
     probes: list[_ProbeItems] = Field(default_factory=list)
     texts: list[_TextItems] = Field(default_factory=list)
+    lm_eval: LmEvalData | None = None
 
 
 @dataclass(frozen=True)
@@ -334,23 +340,33 @@ class EvalMeasures:
     tasks: tuple[TaskMeasure, ...] = ()
     probes: tuple[ProbeMeasure, ...] = ()
     texts: tuple[TextMeasure, ...] = ()
+    lm_eval: LmEvalScores | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tasks": [t.to_dict() for t in self.tasks], "probes": [p.to_dict() for p in self.probes],
-                "texts": [t.to_dict() for t in self.texts]}
+        out = {"tasks": [t.to_dict() for t in self.tasks], "probes": [p.to_dict() for p in self.probes],
+               "texts": [t.to_dict() for t in self.texts]}
+        if self.lm_eval is not None:
+            out["lm_eval"] = self.lm_eval.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvalMeasures:
         """Read :meth:`to_dict`'s output; ``ValueError`` when it does not have that form."""
-        MeasuresData.model_validate({key: data.get(key) or [] for key in ("tasks", "probes", "texts")})
+        MeasuresData.model_validate({**{key: data.get(key) or [] for key in ("tasks", "probes", "texts")},
+                                     "lm_eval": data.get("lm_eval")})
         return cls(tasks=tuple(TaskMeasure.from_dict(t) for t in data.get("tasks") or []),
                    probes=tuple(ProbeMeasure.from_dict(p) for p in data.get("probes") or []),
-                   texts=tuple(TextMeasure.from_dict(t) for t in data.get("texts") or []))
+                   texts=tuple(TextMeasure.from_dict(t) for t in data.get("texts") or []),
+                   lm_eval=LmEvalScores.from_dict(data["lm_eval"]) if data.get("lm_eval") is not None else None)
 
     def summary(self) -> dict[str, Any]:
-        """Means and intervals (no per-item values): what ``fnapi eval --json`` prints."""
-        return {"tasks": [t.summary() for t in self.tasks], "probes": [p.summary() for p in self.probes],
-                "texts": [t.summary() for t in self.texts]}
+        """Means and intervals (no per-item values): what ``fnapi eval --json`` prints; with lm-eval
+        benchmarks, ``lm_eval`` holds each task's metrics as lm-eval reports them (value, stderr)."""
+        out = {"tasks": [t.summary() for t in self.tasks], "probes": [p.summary() for p in self.probes],
+               "texts": [t.summary() for t in self.texts]}
+        if self.lm_eval is not None:
+            out["lm_eval"] = self.lm_eval.summary()
+        return out
 
 
 def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, plan: EvalPlan, *,
@@ -385,13 +401,19 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, plan: E
         done = advancer(f"text {source}")
         if done is not None:
             done(len(prompts))
-    return EvalMeasures(tasks=tuple(tasks), probes=tuple(probes), texts=tuple(texts)), distributions
+    benchmarks = None
+    if plan.lm_eval is not None:
+        from fnapi.lm_eval_bridge import score
+
+        benchmarks = score(model, tokenizer, plan.lm_eval, progress=progress)
+    return EvalMeasures(tasks=tuple(tasks), probes=tuple(probes), texts=tuple(texts), lm_eval=benchmarks), distributions
 
 
 def compare_measures(before: EvalMeasures, after: EvalMeasures) -> dict[str, Any]:
     """Before/after means, intervals on both and paired intervals on the changes, keyed as in
     ``report.json``: ``task``, ``probes``, ``probe_logprob``, ``text_nll`` and ``kl_to_base`` for the
-    first source of each kind, and ``tasks``, ``probe_sets`` and ``texts`` for all of them."""
+    first source of each kind, and ``tasks``, ``probe_sets`` and ``texts`` for all of them, and
+    ``lm_eval`` for lm-eval's metrics when both were scored on them (:func:`compare_lm_eval`)."""
     out: dict[str, Any] = {
         "tasks": [{"source": b.source, "score": _pair(b.scores, a.scores)} for b, a in zip(before.tasks, after.tasks)],
         "probe_sets": [{"source": b.source, "n": b.n, "accuracy": _pair(b.correct, a.correct),
@@ -413,7 +435,46 @@ def compare_measures(before: EvalMeasures, after: EvalMeasures) -> dict[str, Any
         out["text_nll"] = out["texts"][0]["nll"]
         if "kl" in out["texts"][0]:
             out["kl_to_base"] = out["texts"][0]["kl"]
+    if before.lm_eval is not None and after.lm_eval is not None:
+        out["lm_eval"] = compare_lm_eval(before.lm_eval, after.lm_eval)
     return out
+
+
+def compare_lm_eval(before: LmEvalScores, after: LmEvalScores) -> list[dict[str, Any]]:
+    """Each lm-eval metric both scored: the two values with lm-eval's stderrs, the change, and where
+    the metric is a mean over documents (accuracy, exact match) a paired interval on the change over
+    the documents both scored."""
+    base = {metric.key: metric for metric in before.metrics}
+    out = []
+    for a in after.metrics:
+        b = base.get(a.key)
+        if b is None:
+            continue
+        change = a.value - b.value if a.value is not None and b.value is not None else None
+        entry = {"task": a.task, "metric": a.metric, "filter": a.filter, "n": a.n, "before": b.value,
+                 "after": a.value, "before_stderr": b.stderr, "stderr": a.stderr, "change": change,
+                 "change_ci95": None, "higher_is_better": a.higher_is_better}
+        paired = _paired_documents(b, a)
+        if paired is not None:
+            estimate = paired_change(*paired)
+            entry["change_ci95"] = list(estimate.ci95)
+        out.append(entry)
+    return out
+
+
+def _paired_documents(before: Any, after: Any) -> tuple[list[float], list[float]] | None:
+    """Per-document values of the documents both scored, when each side's value is their mean (so the
+    paired interval is about the number lm-eval reports); None otherwise."""
+    if not before.values or not after.values:
+        return None
+    for metric in (before, after):
+        if metric.value is None or abs(float(np.mean(metric.values)) - metric.value) > 1e-6:
+            return None
+    after_by_doc = dict(zip(after.doc_ids, after.values))
+    common = [(value, after_by_doc[doc]) for doc, value in zip(before.doc_ids, before.values) if doc in after_by_doc]
+    if not common:
+        return None
+    return [b for b, _ in common], [a for _, a in common]
 
 
 def _pair(before: Sequence[float], after: Sequence[float], weights: Sequence[float] | None = None) -> dict[str, Any]:
@@ -445,13 +506,15 @@ def build_plan(tokenizer: PreTrainedTokenizerBase, *, tasks: Sequence[tuple[str,
                probes: Sequence[str] = (),
                probe_samples: int | None = None, texts: Sequence[str] = (), text_samples: int = 32,
                max_new_tokens: int = 24, chat_template: str = "auto", sink: EventSink | None = None,
-               sources: tuple[list, list] | None = None) -> EvalPlan:
+               sources: tuple[list, list] | None = None, lm_eval: LmEvalRequest | None = None) -> EvalPlan:
     """An :class:`EvalPlan` from sources: task conversations by name, probe sets (``builtin:probes``
     or files, read with :func:`fnapi.data.probes.load_probes`; skipped rows are logged to ``sink``)
     and held-out text (``builtin:text`` or files, :func:`fnapi.data.probes.load_texts`).
-    ``sources`` is what :func:`read_sources` returned, when the files were read beforehand."""
+    ``sources`` is what :func:`read_sources` returned, when the files were read beforehand;
+    ``lm_eval`` names lm-eval benchmarks to score too."""
     sets, paragraphs = sources if sources is not None else read_sources(
         probes=probes, probe_samples=probe_samples, texts=texts, text_samples=text_samples, sink=sink)
     text_sets = [(source, tuple(tuple(p) for p in text_prompts(tokenizer, rows))) for source, rows in paragraphs]
     return EvalPlan(tasks=tuple((name, tuple(c)) for name, c in tasks if c), probes=tuple(sets),
-                    texts=tuple(text_sets), max_new_tokens=max_new_tokens, chat_template=chat_template)
+                    texts=tuple(text_sets), max_new_tokens=max_new_tokens, chat_template=chat_template,
+                    lm_eval=lm_eval)

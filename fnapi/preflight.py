@@ -34,7 +34,7 @@ def preflight(recipe: Recipe) -> list[Problem]:
     against the model's shape; a config that cannot be read offline skips those checks.
     """
     problems = (_model_problems(recipe) + _data_problems(recipe) + _evaluation_problems(recipe)
-                + _tracker_problems(recipe))
+                + _tracker_problems(recipe) + _benchmark_problems(recipe))
     template = None
     if recipe.template is not None and recipe.template.path:
         template, problem = _read_template(recipe.template.path)
@@ -105,6 +105,20 @@ def _tracker_problems(recipe: Recipe) -> list[Problem]:
 
     return [Problem(f"train.report_to[{index}]", problem) for index, name in enumerate(recipe.train.report_to)
             if (problem := missing(name))]
+
+
+def _benchmark_problems(recipe: Recipe) -> list[Problem]:
+    """``eval.lm_eval``: lm-eval installed, the include folder there, every task name known to lm-eval
+    (its task index is read from disk: no data, no network)."""
+    from fnapi import lm_eval_bridge
+
+    section = recipe.eval.lm_eval
+    if section is None or not recipe.eval.enabled:
+        return []
+    if not lm_eval_bridge.installed():
+        return [Problem("eval.lm_eval", f"lm-eval is not installed. {lm_eval_bridge.INSTALL_HINT}")]
+    return lm_eval_bridge.task_problems(section.tasks, section.include, tasks_at="eval.lm_eval.tasks",
+                                        include_at="eval.lm_eval.include")
 
 
 def _read_template(path: str) -> tuple[Template | None, Problem | None]:

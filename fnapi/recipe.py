@@ -252,6 +252,28 @@ class TrainSection(Section):
         return value
 
 
+class LmEvalSection(Section):
+    """Standard benchmarks scored by lm-evaluation-harness before and after training (needs the
+    ``eval`` extra: ``pip install 'fntui[eval]'``)."""
+
+    tasks: list[str] = Field(min_length=1, description="lm-eval task names (built-in, or local ones in include)")
+    limit: int | None = Field(None, gt=0, description="documents scored per task (null: all)")
+    include: str | None = Field(None, description="folder of local lm-eval task YAMLs")
+    batch_size: int = Field(8, gt=0)
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("tasks")
+    @classmethod
+    def _named(cls, value: list[str]) -> list[str]:
+        if any(not name.strip() for name in value):
+            raise ValueError("a task name is empty")
+        return value
+
+
 class EvalSection(Section):
     """What the forgetting report measures."""
 
@@ -267,6 +289,7 @@ class EvalSection(Section):
                                                          "builtin:text or a .txt/.jsonl/.json/.csv/.parquet file")
     kl_prompts: int = Field(32, ge=0, description="paragraphs of eval.text scored (0: none)")
     max_new_tokens: int = Field(24, gt=0)
+    lm_eval: LmEvalSection | None = Field(None, description="lm-eval benchmarks scored before and after training")
 
     @field_validator("probes", mode="before")
     @classmethod
@@ -426,6 +449,8 @@ class Recipe(Section):
         data["version"] = self.version
         if self.distributed is None:  # recipes that never scale out read as they always did
             data.pop("distributed", None)
+        if self.eval.lm_eval is None:  # and so do recipes without lm-eval benchmarks (same fingerprint)
+            data["eval"].pop("lm_eval", None)
         return data
 
     def to_yaml_text(self) -> str:

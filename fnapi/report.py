@@ -77,6 +77,8 @@ class ForgettingReport:
     probe_sets: list[dict[str, Any]] = field(default_factory=list)
     tasks: list[dict[str, Any]] = field(default_factory=list)
     texts: list[dict[str, Any]] = field(default_factory=list)
+    #: lm-eval benchmarks before and after (see :func:`fnapi.measures.compare_lm_eval`)
+    lm_eval: list[dict[str, Any]] = field(default_factory=list)
     stopped_at_task_target: float | None = None
     trainable_parameters: int = 0
     total_parameters: int = 0
@@ -146,6 +148,9 @@ class ForgettingReport:
         def ci(bounds: list[float] | None, digits: int) -> str:
             return "" if not bounds else f"[{bounds[0]:.{digits}f}, {bounds[1]:.{digits}f}]"
 
+        def stderr(value: float | None) -> str:
+            return "" if value is None else f" ± {value:.3f}"
+
         lines = [
             f"# Run report: {self.name}",
             "",
@@ -167,6 +172,12 @@ class ForgettingReport:
             lines.append(f"| {label}, n={score.samples} | {fmt(score.before, digits)} | "
                          f"{fmt(score.after, digits)} {ci(score.ci95, digits)} | "
                          f"{signed(score.change, digits)} {ci(score.change_ci95, digits)} |")
+        for entry in self.lm_eval:  # lm-eval's value ± its stderr, and the change with a paired interval
+            filtered = "" if entry["filter"] == "none" else f" ({entry['filter']})"
+            lines.append(f"| lm-eval `{entry['task']}` {entry['metric']}{filtered}, n={entry['n']} | "
+                         f"{fmt(entry['before'])}{stderr(entry['before_stderr'])} | "
+                         f"{fmt(entry['after'])}{stderr(entry['stderr'])} | "
+                         f"{signed(entry['change'], 3)} {ci(entry['change_ci95'], 3)} |")
         lines += [
             "",
             f"- Probe score retained: {pct(self.probes.retained)}"

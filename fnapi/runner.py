@@ -161,6 +161,8 @@ def _run_stages(recipe: Recipe, rundir: RunDir, sink: EventSink, cancel: threadi
     current["stage"] = "hardware"
     check_hardware(recipe, sink)
     transformers.set_seed(recipe.seed)
+    current["stage"] = "evaluate"
+    check_benchmarks(recipe, sink)
 
     current["stage"] = "model"
     check_cancelled(cancel, "the run")
@@ -261,6 +263,20 @@ def check_hardware(recipe: Recipe, sink: EventSink) -> None:
 TIGHT_MEMORY_SHARE = 0.85
 
 
+def check_benchmarks(recipe: Recipe, sink: EventSink) -> None:
+    """The recipe's lm-eval benchmarks can be built, data and all, before the model loads (the task
+    names were checked by preflight; a hub task's data may still be out of reach)."""
+    section = recipe.eval.lm_eval
+    if not recipe.eval.enabled or section is None or not distributed.is_main_process():
+        return
+    from fnapi.lm_eval_bridge import LmEvalRequest, check_tasks
+
+    with stage(sink, "benchmarks", description="lm-eval tasks and their data") as progress:
+        check_tasks(LmEvalRequest.from_section(section), tasks_at="eval.lm_eval.tasks",
+                    include_at="eval.lm_eval.include")
+        progress.log(f"lm-eval tasks ready: {', '.join(section.tasks)}")
+
+
 def check_training_fits(recipe: Recipe, model: Any, train_tokens: Any, sink: EventSink) -> None:
     """Refuse, before the slow stages, a batch that cannot fit in the memory left; warn when it is tight."""
     from fnapi.estimate import added_by_training, training_peak
@@ -352,13 +368,15 @@ def _task_conversations(recipe: Recipe, data: Any) -> list:
 
 def eval_plan(recipe: Recipe, tokenizer: Any, eval_set: list, sink: EventSink | None = None):
     """What the forgetting report scores before and after training (one plan for both)."""
+    from fnapi.lm_eval_bridge import LmEvalRequest
     from fnapi.measures import build_plan
 
     section = recipe.eval
     return build_plan(tokenizer, tasks=[(recipe.data.path, eval_set)], probes=section.probes,
                       probe_samples=section.probe_samples, texts=[section.text] if section.text else [],
                       text_samples=section.kl_prompts, max_new_tokens=section.max_new_tokens,
-                      chat_template=recipe.data.chat_template, sink=sink)
+                      chat_template=recipe.data.chat_template, sink=sink,
+                      lm_eval=LmEvalRequest.from_section(section.lm_eval) if section.lm_eval else None)
 
 
 def baseline_scores(recipe: Recipe, plan: Any, loaded: Any, rundir: RunDir, sink: EventSink,
@@ -441,6 +459,9 @@ def _headline(measures: Any, when: str) -> dict[str, float]:
         out[f"text_nll_{when}"] = measures.texts[0].mean_nll.mean
         if measures.texts[0].kl is not None:
             out["kl_to_base"] = measures.texts[0].mean_kl.mean
+    for metric in measures.lm_eval.metrics if measures.lm_eval is not None else ():
+        if metric.value is not None and f"{metric.task}_{when}" not in out:  # each task's first metric
+            out[f"{metric.task}_{when}"] = metric.value
     return out
 
 
@@ -460,7 +481,7 @@ def final_scores(recipe: Recipe, plan: Any, model: Any, tokenizer: Any, neuron_m
         return None
     ablating = neuron_mask is not None and neuron_mask.ablate != "none"
     context = mask(model, neuron_mask, train="all") if ablating else contextlib.nullcontext()
-    merged = _adapter_merged(model) if recipe.train.method == "lora" else contextlib.nullcontext()
+    merged = adapter_merged(model) if recipe.train.method == "lora" else contextlib.nullcontext()
     with merged, context, stage(sink, "evaluate", total=plan.items, unit="item", cancel=cancel,
                         description="scores after fine-tuning") as progress:
         measures, _ = evaluate(model, tokenizer, plan, reference=baseline.get("_reference"), progress=progress)
@@ -469,7 +490,7 @@ def final_scores(recipe: Recipe, plan: Any, model: Any, tokenizer: Any, neuron_m
 
 
 @contextlib.contextmanager
-def _adapter_merged(model: Any) -> Any:
+def adapter_merged(model: Any) -> Any:
     """LoRA weights merged into the base weights while scoring (one matmul per layer instead of
     three; the scores agree to float rounding), unmerged afterwards. The adapter and any merged model
     were saved by training before this, so the rounding of merge-then-unmerge reaches no file."""
@@ -502,6 +523,7 @@ def report_scores(before: Any, after: Any) -> dict[str, Any]:
             "probe_logprob": Score.from_pair(pairs.get("probe_logprob"), "summed log-probability"),
             "text_nll": Score.from_pair(pairs.get("text_nll"), "nats per token"),
             "probe_sets": pairs["probe_sets"], "tasks": pairs["tasks"], "texts": pairs["texts"],
+            "lm_eval": pairs.get("lm_eval", []),
             "kl_to_base": kl["mean"] if kl else None, "kl_ci95": kl["ci95"] if kl else None}
 
 

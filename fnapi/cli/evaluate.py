@@ -20,6 +20,11 @@ def evaluate(
     probe_samples: int | None = typer.Option(None, "--probe-samples", min=1, help="items per probe set [default: all]"),
     text_samples: int = typer.Option(32, "--text-samples", min=1, help="paragraphs per text source"),
     task_samples: int = typer.Option(50, "--task-samples", min=1, help="conversations per task source"),
+    lm_eval: list[str] = typer.Option([], "--lm-eval", metavar="TASK[,TASK...]",
+                                      help="lm-evaluation-harness tasks to score (repeatable; needs the eval extra)"),
+    lm_eval_include: Path | None = typer.Option(None, "--lm-eval-include", metavar="DIR",
+                                                help="folder of local lm-eval task YAMLs"),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="lm-eval documents per task [default: all]"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of tables"),
     out: Path | None = typer.Option(None, "--out", "-o", help="also write the JSON result to this file"),
 ) -> None:
@@ -28,17 +33,24 @@ def evaluate(
 
     For a run the base model is scored too, and each change comes with a paired interval. Without
     --probes/--text/--task a run uses its recipe's evaluation sources, a model builtin:probes and
-    builtin:text.
+    builtin:text. --lm-eval scores lm-evaluation-harness tasks on the same model in memory (a run's
+    adapter merged, its ablation in place); asked for alone, only they are scored.
     """
+    from fnapi.errors import DataError
     from fnapi.eval_target import evaluate_target
     from fnapi.events import console_sink
+    from fnapi.lm_eval_bridge import LmEvalRequest
     from fnapi.paths import atomic_write_text
 
+    names = tuple(name.strip() for value in lm_eval for name in value.split(",") if name.strip())
+    if not names and (lm_eval_include is not None or limit is not None):
+        raise DataError("--lm-eval-include and --limit apply to lm-eval tasks: give them with --lm-eval TASK")
+    request = LmEvalRequest(names, str(lm_eval_include) if lm_eval_include else None, limit) if names else None
     sink = console_sink()
     try:
         result = evaluate_target(target, probes=probes or None, texts=texts or None, tasks=tasks or None,
                                  probe_samples=probe_samples, text_samples=text_samples, task_samples=task_samples,
-                                 sink=sink)
+                                 lm_eval=request, sink=sink)
     finally:
         getattr(sink, "close", lambda: None)()
     data = result.to_dict()
@@ -92,6 +104,37 @@ def _print_tables(data: dict) -> None:
         if pair and "kl" in pair:
             table.add_row(text["source"], "KL to base per token", str(pair["kl"]["n"]),
                           f"{pair['kl']['mean']:.4f} {ci(pair['kl']['ci95'], 4)}", "", "")
+    if table.row_count:
+        _print_table(console, table)
+    if "lm_eval" in data:
+        _print_benchmarks(console, data)
+
+
+def _print_benchmarks(console, data: dict) -> None:
+    """lm-eval's metrics as it reports them: value and stderr; for a run, the base value and the change."""
+    from rich.table import Table
+
+    from fnapi.cli.study import _print_table
+
+    pairs = {(p["task"], p["metric"], p["filter"]): p for p in (data.get("change") or {}).get("lm_eval") or []}
+    table = Table(show_edge=False, title=f"lm-eval: {data['kind']} {data['target']}")
+    for name in ["task", "metric", "n", "value", "stderr"] + (["base", "change [95% interval, paired]"] if pairs else []):
+        table.add_column(name, justify="left" if name in ("task", "metric") else "right")
+
+    def number(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.4f}"
+
+    for metric in data["lm_eval"]:
+        name = metric["metric"] if metric["filter"] == "none" else f"{metric['metric']} ({metric['filter']})"
+        cells = [metric["task"], name, str(metric["n"] or ""), number(metric["value"]), number(metric["stderr"])]
+        pair = pairs.get((metric["task"], metric["metric"], metric["filter"]))
+        if pairs and pair is None:
+            cells += ["", ""]
+        elif pair is not None:
+            bounds = pair["change_ci95"]
+            change = "n/a" if pair["change"] is None else f"{pair['change']:+.4f}"
+            cells += [number(pair["before"]), change + (f" [{bounds[0]:+.4f}, {bounds[1]:+.4f}]" if bounds else "")]
+        table.add_row(*cells)
     _print_table(console, table)
 
 

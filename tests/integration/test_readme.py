@@ -74,3 +74,21 @@ def test_python_example(tmp_path):
     run_dir, retained = lines[-1].rsplit(" ", 1)
     assert Path(cwd / run_dir, "report.json").exists()
     assert float(retained) > 0
+
+
+def test_lm_eval_example(tmp_path):
+    pytest.importorskip("lm_eval", reason="the eval extra (lm-eval) is part of the dev install")
+    from fnapi.recipe import Recipe
+    from tests.unit.test_lm_eval_bridge import write_capitals_task
+
+    section = README.split("## Standard benchmarks (lm-eval)", 1)[1].split("\n## ", 1)[0]
+    task_yaml, recipe_yaml = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    write_capitals_task(tmp_path / "tasks")  # the rows; the task YAML is the README's
+    (tmp_path / "tasks" / "capitals.yaml").write_text(task_yaml)
+    assert Recipe.from_yaml_text(recipe_yaml).eval.lm_eval.tasks == ["capitals"]
+    command = _block("bash", "Standard benchmarks (lm-eval)").strip().splitlines()[0].split("  #", 1)[0]
+    out = subprocess.run(shlex.split(command), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, f"{command}\n{out.stdout}\n{out.stderr}"
+    rows = [[cell.strip() for cell in re.split(r"[│|]", line)] for line in out.stdout.splitlines()]
+    task, metric, n, value, stderr = next(row for row in rows if row[0] == "capitals")
+    assert (metric, n) == ("acc", "20") and 0.0 <= float(value) <= 1.0 and float(stderr) > 0

@@ -338,13 +338,13 @@ def test_without_reaching_the_target_training_runs_to_the_cap(tmp_path):
 
 
 def test_final_scoring_merges_the_adapter_and_leaves_it_as_trained(tmp_path):
-    from fnapi.runner import _adapter_merged
+    from fnapi.runner import adapter_merged
 
     result = run(tmp_path, steps=4)
     model = result.model
     assert hasattr(model, "merge_adapter")
     before = logits(model)
-    with _adapter_merged(model):
+    with adapter_merged(model):
         merged = logits(model)
         assert any(getattr(m, "merged", False) for m in model.modules())
     assert not any(getattr(m, "merged", False) for m in model.modules())
