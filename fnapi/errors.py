@@ -79,6 +79,11 @@ class HardwareError(FnapiError):
     """A feature the detected hardware cannot provide (for example 4-bit loading without CUDA)."""
 
 
+class ExportError(FnapiError):
+    """A run that cannot be exported as asked: no weights, a destination in the way, a format or
+    type its architecture cannot take, or a hub that cannot be reached."""
+
+
 class CancelledError(FnapiError):
     """Work stopped because the caller set the cancel event (SIGINT gives exit code 130, SIGTERM 143)."""
 
