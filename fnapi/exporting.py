@@ -66,7 +66,8 @@ class ExportResult:
     ``path`` is the folder (``hf``) or file (``gguf``); for ``hub`` it is None and ``repo_id`` names
     the repository. ``max_abs_logit_diff`` is the largest difference between the logits of the
     written model and those of the run's model as trained, over :data:`CHECK_PROMPTS`;
-    ``tolerance`` is the limit it was held to (already scaled to these logits).
+    ``tolerance`` is the limit it was held to (already scaled to these logits); ``top1_agreement``
+    the share of prompt positions where both models rank the same token first.
     """
 
     target: str
@@ -78,6 +79,7 @@ class ExportResult:
     seconds: float = 0.0
     max_abs_logit_diff: float | None = None
     tolerance: float | None = None
+    top1_agreement: float | None = None
     tokens_match: bool | None = None
     private: bool | None = None
     dry_run: bool = False
@@ -94,6 +96,7 @@ class ExportResult:
                 "repo_id": self.repo_id, "gguf_type": self.gguf_type, "bytes": self.bytes,
                 "files": [{"path": f.path, "bytes": f.bytes} for f in self.files], "seconds": round(self.seconds, 3),
                 "max_abs_logit_diff": self.max_abs_logit_diff, "tolerance": self.tolerance,
+                "top1_agreement": self.top1_agreement,
                 "tokens_match": self.tokens_match, "private": self.private, "dry_run": self.dry_run, "url": self.url}
 
 
@@ -189,15 +192,17 @@ def _logits(model: Any, prompts: list[list[int]]) -> list[Any]:
         return [model(torch.tensor([ids], device=device)).logits[0].float().cpu() for ids in prompts]
 
 
-def _compare(plain: _PlainModel, logits: list[Any], what: str, tolerance: float) -> tuple[float, float]:
-    """(max |difference|, the limit) against the reference; an error when over the limit."""
+def _compare(plain: _PlainModel, logits: list[Any], what: str, tolerance: float, result: ExportResult) -> None:
+    """Fill ``result``'s check numbers from ``logits`` against the reference; an error over the limit."""
     scale = max(1.0, max(float(r.abs().max()) for r in plain.reference))
     diff = max(float((a - b).abs().max()) for a, b in zip(logits, plain.reference))
     limit = tolerance * scale
     if not diff <= limit:
         raise ExportError(f"the exported {what} does not reproduce the run's model: logits differ by up to "
                           f"{diff:.3g} (allowed {limit:.3g})", "nothing was written; this is a bug in fnapi's export")
-    return diff, limit
+    same = sum(int((a.argmax(-1) == b.argmax(-1)).sum()) for a, b in zip(logits, plain.reference))
+    result.max_abs_logit_diff, result.tolerance = diff, limit
+    result.top1_agreement = same / sum(len(r) for r in plain.reference)
 
 
 # ---- hf and gguf ----------------------------------------------------------------------------------------
@@ -222,14 +227,13 @@ def _export_local(folder: Path, to: str, target: Path, gguf_type: str, *, sink: 
     if to == "hf":
         with staged(target, folder=True) as tmp:
             _write_hf(plain, folder, tmp, sink, cancel)
-            result.max_abs_logit_diff, result.tolerance = _verify_hf(plain, tmp, sink, cancel)
+            _verify_hf(plain, tmp, result, sink, cancel)
             result.files = _listing(tmp)
     else:
         with staged(target, suffix=".partial.gguf") as tmp:
             write_gguf(plain.model, plain.tokenizer, tmp, gguf_type, name=plain.recipe.name,
                        pre=_source_gguf_pre(plain.recipe), sink=sink, cancel=cancel)
-            result.max_abs_logit_diff, result.tolerance, result.tokens_match = _verify_gguf(plain, tmp, gguf_type,
-                                                                                             sink, cancel)
+            _verify_gguf(plain, tmp, gguf_type, result, sink, cancel)
             result.files = [ExportedFile(target.name, tmp.stat().st_size)]
     sink.emit(Log(message=f"exported {folder} to {target} ({_size(result.bytes)}); logits within "
                           f"{result.max_abs_logit_diff:.3g} of the run's model", stage="export"))
@@ -248,36 +252,41 @@ def _write_hf(plain: _PlainModel, folder: Path, tmp: Path, sink: EventSink, canc
         progress.advance(message="model card")
 
 
-def _verify_hf(plain: _PlainModel, tmp: Path, sink: EventSink, cancel: threading.Event | None) -> tuple[float, float]:
+def _verify_hf(plain: _PlainModel, tmp: Path, result: ExportResult, sink: EventSink,
+               cancel: threading.Event | None) -> None:
     from transformers import AutoModelForCausalLM
 
     with stage(sink, "verify", total=1, cancel=cancel, description="the folder read back against the run") as progress:
         import torch
 
         reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32, local_files_only=True)
-        diff, limit = _compare(plain, _logits(reloaded.eval(), plain.prompts), "folder", TOLERANCE["hf"])
-        progress.summary.update(max_abs_logit_diff=diff, tolerance=limit)
-        progress.advance(message=f"max |logit difference| {diff:.3g}")
-    return diff, limit
+        _compare(plain, _logits(reloaded.eval(), plain.prompts), "folder", TOLERANCE["hf"], result)
+        _report_check(progress, result)
 
 
-def _verify_gguf(plain: _PlainModel, tmp: Path, gguf_type: str, sink: EventSink,
-                 cancel: threading.Event | None) -> tuple[float, float, bool]:
+def _verify_gguf(plain: _PlainModel, tmp: Path, gguf_type: str, result: ExportResult, sink: EventSink,
+                 cancel: threading.Event | None) -> None:
     from fnapi.models.loading import load_model
     from fnapi.models.source import ModelSource
 
     back = load_model(ModelSource("gguf", str(tmp), tmp), dtype="float32", device="cpu", sink=sink, cancel=cancel)
     with stage(sink, "verify", total=1, cancel=cancel, description="the GGUF read back against the run") as progress:
-        diff, limit = _compare(plain, _logits(back.model, plain.prompts), f"GGUF file ({gguf_type})",
-                               TOLERANCE[gguf_type])
+        _compare(plain, _logits(back.model, plain.prompts), f"GGUF file ({gguf_type})", TOLERANCE[gguf_type], result)
         texts = [*CHECK_PROMPTS, CHECK_CHAT]
         same_tokens = all(back.tokenizer(t)["input_ids"] == plain.tokenizer(t)["input_ids"] for t in texts)
         if not same_tokens:
             progress.log("the tokenizer read back from the GGUF file splits the check prompts differently from the "
                          "run's tokenizer", level="warning")
-        progress.summary.update(max_abs_logit_diff=diff, tolerance=limit, tokens_match=same_tokens)
-        progress.advance(message=f"max |logit difference| {diff:.3g}")
-    return diff, limit, same_tokens
+        result.tokens_match = same_tokens
+        progress.summary.update(tokens_match=same_tokens)
+        _report_check(progress, result)
+
+
+def _report_check(progress: Any, result: ExportResult) -> None:
+    progress.summary.update(max_abs_logit_diff=result.max_abs_logit_diff, tolerance=result.tolerance,
+                            top1_agreement=result.top1_agreement)
+    progress.advance(message=f"max |logit difference| {result.max_abs_logit_diff:.3g}, same top token at "
+                             f"{100 * result.top1_agreement:.1f}% of positions")
 
 
 def _listing(root: Path) -> list[ExportedFile]:

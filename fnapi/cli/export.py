@@ -54,7 +54,8 @@ def export(
     kind = f"GGUF {result.gguf_type}" if result.target == "gguf" else result.target
     print(f"exported ({kind}): {where}  {result.bytes / 2**20:.1f} MiB in {result.seconds:.1f} s")
     if result.max_abs_logit_diff is not None:
-        print(f"checked: logits within {result.max_abs_logit_diff:.3g} of the run's model (allowed {result.tolerance:.3g})"
+        print(f"checked: logits within {result.max_abs_logit_diff:.3g} of the run's model (allowed {result.tolerance:.3g}), "
+              f"same top token at {100 * result.top1_agreement:.1f}% of positions"
               + ("" if result.tokens_match in (None, True) else "; the tokenizer read back splits text differently"))
     if result.url:
         print(result.url)

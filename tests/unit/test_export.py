@@ -87,6 +87,7 @@ def test_the_hf_folder_answers_like_the_run_with_its_adapter_and_mask(tmp_path, 
     with torch.no_grad():
         assert torch.allclose(exported(_ids()).logits, _run_logits(run_dir, _ids()), atol=1e-4)
     assert result.max_abs_logit_diff is not None and result.max_abs_logit_diff <= result.tolerance
+    assert result.top1_agreement == 1.0
     assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= {f.path for f in result.files}
     assert result.bytes == sum(p.stat().st_size for p in (tmp_path / "out").iterdir())
     assert {"model", "merge", "write", "verify"} <= {e.stage for e in sink.of_type(StageStarted)}
@@ -158,6 +159,7 @@ def test_gguf_round_trips_through_transformers_within_its_type_tolerance(tmp_pat
         diff = float((back(_ids()).logits - reference).abs().max())
     assert diff <= GGUF_BOUNDS[gguf_type] * max(1.0, float(reference.abs().max()))
     assert result.max_abs_logit_diff is not None and result.max_abs_logit_diff >= diff * 0.5
+    assert result.top1_agreement == 1.0 if gguf_type == "f32" else result.top1_agreement > 0.9
 
     tokenizer = AutoTokenizer.from_pretrained(tmp_path, gguf_file=file.name)
     original = tiny_tokenizer()
