@@ -113,6 +113,7 @@ def export(run_dir: str | Path, to: str, dest: str | Path, *, gguf_type: str = "
     written; stages are reported to ``sink``.
     """
     from fnapi.eval_target import run_recipe, trained_weights
+    from fnapi.models.runtime import quiet_progress_bars
 
     started = time.monotonic()
     sink = sink if sink is not None else NullSink()
@@ -121,8 +122,6 @@ def export(run_dir: str | Path, to: str, dest: str | Path, *, gguf_type: str = "
                           "hf: a transformers folder, gguf: a llama.cpp file, hub: a Hugging Face repository")
     if to == "gguf" and gguf_type not in GGUF_TYPES:
         raise ExportError(f"--type {gguf_type!r} is not a GGUF type fnapi writes; use one of {', '.join(GGUF_TYPES)}")
-    from fnapi.models.runtime import quiet_progress_bars
-
     folder = Path(run_dir)
     recipe = run_recipe(folder)
     weights = trained_weights(folder)
@@ -243,7 +242,7 @@ def _export_local(folder: Path, to: str, target: Path, gguf_type: str, *, sink: 
 def _write_hf(plain: _PlainModel, folder: Path, tmp: Path, sink: EventSink, cancel: threading.Event | None) -> None:
     from fnapi.paths import atomic_write_text
 
-    with stage(sink, "write", total=3, cancel=cancel, description=f"transformers folder {tmp.name}") as progress:
+    with stage(sink, "write", total=3, cancel=cancel, description="transformers folder") as progress:
         plain.model.save_pretrained(tmp)
         progress.advance(message="weights and config")
         plain.tokenizer.save_pretrained(tmp)
@@ -254,11 +253,10 @@ def _write_hf(plain: _PlainModel, folder: Path, tmp: Path, sink: EventSink, canc
 
 def _verify_hf(plain: _PlainModel, tmp: Path, result: ExportResult, sink: EventSink,
                cancel: threading.Event | None) -> None:
+    import torch
     from transformers import AutoModelForCausalLM
 
     with stage(sink, "verify", total=1, cancel=cancel, description="the folder read back against the run") as progress:
-        import torch
-
         reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32, local_files_only=True)
         _compare(plain, _logits(reloaded.eval(), plain.prompts), "folder", TOLERANCE["hf"], result)
         _report_check(progress, result)
@@ -543,18 +541,18 @@ def _export_hub(folder: Path, recipe: Any, repo_id: str, *, private: bool, adapt
             raise OfflineError(f"--to hub: the Hugging Face hub cannot be reached: {problem}",
                                "nothing was uploaded; export with --to hf now and upload later")
     result = ExportResult(target="hub", run_dir=folder, repo_id=repo_id, private=private, dry_run=dry_run)
-    staging = Path(tempfile.mkdtemp(prefix=".hub-upload.", suffix=".tmp", dir=folder))
+    root = Path(tempfile.mkdtemp(prefix=".hub-upload.", suffix=".tmp", dir=folder))
+    staging = root / "upload"
     try:
         if adapter_only:
-            shutil.copytree(folder / "adapter", staging, dirs_exist_ok=True)
+            shutil.copytree(folder / "adapter", staging)
             from fnapi.paths import atomic_write_text
 
             atomic_write_text(staging / "README.md", model_card(folder, adapter_only=True))
         else:
-            result = _export_local(folder, "hf", staging / "model", "f16", sink=sink, cancel=cancel)
+            result = _export_local(folder, "hf", staging, "f16", sink=sink, cancel=cancel)
             result.target, result.path, result.repo_id = "hub", None, repo_id
             result.private, result.dry_run = private, dry_run
-            staging = staging / "model"
         result.files = _listing(staging)
         result.card = (staging / "README.md").read_text(encoding="utf-8")
         if dry_run:
@@ -566,7 +564,7 @@ def _export_hub(folder: Path, recipe: Any, repo_id: str, *, private: bool, adapt
         result.url = _upload(staging, repo_id, private, token.token, recipe.name, result.bytes, sink, cancel)
         return result
     finally:
-        shutil.rmtree(staging if staging.name != "model" else staging.parent, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _upload(staging: Path, repo_id: str, private: bool, token: str | None, name: str, size: int, sink: EventSink,

@@ -50,6 +50,8 @@ def export(
         for file in result.files:
             print(f"  {file.bytes:>14,}  {file.path}")
         print(f"  {result.bytes:>14,}  bytes in {len(result.files)} files")
+        print("\nREADME.md (the model card):\n")
+        print(result.card)
         return
     kind = f"GGUF {result.gguf_type}" if result.target == "gguf" else result.target
     print(f"exported ({kind}): {where}  {result.bytes / 2**20:.1f} MiB in {result.seconds:.1f} s")

@@ -307,6 +307,7 @@ def test_a_hub_dry_run_lists_the_upload_and_writes_the_card_without_network(tmp_
     assert main(["export", str(run_dir), "--to", "hub", "me/tiny-export", "--dry-run", "--public"]) == 0
     out = capsys.readouterr().out
     assert "me/tiny-export (public)" in out and "model.safetensors" in out and "README.md" in out
+    assert "- **Method:** lora" in out  # the card is shown for review before an upload
 
 
 def test_an_adapter_only_dry_run_lists_the_adapter_and_a_peft_card(tmp_path, tiny):
