@@ -52,6 +52,11 @@ _EXPORTS = {
     "estimate_time": "fnapi.timing",
     "TimeEstimate": "fnapi.timing",
     "RunAnswers": "fnapi.eval_target",
+    "load_trained": "fnapi.eval_target",
+    "TrainedRun": "fnapi.eval_target",
+    # exporting a run for other tools
+    "export": "fnapi.exporting",
+    "ExportResult": "fnapi.exporting",
     "build_plan": "fnapi.measures",
     "evaluate": "fnapi.measures",
     "compare_measures": "fnapi.measures",

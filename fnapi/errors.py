@@ -87,6 +87,11 @@ class ExtraNotInstalledError(FnapiError):
     """A feature whose optional extra is not installed (the hint names the ``pip install``)."""
 
 
+class ExportError(FnapiError):
+    """A run that cannot be exported as asked: no weights, a destination in the way, a format or
+    type its architecture cannot take, or a hub that cannot be reached."""
+
+
 class CancelledError(FnapiError):
     """Work stopped because the caller set the cancel event (SIGINT gives exit code 130, SIGTERM 143)."""
 

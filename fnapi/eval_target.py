@@ -67,7 +67,7 @@ def evaluate_target(target: str | Path, *, probes: Sequence[str] | None = None, 
 
     sink = sink if sink is not None else NullSink()
     run = is_run_dir(target)
-    recipe = _run_recipe(Path(target)) if run else None
+    recipe = run_recipe(Path(target)) if run else None
     if lm_eval is not None and probes is None and texts is None and tasks is None:
         probes, texts, tasks = [], [], []  # the benchmarks alone were asked for
     elif lm_eval is None and recipe is not None and recipe.eval.lm_eval is not None:
@@ -131,18 +131,12 @@ def ask_run(folder: str | Path, prompt: str, *, loaded: LoadedModel | None = Non
 
     sink = sink if sink is not None else NullSink()
     folder = Path(folder)
-    recipe = _run_recipe(folder)
+    recipe = run_recipe(folder)
     loaded = loaded if loaded is not None else load_model(recipe.model, sink=sink)
     base = answer(loaded.model, loaded.tokenizer, prompt, max_new_tokens=max_new_tokens)
     with _trained(folder, recipe, loaded, sink, None) as model:
         tuned = answer(model, loaded.tokenizer, prompt, max_new_tokens=max_new_tokens)
     return RunAnswers(prompt, tuned, base)
-
-
-def _run_recipe(folder: Path) -> Recipe:
-    from fnapi.rundir import RECIPE_FILE
-
-    return Recipe.from_yaml(folder / RECIPE_FILE)
 
 
 def _task_conversations(source: str, samples: int, recipe: Recipe | None) -> list:
@@ -157,38 +151,83 @@ def _task_conversations(source: str, samples: int, recipe: Recipe | None) -> lis
     return list(pool[:samples])
 
 
-@contextlib.contextmanager
-def _trained(folder: Path, recipe: Recipe, loaded: Any, sink: EventSink,
-             cancel: threading.Event | None) -> Iterator[Any]:
-    """The run's model as trained (full model, or base + adapter merged into its weights for the
-    block, as a run scores it), with its ablation in place."""
-    from fnapi.masking import from_section, mask
+@dataclass
+class TrainedRun:
+    """A run's model as trained: its saved full model, or its base model wrapped with the saved LoRA
+    adapter (``adapter`` True), with the tokenizer it trained with and ``ablation``, the mask whose
+    forward-pass part (the neurons it switches off) the run carries; None when it ablates nothing."""
+
+    recipe: Recipe
+    model: Any
+    tokenizer: Any
+    ablation: Any  # NeuronMask | None
+    adapter: bool
+
+
+def run_recipe(folder: str | Path) -> Recipe:
+    """The recipe a run folder recorded; a :class:`RecipeError` naming the folder when it is not a run."""
+    from fnapi.rundir import RECIPE_FILE
+
+    folder = Path(folder)
+    if not is_run_dir(folder):
+        raise RecipeError(f"{folder} is not a run directory (no {RECIPE_FILE} in it)",
+                          "give the folder `fnapi run` wrote (it prints it last)")
+    return Recipe.from_yaml(folder / RECIPE_FILE)
+
+
+def trained_weights(folder: str | Path) -> Path:
+    """The folder holding a run's trained weights: ``model/`` (full model, preferred) or ``adapter/``."""
+    folder = Path(folder)
+    for name in ("model", "adapter"):
+        if (folder / name).is_dir():
+            return folder / name
+    raise RecipeError(f"run {folder} has no trained weights (no model/ or adapter/ folder)",
+                      "the run may not have finished, or ran with output.save_model: false")
+
+
+def load_trained(folder: str | Path, *, recipe: Recipe | None = None, loaded: Any = None,
+                 sink: EventSink | None = None, cancel: threading.Event | None = None) -> TrainedRun:
+    """Load the run in ``folder`` as it was trained (see :class:`TrainedRun`): the one place that
+    knows how a run folder keeps its weights and mask. ``loaded`` is the base model already in
+    memory (loaded from the recipe when a LoRA run needs it); a LoRA adapter is put into it."""
+    from fnapi.masking import from_section
     from fnapi.models.loading import load_model
     from fnapi.networks.template import Template
-    from fnapi.runner import adapter_merged
 
-    model_dir, adapter_dir = folder / "model", folder / "adapter"
-    if model_dir.is_dir():
-        model = load_model(str(model_dir), dtype=recipe.model.dtype, device=recipe.model.device,
-                           sink=sink, cancel=cancel).model
-    elif adapter_dir.is_dir():
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(loaded.model, str(adapter_dir))
-    else:
-        raise RecipeError(f"run {folder} has no trained weights (no model/ or adapter/ folder)",
-                          "the run may not have finished, or ran with output.save_model: false")
+    folder = Path(folder)
+    recipe = recipe if recipe is not None else run_recipe(folder)
+    weights = trained_weights(folder)
     neuron_mask = None
     if recipe.mask.switches()[0] != "none":
         template_file = folder / "template.json"
         if not template_file.is_file():
             raise RecipeError(f"run {folder} ablates neurons but has no template.json to say which")
         neuron_mask = from_section(Template.load(template_file), recipe.mask, seed=recipe.seed)
-    context = mask(model, neuron_mask, train="all") if neuron_mask is not None else contextlib.nullcontext()
-    merged = adapter_merged(model) if adapter_dir.is_dir() and not model_dir.is_dir() else contextlib.nullcontext()
+    if weights.name == "model":
+        full = load_model(str(weights), dtype=recipe.model.dtype, device=recipe.model.device, sink=sink, cancel=cancel)
+        return TrainedRun(recipe, full.model, full.tokenizer, neuron_mask, adapter=False)
+    from peft import PeftModel
+
+    loaded = loaded if loaded is not None else load_model(recipe.model, sink=sink, cancel=cancel)
+    model = PeftModel.from_pretrained(loaded.model, str(weights))
+    return TrainedRun(recipe, model, loaded.tokenizer, neuron_mask, adapter=True)
+
+
+@contextlib.contextmanager
+def _trained(folder: Path, recipe: Recipe, loaded: Any, sink: EventSink,
+             cancel: threading.Event | None) -> Iterator[Any]:
+    """The run's model as trained (full model, or base + adapter), with its ablation in place."""
+    from fnapi.masking import mask
+    from fnapi.runner import adapter_merged
+
+    trained = load_trained(folder, recipe=recipe, loaded=loaded, sink=sink, cancel=cancel)
+    context = mask(trained.model, trained.ablation, train="all") if trained.ablation is not None \
+        else contextlib.nullcontext()
+    # a LoRA run is scored with its adapter merged into the weights, as the run scored it
+    merged = adapter_merged(trained.model) if trained.adapter else contextlib.nullcontext()
     try:
         with merged, context:
-            yield model
+            yield trained.model
     finally:
-        if adapter_dir.is_dir() and not model_dir.is_dir():
-            model.unload()  # the base model the caller loaded is plain again
+        if trained.adapter:
+            trained.model.unload()  # the base model the caller loaded is plain again

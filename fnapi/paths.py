@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -54,3 +57,48 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = 
             os.unlink(tmp)
         raise
     return target
+
+
+@contextlib.contextmanager
+def staged(target: str | os.PathLike, *, folder: bool = False, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary file (or with ``folder`` a folder) beside ``target``, renamed onto it when the
+    ``with`` block succeeds and removed when it fails, so ``target`` is never half-written.
+
+    An existing ``target`` is replaced only at the end: a folder is moved aside, the new one renamed
+    in, and the old one deleted. ``suffix`` ends the temporary name (``.gguf`` for readers that
+    look at it).
+
+    >>> with staged("out/model", folder=True) as tmp:  # doctest: +SKIP
+    ...     model.save_pretrained(tmp)
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if folder:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent))
+        else:
+            fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+            os.close(fd)
+            tmp = Path(name)
+    except OSError as exc:  # name the path the caller asked for, not the temporary one
+        raise type(exc)(exc.errno, exc.strerror, str(target)) from exc
+    try:
+        yield tmp
+        if folder:
+            os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is an ordinary folder
+            old = target.with_name(f".{target.name}.old") if target.exists() else None
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+                os.rename(target, old)
+            os.rename(tmp, target)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, target)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise

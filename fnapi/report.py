@@ -136,6 +136,23 @@ class ForgettingReport:
         return cls(**data)
 
     def to_markdown(self) -> str:
+        """``report.md``: a title, the model and method, :meth:`forgetting_markdown` and the loss curve."""
+        lines = [
+            f"# Run report: {self.name}",
+            "",
+            f"Model `{self.model.get('name', '?')}`, method `{self.method}`"
+            + (f", mask `{self.mask.get('preset')}`" if self.mask.get("preset") not in (None, "none") else ", no mask"),
+            "",
+            *self.forgetting_markdown(),
+            "",
+            "![loss curve](loss.png)",
+            "",
+        ]
+        return redact("\n".join(lines))
+
+    def forgetting_markdown(self) -> list[str]:
+        """Markdown lines: the before/after table with 95% intervals, then what was kept, the drift,
+        the cost and the mask (shared by ``report.md`` and the model card of ``fnapi export``)."""
         def fmt(value: float | None, digits: int = 3) -> str:
             return "n/a" if value is None else f"{value:.{digits}f}"
 
@@ -152,11 +169,6 @@ class ForgettingReport:
             return "" if value is None else f" ± {value:.3f}"
 
         lines = [
-            f"# Run report: {self.name}",
-            "",
-            f"Model `{self.model.get('name', '?')}`, method `{self.method}`"
-            + (f", mask `{self.mask.get('preset')}`" if self.mask.get("preset") not in (None, "none") else ", no mask"),
-            "",
             "| measure | before | after | change (95% interval, paired) |",
             "|---|---|---|---|",
         ]
@@ -198,8 +210,7 @@ class ForgettingReport:
                 f"- Mask: ablate `{self.mask.get('ablate')}`, train `{self.mask.get('train')}`, components "
                 f"{self.mask.get('components')}, {self.mask.get('neurons', '?')} neurons at `{self.mask.get('site')}`"
             )
-        lines += ["", "![loss curve](loss.png)", ""]
-        return redact("\n".join(lines))
+        return [redact(line) for line in lines]
 
 
 def _bounds(name: str, interval: list[float] | None) -> dict[str, float]:

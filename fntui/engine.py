@@ -249,6 +249,16 @@ class Engine:
         with self._model_lock:  # the run's adapter goes into the shared model while it answers
             return ask_run(folder, prompt, loaded=loaded, max_new_tokens=max_new_tokens)
 
+    def export(self, run_dir: str | Path, to: str, *, sink: EventSink | None = None,
+               cancel: threading.Event | None = None) -> Any:
+        """Export the run into its own folder (``fnapi.exporting.export``): ``to`` ``"hf"`` writes
+        ``export/hf/``, ``"gguf"`` writes ``export/<run>.f16.gguf``; an earlier export there is replaced."""
+        from fnapi.exporting import export
+
+        folder = self.resolve(run_dir)
+        dest = folder / "export" / ("hf" if to == "hf" else f"{folder.name}.f16.gguf")
+        return export(folder, to, dest, overwrite=True, sink=sink, cancel=cancel)
+
     # ---- paths ------------------------------------------------------------------------------
     def resolve(self, path: str | Path) -> Path:
         """``path`` with ``~`` expanded, relative paths taken from ``workdir``."""

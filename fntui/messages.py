@@ -18,6 +18,7 @@ from fnapi.events import Event, Progress
 if TYPE_CHECKING:
     from fnapi.auth import TokenStatus, ValidationResult
     from fnapi.data.inspect import DataPreview
+    from fnapi.exporting import ExportResult
     from fnapi.hardware import HardwareReport
     from fnapi.networks.template import Template
     from fnapi.runner import RunResult
@@ -111,5 +112,11 @@ class BatchRecommended(WorkDone):
 
 class RunEnded(WorkDone):
     def __init__(self, result: RunResult) -> None:
+        super().__init__()
+        self.result = result
+
+
+class RunExported(WorkDone):
+    def __init__(self, result: ExportResult) -> None:
         super().__init__()
         self.result = result

