@@ -5,7 +5,9 @@ Progress goes to stderr; the tables (or with ``--json`` one JSON object) go to s
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from pathlib import Path
 
 import typer
@@ -47,10 +49,13 @@ def evaluate(
         raise DataError("--lm-eval-include and --limit apply to lm-eval tasks: give them with --lm-eval TASK")
     request = LmEvalRequest(names, str(lm_eval_include) if lm_eval_include else None, limit) if names else None
     sink = console_sink()
+    # Libraries print to stdout while they load (transformers announces WANDB_MODE=offline there);
+    # stdout carries only the result, so anything printed while scoring goes to stderr.
     try:
-        result = evaluate_target(target, probes=probes or None, texts=texts or None, tasks=tasks or None,
-                                 probe_samples=probe_samples, text_samples=text_samples, task_samples=task_samples,
-                                 lm_eval=request, sink=sink)
+        with contextlib.redirect_stdout(sys.stderr):
+            result = evaluate_target(target, probes=probes or None, texts=texts or None, tasks=tasks or None,
+                                     probe_samples=probe_samples, text_samples=text_samples, task_samples=task_samples,
+                                     lm_eval=request, sink=sink)
     finally:
         getattr(sink, "close", lambda: None)()
     data = result.to_dict()

@@ -56,12 +56,7 @@ def write_capitals_task(folder, name: str = TASK):
     return folder
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -236,6 +231,7 @@ def test_a_run_reports_the_benchmarks_before_and_after_and_eval_agrees(tmp_path,
     baseline = json.loads((result.run_dir / "baseline.json").read_text())
     assert len(baseline["lm_eval"]["metrics"][0]["values"]) == 20  # resumable: stored per document
     # `fnapi eval RUN` scores the run the same way (adapter merged) and its base model.
+    capsys.readouterr()  # the run's own output (libraries announce themselves on stdout) is not the eval's
     code = main(["eval", str(result.run_dir), "--json"])
     data = json.loads(capsys.readouterr().out)
     assert code == 0
