@@ -27,3 +27,15 @@ def _no_user_trackers(monkeypatch):
     for name in ("WANDB_API_KEY", "WANDB_DIR", "WANDB_PROJECT", "WANDB_RUN_ID", "MLFLOW_TRACKING_URI",
                  "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID", "TENSORBOARD_LOGGING_DIR"):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Torch on one thread for the test, restored after: two threads on a shared 2-core machine spin
+    against each other, and one is much faster for tiny models."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -8,7 +8,6 @@ import struct
 from pathlib import Path
 
 import pytest
-import torch
 
 from fnapi.events import ListSink, Log
 from fnapi.models.tiny import save_tiny, tiny_model, tiny_tokenizer
@@ -21,12 +20,7 @@ from tests.unit.test_training import tiny_data
 STEPS = 3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # two threads on the shared 2-core machine only spin against each other
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from fnapi.cli import main
 from fnapi.comparison import _differences, _template_key, compare_recipes, expand_runs, run_dir_for, write_comparison
@@ -29,12 +28,7 @@ eval: {{task_samples: 3, probe_samples: 4, kl_prompts: 2, max_new_tokens: 3}}
 """
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

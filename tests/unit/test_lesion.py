@@ -23,13 +23,7 @@ ORDINARY = {0: [1, 2, 8, 9], 1: [10, 11, 12, 13]}
 PROBES = 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two threads on a shared 2-core machine spin against each other; one is much faster here.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

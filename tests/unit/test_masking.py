@@ -26,13 +26,7 @@ from fnapi.recipe import MASK_PRESETS, MaskSection
 SELECTED = {0: [1, 5, 7], 1: [2, 40]}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two threads on a shared 2-core machine spin against each other; one is much faster here.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _ids(seed: int = 0) -> torch.Tensor:

@@ -30,13 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 SELECTED = {0: [1, 5, 7], 1: [2]}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two threads on a shared 2-core machine spin against each other; one is ~10x faster here.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_data(examples: int = 24) -> TokenizedData:
