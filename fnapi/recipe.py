@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from fnapi.errors import Problem, RecipeError
 from fnapi.migrations import Migrations
@@ -564,6 +564,9 @@ def _dotted(loc: tuple) -> str:
     return path or "(top level)"
 
 
+_LOCATED = re.compile(r"([a-z_]+(?:\[\d+\])?(?:\.[a-z_]+(?:\[\d+\])?)*): (.+)", re.S)
+
+
 def validation_problems(exc: ValidationError, model: type[BaseModel]) -> list[Problem]:
     """One :class:`Problem` per pydantic error: the YAML path, and the message with did-you-mean."""
     problems: list[Problem] = []
@@ -571,10 +574,14 @@ def validation_problems(exc: ValidationError, model: type[BaseModel]) -> list[Pr
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal["))))
         # pydantic appends the union member's type name to the loc; drop it for readability
         loc = tuple(p for p in loc if p not in ("list[int]", "str", "int", "float", "bool", "dict[str,str]", "[key]"))
+        # a discriminated union puts the member's tag after the list position: methods[0].ewc.strength
+        member = next(((_CONTINUAL_CLASSES[p], loc[i + 1:]) for i, p in enumerate(loc)
+                       if i and isinstance(loc[i - 1], int) and p in _CONTINUAL_CLASSES), None)
+        loc = tuple(p for i, p in enumerate(loc) if not (i and isinstance(loc[i - 1], int) and p in _CONTINUAL_CLASSES))
         path = _dotted(loc)
         kind = err["type"]
         if kind == "extra_forbidden":
-            parent = _model_at(model, loc[:-1])
+            parent = _model_at(member[0], member[1][:-1]) if member is not None else _model_at(model, loc[:-1])
             known = list(parent.model_fields) if parent else []
             guess = difflib.get_close_matches(str(loc[-1]), known, n=1)
             hint = f"; did you mean '{guess[0]}'?" if guess else (f"; known keys: {', '.join(known)}" if known else "")
@@ -583,6 +590,10 @@ def validation_problems(exc: ValidationError, model: type[BaseModel]) -> list[Pr
         message = err["msg"]
         if message.startswith("Value error, "):
             message = message[len("Value error, "):]
+        located = _LOCATED.match(message) if not loc else None
+        if located:  # a check across fields names the field it found wrong: `tasks[1].metric: ...`
+            problems.append(Problem(located.group(1), located.group(2)))
+            continue
         value = err.get("input")
         shown = "" if isinstance(value, dict) else f" (got {value!r})"
         problems.append(Problem(path, f"{message}{shown}"))
@@ -632,3 +643,290 @@ def parse_layers(layer_filter: str | None, num_layers: int) -> list[int]:
     if not chosen:
         raise RecipeError(f"layer filter {layer_filter!r} selects no layer of a {num_layers}-layer model")
     return sorted(chosen)
+
+
+# ---- continual learning -----------------------------------------------------------------------
+
+#: How a task's answers are scored. Every task of one continual recipe uses the same metric: the
+#: accuracy matrix averages scores across tasks, which is meaningless across scales.
+TaskMetric = Literal["exact_match", "contains"]
+
+
+class ContinualTask(Section):
+    """One task of a sequence: its data, how it is scored and how long it trains."""
+
+    name: str = Field(description="short name used in orders and reports")
+    data: DataSection = Field(description="the task's data (a string is its path: builtin:NAME, a file or hub id)")
+    metric: TaskMetric = Field("exact_match", description="exact_match: the whole answer; contains: the reference "
+                                                          "appears in the answer (both after normalising)")
+    steps: int | None = Field(None, gt=0, description="optimizer steps on this task (default: train.steps)")
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _path_alone(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, str) else value
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+            raise ValueError("use letters, digits, '.', '_' and '-' only (it names folders and report columns)")
+        return value
+
+
+class _ContinualMethod(Section):
+    """What every continual method has: a name for its rows and its own training settings."""
+
+    name: str | None = Field(None, description="row name in the report (default: the method)")
+    train: dict[str, Any] = Field(default_factory=dict, description="train settings of this method only, over the "
+                                                                     "recipe's train section (e.g. learning_rate)")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+            raise ValueError("use letters, digits, '.', '_' and '-' only (it names folders and report rows)")
+        return value
+
+    @property
+    def label(self) -> str:
+        return self.name or self.method  # type: ignore[attr-defined]
+
+
+class SequentialLora(_ContinualMethod):
+    """One LoRA adapter trained on each task in turn (the reference every method is compared with)."""
+
+    method: Literal["sequential_lora"] = "sequential_lora"
+
+
+class Replay(_ContinualMethod):
+    """Sequential LoRA with a small buffer of every earlier task's training rows mixed in."""
+
+    method: Literal["replay"] = "replay"
+    per_task: int = Field(32, gt=0, description="training conversations kept from each earlier task")
+
+
+class Ewc(_ContinualMethod):
+    """Sequential LoRA with elastic weight consolidation: a diagonal Fisher estimated after each task
+    pulls the trainable weights back towards their values after it."""
+
+    method: Literal["ewc"] = "ewc"
+    strength: float = Field(5000.0, gt=0, description="the penalty weight (lambda)")
+    fisher_samples: int = Field(64, gt=0, description="training conversations the Fisher is estimated on")
+
+
+class Lwf(_ContinualMethod):
+    """Sequential LoRA with learning without forgetting: the model as it was before the task is
+    distilled into it on the new task's inputs."""
+
+    method: Literal["lwf"] = "lwf"
+    strength: float = Field(1.0, gt=0, description="weight of the distillation loss")
+    temperature: float = Field(2.0, gt=0)
+
+
+class OLora(_ContinualMethod):
+    """A new LoRA adapter per task, the earlier ones frozen (merged), with a penalty on the overlap of
+    the new adapter's subspace with theirs."""
+
+    method: Literal["olora"] = "olora"
+    strength: float = Field(0.5, gt=0, description="weight of the orthogonality penalty (lambda_1)")
+    l2: float = Field(0.0, ge=0, description="weight of the L2 penalty on the new adapter (lambda_2)")
+
+
+class CumulativeProtect(_ContinualMethod):
+    """After each task, find that task's networks and protect the networks of every task learnt so far:
+    a new LoRA adapter per task trains everything else and is merged after its task, so protected
+    weights stay bit-identical."""
+
+    method: Literal["protect"] = "protect"
+    template: TemplateSection = Field(default_factory=lambda: TemplateSection(site="mlp.hidden", samples=32,
+                                                                              max_length=64),
+                                      description="how a task's networks are found (data: the task's own)")
+    top_stable: int = Field(10, gt=0, description="the most stable components of each task protected (ICA), or "
+                                                  "the component of selected neurons (attribution)")
+
+
+class Masked(_ContinualMethod):
+    """A single-run mask applied on every task (the best configuration of the forgetting comparison:
+    attribution's least important mlp.out rows, trained at full rank)."""
+
+    method: Literal["masked"] = "masked"
+    template: TemplateSection
+    mask: MaskSection
+
+
+CONTINUAL_METHODS = ("sequential_lora", "replay", "ewc", "lwf", "olora", "protect", "masked")
+_CONTINUAL_CLASSES: dict[str, type[BaseModel]] = {
+    "sequential_lora": SequentialLora, "replay": Replay, "ewc": Ewc, "lwf": Lwf, "olora": OLora,
+    "protect": CumulativeProtect, "masked": Masked}
+
+
+def _method_entry(entry: Any) -> Any:
+    # `- ewc` is `- {method: ewc}`; an unknown method is named with the known ones
+    if isinstance(entry, str):
+        entry = {"method": entry}
+    if isinstance(entry, dict) and isinstance(entry.get("method"), str) and entry["method"] not in CONTINUAL_METHODS:
+        guess = difflib.get_close_matches(entry["method"], CONTINUAL_METHODS, n=1)
+        raise ValueError(f"unknown method {entry['method']!r}" + (f"; did you mean {guess[0]!r}?" if guess else "")
+                         + f" (known: {', '.join(CONTINUAL_METHODS)})")
+    return entry
+
+
+ContinualMethod = Annotated[SequentialLora | Replay | Ewc | Lwf | OLora | CumulativeProtect | Masked,
+                            Field(discriminator="method"), BeforeValidator(_method_entry)]
+
+
+class ContinualEval(Section):
+    """What is scored after every task."""
+
+    task_samples: int = Field(30, gt=0, description="test conversations of each task scored after every task")
+    probes: list[str] = Field(default_factory=lambda: ["builtin:probes"], description="general probes (retention)")
+    probe_samples: int | None = Field(200, gt=0)
+    max_new_tokens: int = Field(24, gt=0)
+
+    @field_validator("probes", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        return [value] if isinstance(value, str) else value
+
+
+class ContinualRecipe(Section):
+    """A continual-learning experiment: methods learn the tasks in each order, once per seed.
+
+    Every (method, order, seed) is one independent sequence; every task starts a fresh optimizer and
+    learning-rate schedule. ``fnapi continual RECIPE --output DIR`` runs them all.
+    """
+
+    version: int = RECIPE_VERSION
+    kind: Literal["continual"]
+    name: str = "continual"
+    seeds: list[Annotated[int, Field(ge=0, le=2**32 - 1)]] = Field(default_factory=lambda: [0], min_length=1)
+    model: ModelSection = Field(default_factory=ModelSection)
+    tasks: list[ContinualTask] = Field(min_length=1, description="the tasks, each named once")
+    orders: list[list[str]] = Field(default_factory=list, description="task orders (default: the tasks as listed)")
+    methods: list[ContinualMethod] = Field(min_length=1)
+    train: TrainSection = Field(default_factory=TrainSection)
+    eval: ContinualEval = Field(default_factory=ContinualEval)
+    single_task: bool = Field(True, description="also train each task alone from the base model (for FWT)")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        return Recipe._safe_name(value)
+
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upgrade(cls, data: Any, info: ValidationInfo) -> Any:
+        return RECIPE_MIGRATIONS.upgrade(data, (info.context or {}).get("source", "<recipe>"))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ContinualRecipe:
+        names = [task.name for task in self.tasks]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"tasks: {', '.join(twice)} is named more than once")
+        metrics = {task.metric for task in self.tasks}
+        if len(metrics) > 1:
+            odd = next(i for i, task in enumerate(self.tasks) if task.metric != self.tasks[0].metric)
+            raise ValueError(f"tasks[{odd}].metric: {self.tasks[odd].metric!r} differs from tasks[0].metric "
+                             f"{self.tasks[0].metric!r}; the accuracy matrix averages across tasks, so they share "
+                             "one metric")
+        for i, order in enumerate(self.orders):
+            if sorted(order) != sorted(names):
+                missing = [n for n in names if n not in order]
+                unknown = [n for n in order if n not in names]
+                repeated = sorted({n for n in order if order.count(n) > 1})
+                what = "; ".join(part for part in (
+                    f"missing {', '.join(missing)}" if missing else "",
+                    f"unknown {', '.join(unknown)}" if unknown else "",
+                    f"repeated {', '.join(repeated)}" if repeated else "") if part)
+                raise ValueError(f"orders[{i}]: must list every task once ({what}); tasks: {', '.join(names)}")
+        labels = [method.label for method in self.methods]
+        twice = sorted({n for n in labels if labels.count(n) > 1})
+        if twice:
+            raise ValueError(f"methods: {', '.join(twice)} appears more than once; give one of them a name")
+        for i, method in enumerate(self.methods):
+            problem = _train_problem(self.train, method.train)
+            if problem:
+                raise ValueError(f"methods[{i}].train.{problem}")
+        return self
+
+    @property
+    def task_orders(self) -> list[list[str]]:
+        """The orders to run (the tasks as listed when none are given)."""
+        return [list(order) for order in self.orders] or [[task.name for task in self.tasks]]
+
+    def task(self, name: str) -> ContinualTask:
+        return next(task for task in self.tasks if task.name == name)
+
+    def train_for(self, method: Any, task: ContinualTask | None = None) -> TrainSection:
+        """The train section a method uses on a task: the recipe's, the method's own settings over it,
+        and the task's steps."""
+        data = self.train.model_dump(mode="json")
+        data.update(method.train)
+        if task is not None and task.steps is not None:
+            data["steps"] = task.steps
+        try:
+            return TrainSection.model_validate(data)
+        except ValidationError as exc:
+            raise RecipeError.invalid("train", validation_problems(exc, TrainSection)) from None
+
+    # ---- IO -------------------------------------------------------------------------------
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> ContinualRecipe:
+        recipe = load_recipe(path)
+        if not isinstance(recipe, ContinualRecipe):
+            raise RecipeError(f"{path} is a single-run recipe, not a continual one",
+                              "run it with `fnapi run`, or add `kind: continual` with tasks and methods")
+        return recipe
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "<recipe>") -> ContinualRecipe:
+        try:
+            return cls.model_validate(data, context={"source": source})
+        except ValidationError as exc:
+            raise RecipeError.invalid(source, validation_problems(exc, cls)) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml_text(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    def to_yaml(self, path: str | Path) -> Path:
+        return atomic_write_text(path, self.to_yaml_text())
+
+    def fingerprint(self) -> str:
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _train_problem(train: TrainSection, changes: dict[str, Any]) -> str | None:
+    """The first problem of a train section with ``changes`` over it, as ``field: message``."""
+    try:
+        TrainSection.model_validate({**train.model_dump(mode="json"), **changes})
+    except ValidationError as exc:
+        problem = validation_problems(exc, TrainSection)[0]
+        return f"{problem.path}: {problem.message}"
+    return None
+
+
+def load_recipe(path: str | Path) -> Recipe | ContinualRecipe:
+    """Read a recipe file of either kind: ``kind: continual`` is a :class:`ContinualRecipe`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError(f"recipe file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"cannot read recipe {path}: {exc}") from None
+    try:
+        data = yaml.load(text, Loader=_RecipeLoader)
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
+    if isinstance(data, dict) and data.get("kind") == "continual":
+        return ContinualRecipe.from_dict(data, source=str(path))
+    return Recipe.from_yaml_text(text, source=str(path))
