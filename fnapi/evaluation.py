@@ -41,6 +41,16 @@ def exact_match(prediction: str, reference: str) -> float:
     return float(normalise_answer(prediction) == normalise_answer(reference))
 
 
+def contains(prediction: str, reference: str) -> float:
+    """1.0 when the reference appears in the answer, both after :func:`normalise_answer` (for labels
+    a model may wrap in words: ``The topic is sports.``), else 0.0."""
+    return float(normalise_answer(reference) in normalise_answer(prediction))
+
+
+#: Task metrics by the name recipes use (``tasks[].metric``).
+SCORERS: dict[str, Scorer] = {"exact_match": exact_match, "contains": contains}
+
+
 # ---- task accuracy ---------------------------------------------------------------------------
 
 def generate_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,

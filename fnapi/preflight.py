@@ -24,7 +24,7 @@ from fnapi.errors import FnapiError, Problem, RecipeError
 if TYPE_CHECKING:
     from fnapi.estimate import ModelShape
     from fnapi.networks.template import Template
-    from fnapi.recipe import Recipe
+    from fnapi.recipe import ContinualRecipe, Recipe
 
 
 def preflight(recipe: Recipe) -> list[Problem]:
@@ -178,3 +178,47 @@ def _component_problems(recipe: Recipe, template: Template) -> list[Problem]:
         return []
     return [Problem("mask.components", f"component {', '.join(map(str, missing))} is not in "
                                        f"{recipe.template.path}; it has {', '.join(map(str, sorted(known)))}")]
+
+
+def preflight_continual(recipe: ContinualRecipe) -> list[Problem]:
+    """Every problem found in a continual recipe without loading weights: each task's data, the
+    probe files, the methods' template data and files, the trackers, the model."""
+    from fnapi.recipe import Masked
+
+    problems = _model_problems(recipe)  # type: ignore[arg-type]
+    for index, task in enumerate(recipe.tasks):
+        problems += _source(f"tasks[{index}].data.path", task.data.path)
+        if task.data.validation_path:
+            problems += _source(f"tasks[{index}].data.validation_path", task.data.validation_path)
+    problems += [Problem(f"eval.probes[{index}]", f"file not found: {value}")
+                 for index, value in enumerate(recipe.eval.probes)
+                 if not value.startswith("builtin:") and not Path(value).expanduser().exists()]
+    problems += [Problem(f"train.report_to[{index}]", problem) for index, name in enumerate(recipe.train.report_to)
+                 if (problem := _missing_tracker(name))]
+    for index, method in enumerate(recipe.methods):
+        template = getattr(method, "template", None)
+        if template is None:
+            continue
+        if template.path:
+            _, problem = _read_template(template.path)
+            if problem:
+                problems.append(Problem(f"methods[{index}].template.path", problem.message))
+        for number, data_spec in enumerate(template.data):
+            problems += _source(f"methods[{index}].template.data[{number}]", data_spec)
+        if isinstance(method, Masked) and method.mask.switches() == ("none", "all"):
+            problems.append(Problem(f"methods[{index}].mask", "the mask changes nothing (preset none); use "
+                                                              "sequential_lora for an unmasked method"))
+    return problems
+
+
+def check_continual(recipe: ContinualRecipe, source: str = "<recipe>") -> None:
+    """Raise :class:`RecipeError` naming ``source`` and every problem :func:`preflight_continual` finds."""
+    problems = preflight_continual(recipe)
+    if problems:
+        raise RecipeError.invalid(source, problems)
+
+
+def _missing_tracker(name: str) -> str | None:
+    from fnapi.trackers import missing
+
+    return missing(name)
