@@ -31,7 +31,7 @@ from typing import Any
 
 from fnapi.errors import FnapiError, HardwareError, Problem, RecipeError
 from fnapi.paths import atomic_write_text
-from fnapi.recipe import Recipe, SlurmSection, validation_problems
+from fnapi.recipe import ContinualRecipe, Recipe, SlurmSection, validation_problems
 
 #: Flags of ``fnapi slurm`` and the recipe fields they override.
 FLAG_FIELDS = {"nodes": "--nodes", "gpus_per_node": "--gpus-per-node", "processes_per_node": "--procs-per-node",
@@ -40,13 +40,16 @@ FLAG_FIELDS = {"nodes": "--nodes", "gpus_per_node": "--gpus-per-node", "processe
                "log_dir": "--log-dir", "master_port": "--port"}
 
 
-def slurm_settings(recipe: Recipe, **overrides: Any) -> SlurmSection:
+def slurm_settings(recipe: Recipe | ContinualRecipe, **overrides: Any) -> SlurmSection:
     """The recipe's ``distributed.slurm`` settings with ``overrides`` (None means "keep") applied.
 
     Raises :class:`RecipeError` naming the field and flag for a missing time limit or a bad value,
     and :class:`HardwareError` for a recipe that needs GPUs in a job that asks for none.
     """
-    base = recipe.distributed.slurm if recipe.distributed is not None else SlurmSection()
+    if isinstance(recipe, ContinualRecipe):
+        base = recipe.slurm
+    else:
+        base = recipe.distributed.slurm if recipe.distributed is not None else SlurmSection()
     unknown = set(overrides) - set(FLAG_FIELDS)
     if unknown:
         raise TypeError(f"unknown SLURM settings: {', '.join(sorted(unknown))}")
@@ -56,12 +59,14 @@ def slurm_settings(recipe: Recipe, **overrides: Any) -> SlurmSection:
     try:
         settings = SlurmSection.model_validate(values)
     except ValidationError as exc:
-        problems = [Problem(f"{FLAG_FIELDS.get(p.path, '')} / distributed.slurm.{p.path}", p.message)
+        section = "slurm" if isinstance(recipe, ContinualRecipe) else "distributed.slurm"
+        problems = [Problem(f"{FLAG_FIELDS.get(p.path, '')} / {section}.{p.path}", p.message)
                     for p in validation_problems(exc, SlurmSection)]
         raise RecipeError("invalid SLURM settings:\n  " + "\n  ".join(map(str, problems)), problems=problems) from None
     if settings.time is None:
         raise RecipeError("the SLURM time limit is missing",
-                          "give --time HH:MM:SS (or D-HH:MM:SS), or set distributed.slurm.time in the recipe")
+                          "give --time HH:MM:SS (or D-HH:MM:SS), or set "
+                          f"{'slurm' if isinstance(recipe, ContinualRecipe) else 'distributed.slurm'}.time in the recipe")
     gpu_only = _gpu_only_features(recipe)
     if settings.gpus_per_node == 0 and gpu_only:
         raise HardwareError(f"the recipe asks for {', '.join(gpu_only)}, which need CUDA GPUs, but the job asks for none",
@@ -69,7 +74,7 @@ def slurm_settings(recipe: Recipe, **overrides: Any) -> SlurmSection:
     return settings
 
 
-def _gpu_only_features(recipe: Recipe) -> list[str]:
+def _gpu_only_features(recipe: Recipe | ContinualRecipe) -> list[str]:
     from fnapi import distributed
 
     features = []
@@ -77,10 +82,14 @@ def _gpu_only_features(recipe: Recipe) -> list[str]:
         features.append(f"model.quantization {recipe.model.quantization}")
     if recipe.train.method == "qlora":
         features.append("train.method qlora")
+    if isinstance(recipe, ContinualRecipe):
+        features += [f"methods[{i}].train.method qlora" for i, m in enumerate(recipe.methods)
+                     if m.train.get("method") == "qlora"]
     if recipe.model.device == "cuda":
         features.append("model.device cuda")
-    if recipe.distributed is not None and recipe.distributed.accelerate_config:
-        kind = distributed.accelerate_kind(recipe.distributed.accelerate_config)
+    scaling = getattr(recipe, "distributed", None)
+    if scaling is not None and scaling.accelerate_config:
+        kind = distributed.accelerate_kind(scaling.accelerate_config)
         if kind != "DDP":
             features.append(f"{kind} (distributed.accelerate_config)")
     return features
@@ -248,13 +257,13 @@ def write_script(recipe_path: str | os.PathLike, recipe: Recipe, settings: Slurm
     return target
 
 
-def submit(script: str | os.PathLike) -> str:
-    """Submit ``script`` with ``sbatch`` and return the job id."""
+def submit(script: str | os.PathLike, *options: str) -> str:
+    """Submit ``script`` with ``sbatch`` (and ``options`` before it) and return the job id."""
     sbatch = shutil.which("sbatch")
     if sbatch is None:
         raise HardwareError(f"sbatch is not on PATH, so {script} was written but not submitted",
                             f"submit it from a SLURM login node: sbatch {script}")
-    done = subprocess.run([sbatch, str(script)], capture_output=True, text=True)
+    done = subprocess.run([sbatch, *options, str(script)], capture_output=True, text=True)
     if done.returncode != 0:
         raise FnapiError(f"sbatch refused {script}: {(done.stderr or done.stdout).strip()}",
                          "check partition, account and limits with your cluster's documentation (sinfo, sacctmgr)")
@@ -262,3 +271,116 @@ def submit(script: str | os.PathLike) -> str:
     if not found:
         raise FnapiError(f"sbatch accepted {script} but printed no job id: {done.stdout.strip()!r}")
     return found.group(1)
+
+
+# ---- continual recipes: an array job ---------------------------------------------------------------
+
+def continual_scripts(recipe_path: str | os.PathLike, recipe: ContinualRecipe, settings: SlurmSection, *,
+                      output: str | os.PathLike | None = None,
+                      workdir: str | os.PathLike | None = None) -> tuple[str, str]:
+    """The texts of two sbatch scripts for a continual recipe: an array job with one element per
+    unit of work (each sequence, and each seed's single-task baselines; see
+    :func:`fnapi.continual.runner.elements`), and the step that summarises the finished elements
+    into one continual.json (submitted after the array, ``--dependency=afterany``).
+
+    Every element is one process (a sequence trains one task at a time), so ``settings.nodes`` and
+    processes per node do not apply; each element gets ``gpus_per_node`` GPUs (0: CPU only).
+    """
+    from fnapi.continual.runner import elements
+
+    workdir = Path(workdir or os.getcwd()).resolve()
+    recipe_file = Path(recipe_path).resolve()
+    file_hash = hashlib.sha256(recipe_file.read_bytes()).hexdigest()
+    logs = (workdir / settings.log_dir).resolve()
+    folder = Path(output) if output is not None else recipe.output_dir()
+    folder = folder if folder.is_absolute() else workdir / folder
+    units = elements(recipe)
+    written = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+    common = ["--nodes=1", "--ntasks=1", f"--cpus-per-task={settings.cpus_per_task}"]
+    if settings.gpus_per_node:
+        common.append(f"--gres=gpu:{min(settings.gpus_per_node, 1)}")
+    if settings.mem:
+        common.append(f"--mem={settings.mem}")
+    for flag in ("partition", "account", "qos", "constraint"):
+        value = getattr(settings, flag)
+        if value:
+            common.append(f"--{flag}={value}")
+    header = [
+        "#!/bin/bash",
+        f"# fnapi SLURM job for continual recipe {recipe.name!r}, written by fnapi {package_version()} at {written}",
+        f"# recipe: {recipe_file}",
+        f"# recipe fingerprint {recipe.fingerprint()}, file sha256 {file_hash}",
+    ]
+    check = [
+        "set -euo pipefail",
+        "",
+        activation_line(settings),
+        'command -v fnapi >/dev/null || { echo "error: fnapi is not on PATH after activating the environment" >&2; exit 2; }',
+        "",
+        f"export FNAPI_RECIPE={shlex.quote(str(recipe_file))}",
+        f"export FNAPI_OUTPUT={shlex.quote(str(folder))}",
+        f'echo "{file_hash}  $FNAPI_RECIPE" | sha256sum --check --status || {{',
+        '  echo "error: $FNAPI_RECIPE changed after this script was written; write it again with fnapi slurm" >&2',
+        "  exit 2",
+        "}",
+        f"export OMP_NUM_THREADS=${{OMP_NUM_THREADS:-{settings.cpus_per_task}}}",
+        "",
+    ]
+    listing = [f"#   {number}: {unit.describe()}" for number, unit in enumerate(units)]
+    array_script = "\n".join([
+        *header,
+        f"# {len(units)} elements, one per unit of work (resubmitting resumes the unfinished ones):",
+        *listing,
+        f"#SBATCH --job-name={_job_name(recipe.name)}",
+        f"#SBATCH --array=0-{len(units) - 1}",
+        *[f"#SBATCH {d}" for d in common],
+        f"#SBATCH --time={settings.time}",
+        f"#SBATCH --chdir={workdir}",
+        f"#SBATCH --output={logs}/%x-%A_%a.out",
+        f"#SBATCH --error={logs}/%x-%A_%a.err",
+        "",
+        *check,
+        'fnapi continual "$FNAPI_RECIPE" --output "$FNAPI_OUTPUT" --element "$SLURM_ARRAY_TASK_ID"',
+        "",
+    ])
+    summary_script = "\n".join([
+        *header,
+        "# Summarises the finished elements of the array into continual.json, continual.md and matrix.png.",
+        f"#SBATCH --job-name={_job_name(recipe.name)}-summary",
+        "#SBATCH --nodes=1",
+        "#SBATCH --ntasks=1",
+        "#SBATCH --cpus-per-task=1",
+        "#SBATCH --time=00:15:00",
+        *[f"#SBATCH --{flag}={getattr(settings, flag)}" for flag in ("partition", "account", "qos")
+          if getattr(settings, flag)],
+        f"#SBATCH --chdir={workdir}",
+        f"#SBATCH --output={logs}/%x-%j.out",
+        f"#SBATCH --error={logs}/%x-%j.err",
+        "",
+        *check,
+        'fnapi continual "$FNAPI_RECIPE" --output "$FNAPI_OUTPUT" --summarize',
+        "",
+    ])
+    return array_script, summary_script
+
+
+def write_continual_scripts(recipe_path: str | os.PathLike, recipe: ContinualRecipe, settings: SlurmSection, *,
+                            out: str | os.PathLike | None = None, output: str | os.PathLike | None = None,
+                            workdir: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """Write the array script (default ``<recipe name>.sbatch``) and the summary script beside it
+    (``<name>-summary.sbatch``), and create the log folder."""
+    workdir = Path(workdir or os.getcwd()).resolve()
+    target = Path(out) if out is not None else workdir / f"{_job_name(recipe.name)}.sbatch"
+    summary = target.with_name(f"{target.stem}-summary{target.suffix or '.sbatch'}")
+    array_text, summary_text = continual_scripts(recipe_path, recipe, settings, output=output, workdir=workdir)
+    (workdir / settings.log_dir).mkdir(parents=True, exist_ok=True)
+    for path, text in ((target, array_text), (summary, summary_text)):
+        atomic_write_text(path, text)
+        path.chmod(0o755)
+    return target, summary
+
+
+def submit_continual(array: str | os.PathLike, summary: str | os.PathLike) -> tuple[str, str]:
+    """Submit the array, then the summary to run once every element has ended; both job ids."""
+    array_id = submit(array)
+    return array_id, submit(summary, f"--dependency=afterany:{array_id}")

@@ -445,6 +445,9 @@ class Recipe(Section):
                               "write at least `version: 1` and `name: ...`, or start from `fnapi new` or recipes/")
         if not isinstance(data, dict):
             raise RecipeError(f"{source}: a recipe is a mapping of sections, got {type(data).__name__}")
+        if data.get("kind") == "continual":
+            raise RecipeError(f"{source} is a continual recipe (kind: continual), not a single run",
+                              f"run it with `fnapi continual {source}`")
         return cls.from_dict(data, source=source)
 
     @classmethod
@@ -485,20 +488,24 @@ class Recipe(Section):
     def replace(self, source: str = "<recipe>", /, **changes: Any) -> Recipe:
         """A copy with dotted-path changes, validated: ``recipe.replace(**{"train.steps": 10})``.
         ``source`` names where the changes come from in errors (``"run.yaml with --set"``)."""
-        data = self.to_dict()
-        for dotted, value in changes.items():
-            node = data
-            *parents, leaf = dotted.split(".")
-            for depth, key in enumerate(parents):
-                if node.get(key) is None:
-                    node[key] = {}
-                node = node[key]
-                if not isinstance(node, dict):
-                    where = ".".join(parents[:depth + 1])
-                    raise RecipeError(f"cannot set {dotted}: {where} is a value ({node!r}), not a section",
-                                      f"set {where} itself, e.g. {where}=...")
-            node[leaf] = value
-        return Recipe.from_dict(data, source)
+        return Recipe.from_dict(_changed(self.to_dict(), changes), source)
+
+
+def _changed(data: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with dotted-path ``changes`` applied (sections made as needed)."""
+    for dotted, value in changes.items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for depth, key in enumerate(parents):
+            if node.get(key) is None:
+                node[key] = {}
+            node = node[key]
+            if not isinstance(node, dict):
+                where = ".".join(parents[:depth + 1])
+                raise RecipeError(f"cannot set {dotted}: {where} is a value ({node!r}), not a section",
+                                  f"set {where} itself, e.g. {where}=...")
+        node[leaf] = value
+    return data
 
 
 def _strings(data: Any, where: str = "") -> Iterator[tuple[str, str]]:
@@ -802,6 +809,10 @@ class ContinualEval(Section):
         return [value] if isinstance(value, str) else value
 
 
+class ContinualOutput(Section):
+    dir: str = Field("runs/{name}", description="output folder; {name} is the recipe name")
+
+
 class ContinualRecipe(Section):
     """A continual-learning experiment: methods learn the tasks in each order, once per seed.
 
@@ -820,6 +831,9 @@ class ContinualRecipe(Section):
     train: TrainSection = Field(default_factory=TrainSection)
     eval: ContinualEval = Field(default_factory=ContinualEval)
     single_task: bool = Field(True, description="also train each task alone from the base model (for FWT)")
+    output: ContinualOutput = Field(default_factory=lambda: ContinualOutput())
+    slurm: SlurmSection = Field(default_factory=SlurmSection, description="defaults for `fnapi slurm` (an array "
+                                                                          "job, one element per sequence)")
 
     @field_validator("name")
     @classmethod
@@ -910,8 +924,20 @@ class ContinualRecipe(Section):
         return atomic_write_text(path, self.to_yaml_text())
 
     def fingerprint(self) -> str:
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        """Short hash of what the experiment does (not where it is written or how it is scheduled)."""
+        data = self.to_dict()
+        data.pop("output", None)
+        data.pop("slurm", None)
+        data["train"].pop("report_to", None)
+        blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
+
+    def output_dir(self) -> Path:
+        return Path(self.output.dir.replace("{name}", self.name))
+
+    def replace(self, source: str = "<recipe>", /, **changes: Any) -> ContinualRecipe:
+        """A copy with dotted-path changes, validated (as :meth:`Recipe.replace`)."""
+        return ContinualRecipe.from_dict(_changed(self.to_dict(), changes), source)
 
 
 def _train_problem(train: TrainSection, changes: dict[str, Any]) -> str | None:

@@ -39,8 +39,8 @@ def _root(
 
 
 # Command modules, in the order their commands appear in --help.
-COMMAND_MODULES = ("run", "recipe", "hardware", "auth", "model", "data", "template", "study", "compare", "evaluate", "export",
-                   "cluster")
+COMMAND_MODULES = ("run", "recipe", "hardware", "auth", "model", "data", "template", "study", "compare", "continual",
+                   "evaluate", "export", "cluster")
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"fnapi.cli.{_name}").register(app)

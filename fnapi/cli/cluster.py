@@ -25,22 +25,31 @@ def slurm(
     log_dir: str | None = typer.Option(None, "--log-dir", help="folder for the job's logs (default slurm_logs)"),
     port: int | None = typer.Option(None, "--port", help="rendezvous port (default: derived from the job id)"),
     out: Path | None = typer.Option(None, "--out", "-o", help="script file (default: <recipe name>.sbatch)"),
+    output: Path | None = typer.Option(None, "--output", help="continual recipes: the results folder (default: the "
+                                                              "recipe's output.dir)"),
     do_submit: bool = typer.Option(False, "--submit", help="submit the script with sbatch"),
 ) -> None:
     """Write a SLURM script that runs the recipe on cluster nodes.
+
+    A continual recipe gets an array job instead, one element per sequence (method, order, seed)
+    and per seed's single-task baselines, and a second script that summarises the finished elements
+    into one continual.json once the array has ended.
 
     The script starts torchrun (or accelerate launch, for an accelerate config in the recipe) on every
     node; the nodes meet at the first one. Flags override the recipe's distributed.slurm section. Prints the script's path (and the job id
     with --submit).
     """
     from fnapi.cluster import check_data_covers, processes_per_node, slurm_settings, submit, write_script
-    from fnapi.recipe import Recipe
+    from fnapi.recipe import ContinualRecipe, load_recipe
 
-    recipe = Recipe.from_yaml(recipe_path)
+    recipe = load_recipe(recipe_path)
     settings = slurm_settings(recipe, nodes=nodes, gpus_per_node=gpus_per_node, processes_per_node=procs_per_node,
                               cpus_per_task=cpus_per_task, mem=mem, time=time, partition=partition,
                               account=account, qos=qos, constraint=constraint, env=env, log_dir=log_dir,
                               master_port=port)
+    if isinstance(recipe, ContinualRecipe):
+        _continual_job(recipe_path, recipe, settings, out, output, do_submit)
+        return
     total = settings.nodes * processes_per_node(settings)
     check_data_covers(recipe, total)
     script = write_script(recipe_path, recipe, settings, out=out)
@@ -49,6 +58,22 @@ def slurm(
         print(f"submitted job {submit(script)}")
     else:
         print(f"submit it with: sbatch {script}")
+
+
+def _continual_job(recipe_path: Path, recipe, settings, out: Path | None, output: Path | None,
+                   do_submit: bool) -> None:
+    from fnapi.cluster import submit_continual, write_continual_scripts
+    from fnapi.continual.runner import elements
+    from fnapi.preflight import check_continual
+
+    check_continual(recipe, str(recipe_path))
+    array, summary = write_continual_scripts(recipe_path, recipe, settings, out=out, output=output)
+    print(f"wrote {array} (array of {len(elements(recipe))} elements, time limit {settings.time} each) and {summary}")
+    if do_submit:
+        array_id, summary_id = submit_continual(array, summary)
+        print(f"submitted array job {array_id} and summary job {summary_id} (runs after the array)")
+    else:
+        print(f"submit them with: jid=$(sbatch --parsable {array}) && sbatch --dependency=afterany:$jid {summary}")
 
 
 def estimate(
