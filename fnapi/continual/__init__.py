@@ -1,1 +1,3 @@
-"""Continual learning: methods learn tasks one after another; the accuracy matrix and its measures."""
+"""Continual learning: a model learns tasks one after another, under several methods, task orders and
+seeds (``fnapi continual RECIPE --output DIR``), and the accuracy matrix of each sequence measures what
+it learned, kept and forgot."""
