@@ -62,6 +62,15 @@ _EXPORTS = {
     "compare_measures": "fnapi.measures",
     "bootstrap": "fnapi.measures",
     "compare_recipes": "fnapi.comparison",
+    # continual learning (tasks one after another)
+    "ContinualRecipe": "fnapi.recipe",
+    "load_recipe": "fnapi.recipe",
+    "continual": "fnapi.continual_learning.runner",
+    "ContinualSummary": "fnapi.continual_learning.summary",
+    "ContinualRun": "fnapi.continual_learning.results",
+    "average_accuracy": "fnapi.continual_learning.metrics",
+    "backward_transfer": "fnapi.continual_learning.metrics",
+    "forward_transfer": "fnapi.continual_learning.metrics",
     # standard benchmarks (lm-evaluation-harness, the eval extra)
     "LmEvalRequest": "fnapi.lm_eval_bridge",
     "score_lm_eval": "fnapi.lm_eval_bridge",

@@ -280,13 +280,13 @@ def continual_scripts(recipe_path: str | os.PathLike, recipe: ContinualRecipe, s
                       workdir: str | os.PathLike | None = None) -> tuple[str, str]:
     """The texts of two sbatch scripts for a continual recipe: an array job with one element per
     unit of work (each sequence, and each seed's single-task baselines; see
-    :func:`fnapi.continual.runner.elements`), and the step that summarises the finished elements
+    :func:`fnapi.continual_learning.runner.elements`), and the step that summarises the finished elements
     into one continual.json (submitted after the array, ``--dependency=afterany``).
 
     Every element is one process (a sequence trains one task at a time), so ``settings.nodes`` and
     processes per node do not apply; each element gets ``gpus_per_node`` GPUs (0: CPU only).
     """
-    from fnapi.continual.runner import elements
+    from fnapi.continual_learning.runner import elements
 
     workdir = Path(workdir or os.getcwd()).resolve()
     recipe_file = Path(recipe_path).resolve()

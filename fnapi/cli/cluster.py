@@ -63,7 +63,7 @@ def slurm(
 def _continual_job(recipe_path: Path, recipe, settings, out: Path | None, output: Path | None,
                    do_submit: bool) -> None:
     from fnapi.cluster import submit_continual, write_continual_scripts
-    from fnapi.continual.runner import elements
+    from fnapi.continual_learning.runner import elements
     from fnapi.preflight import check_continual
 
     check_continual(recipe, str(recipe_path))

@@ -28,8 +28,8 @@ def continual(
     last finished task, from its training checkpoint.
     """
     from fnapi.cli.run import parse_overrides
-    from fnapi.continual.runner import continual as run_continual
-    from fnapi.continual.runner import elements, summarize_folder
+    from fnapi.continual_learning.runner import continual as run_continual
+    from fnapi.continual_learning.runner import elements, summarize_folder
     from fnapi.events import console_sink
     from fnapi.recipe import ContinualRecipe
     from fnapi.stopping import stop_on_signals

@@ -80,7 +80,7 @@ def _env():
 
 
 def test_every_method_fills_its_matrix_and_the_summary_follows_from_it(tmp_path, tiny_dir, reverse_file):
-    from fnapi.continual.runner import continual
+    from fnapi.continual_learning.runner import continual
 
     recipe = ContinualRecipe.from_yaml(_write(tmp_path, tiny_dir, reverse_file, methods=ALL_METHODS,
                                               orders="[[zorbic, reverse], [reverse, zorbic]]"))
@@ -110,7 +110,7 @@ def test_every_method_fills_its_matrix_and_the_summary_follows_from_it(tmp_path,
 
 
 def test_every_task_starts_a_fresh_learning_rate_schedule(tmp_path, tiny_dir, reverse_file):
-    from fnapi.continual.runner import continual
+    from fnapi.continual_learning.runner import continual
 
     steps, rate = 4, 1e-3
     recipe = ContinualRecipe.from_yaml(_write(tmp_path, tiny_dir, reverse_file, steps=steps)).replace(
@@ -189,14 +189,14 @@ def test_a_folder_of_another_recipe_is_refused(tmp_path, tiny_dir, reverse_file,
 
 def test_slurm_writes_an_array_with_one_element_per_unit_and_a_summary_step(tmp_path, tiny_dir, reverse_file,
                                                                             monkeypatch, capsys):
-    from fnapi.continual.runner import elements
+    from fnapi.continual_learning.runner import elements
 
     path = _write(tmp_path, tiny_dir, reverse_file, methods="[sequential_lora, ewc]", seeds="[0, 1, 2]",
                   orders="[[zorbic, reverse], [reverse, zorbic]]")
     monkeypatch.chdir(tmp_path)
     assert main(["slurm", str(path), "--time", "02:00:00", "--gpus-per-node", "0", "--output", "results"]) == 0
     units = elements(ContinualRecipe.from_yaml(path))
-    assert len(units) == 3 + 2 * 2 * 3  # single-task baselines per seed, then method x order x seed
+    assert len(units) == 3 + 2 * 2 * 3  # per seed: its single-task baselines, then method x order
     array = (tmp_path / "tiny-continual.sbatch").read_text()
     summary = (tmp_path / "tiny-continual-summary.sbatch").read_text()
     assert f"#SBATCH --array=0-{len(units) - 1}" in array
@@ -206,5 +206,5 @@ def test_slurm_writes_an_array_with_one_element_per_unit_and_a_summary_step(tmp_
     assert "--dependency=afterany:$jid" in capsys.readouterr().out
     listed = subprocess.run([sys.executable, "-m", "fnapi", "continual", str(path), "--list"], env=_env(),
                             capture_output=True, text=True, timeout=120)
-    assert listed.stdout.splitlines()[0] == "0\tsingle-task baselines, seed 0"
+    assert listed.stdout.splitlines()[:2] == ["0\tsingle-task baselines, seed 0", "1\tsequential_lora, order 1, seed 0"]
     assert listed.stdout.splitlines()[-1] == f"{len(units) - 1}\tewc, order 2, seed 2"

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from fnapi.continual.metrics import (
+from fnapi.continual_learning.metrics import (
     average_accuracy,
     backward_transfer,
     forward_transfer,
@@ -16,8 +16,8 @@ from fnapi.continual.metrics import (
     mean_by_position,
     probes_retained,
 )
-from fnapi.continual.results import ContinualRun
-from fnapi.continual.summary import summarize
+from fnapi.continual_learning.results import ContinualRun
+from fnapi.continual_learning.summary import summarize
 from fnapi.errors import DataError
 from fnapi.measures import seed_interval
 

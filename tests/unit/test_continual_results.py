@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from fnapi.continual import summary as summary_module
-from fnapi.continual.results import (
+from fnapi.continual_learning import summary as summary_module
+from fnapi.continual_learning.results import (
     ContinualRun,
     SingleTaskResult,
     collect_runs,
     run_result_path,
     single_result_path,
 )
-from fnapi.continual.summary import CONTINUAL_JSON, CONTINUAL_MD, MATRIX_PNG, summarize, write_outputs
+from fnapi.continual_learning.summary import CONTINUAL_JSON, CONTINUAL_MD, MATRIX_PNG, summarize, write_outputs
 from fnapi.errors import DataError
 from fnapi.measures import seed_interval
 
@@ -239,7 +239,7 @@ def test_the_summary_modules_import_no_heavy_library():
     import subprocess
     import sys
 
-    code = ("import sys, fnapi.continual.metrics, fnapi.continual.results, fnapi.continual.summary\n"
+    code = ("import sys, fnapi.continual_learning.metrics, fnapi.continual_learning.results, fnapi.continual_learning.summary\n"
             "print(' '.join(m for m in ('torch', 'transformers', 'peft', 'datasets', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})

@@ -3,7 +3,7 @@ report files ``continual.json``, ``continual.md`` and ``matrix.png``.
 
 Per method, :func:`summarize` averages the accuracy matrices by position in the training order (row
 i: after the first i tasks trained, column j: the j-th task trained), so sequences of different
-orders average together; gives AA, BWT, FWT and probes retained (see :mod:`fnapi.continual.metrics`)
+orders average together; gives AA, BWT, FWT and probes retained (see :mod:`fnapi.continual_learning.metrics`)
 as means with Student-t 95% intervals over the method's runs (orders x seeds,
 :func:`fnapi.measures.seed_interval`); and the difference in AA and BWT from a reference method
 (``sequential_lora`` unless named), paired by order and seed: each pair shares its task order and
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fnapi.continual.metrics import average_accuracy, backward_transfer, forward_transfer, mean_by_position, probes_retained
-from fnapi.continual.results import ContinualRun
+from fnapi.continual_learning.metrics import average_accuracy, backward_transfer, forward_transfer, mean_by_position, probes_retained
+from fnapi.continual_learning.results import ContinualRun
 from fnapi.errors import DataError
 from fnapi.measures import Estimate, seed_interval
 from fnapi.paths import atomic_write_bytes, atomic_write_text

@@ -2,7 +2,7 @@
 
 One *sequence* is one (method, order, seed). It loads the base model, scores every task on it (the
 accuracy matrix's row 0), then for each task in turn: the method prepares the model
-(:mod:`fnapi.continual.methods`), :func:`fnapi.training.train` fine-tunes it with a new Trainer (so
+(:mod:`fnapi.continual_learning.methods`), :func:`fnapi.training.train` fine-tunes it with a new Trainer (so
 every task starts a fresh optimizer and learning-rate schedule), the method takes what it keeps
 (a Fisher, a snapshot, the task's networks), and every task and the general probes are scored
 again: one more row. The single-task baselines (each task trained alone from the base model, for
@@ -11,7 +11,7 @@ forward transfer) are one more unit of work per seed.
 Every unit is resumable. A sequence writes, after each finished task, the model and the method's
 memory (``state-<i>/``) and then ``progress.json`` with the rows so far; a task cut off by a kill
 resumes from its training checkpoint (``task-<i>/checkpoints``). Finished sequences leave
-``result.json`` (:mod:`fnapi.continual.results` owns the paths and the file), which the summary
+``result.json`` (:mod:`fnapi.continual_learning.results` owns the paths and the file), which the summary
 reads. Units are independent, so a SLURM array runs one per element (``element=``).
 
 >>> summary = continual(ContinualRecipe.from_yaml("recipes/continual/quick.yaml"),  # doctest: +SKIP
@@ -64,10 +64,13 @@ class Element:
 
 
 def elements(recipe: ContinualRecipe) -> list[Element]:
-    """Every unit of work, in the order they run (and the SLURM array's element numbers)."""
-    units = [Element(None, 0, seed) for seed in recipe.seeds] if recipe.single_task else []
-    units += [Element(method.label, k, seed) for method in recipe.methods
-              for k in range(len(recipe.task_orders)) for seed in recipe.seeds]
+    """Every unit of work, in the order they run (and the SLURM array's element numbers): seed by
+    seed, so a long experiment stopped part way has every method on its first seeds."""
+    units = []
+    for seed in recipe.seeds:
+        if recipe.single_task:
+            units.append(Element(None, 0, seed))
+        units += [Element(method.label, k, seed) for method in recipe.methods for k in range(len(recipe.task_orders))]
     return units
 
 
@@ -101,14 +104,15 @@ def continual(recipe: ContinualRecipe, *, output: str | Path, sink: EventSink | 
         return None
     summary = summarize_folder(recipe, root)
     events.emit(RunFinished(name=recipe.name, seconds=time.monotonic() - started, run_dir=str(root),
-                            summary={name: {"aa": m.aa, "bwt": m.bwt} for name, m in summary.methods.items()}
-                            if hasattr(summary, "methods") else {}))
+                            summary={name: {"aa": m.aa.mean, "bwt": m.bwt.mean if m.bwt else None}
+                                     for name, m in summary.methods.items()}))
     return summary
 
 
 def summarize_folder(recipe: ContinualRecipe, root: str | Path) -> Any:
     """Read every finished sequence under ``root`` and write continual.json, continual.md and matrix.png."""
-    from fnapi.continual.results import collect_runs, summarize, write_outputs
+    from fnapi.continual_learning.results import collect_runs
+    from fnapi.continual_learning.summary import summarize, write_outputs
 
     root = Path(root)
     runs = collect_runs(root)
@@ -141,7 +145,7 @@ def _claim(recipe: ContinualRecipe, root: Path, source: str) -> None:
 def run_element(recipe: ContinualRecipe, unit: Element, root: Path, *, sink: EventSink,
                 cancel: threading.Event | None = None) -> None:
     """Run (or resume, or skip when finished) one unit of work."""
-    from fnapi.continual.results import run_result_path, single_result_path
+    from fnapi.continual_learning.results import run_result_path, single_result_path
 
     if unit.method is None:
         if all(single_result_path(root, task.name, unit.seed).exists() for task in recipe.tasks):
@@ -277,8 +281,8 @@ def _sequence(recipe: ContinualRecipe, unit: Element, folder: Path, root: Path, 
               cancel: threading.Event | None) -> None:
     import transformers
 
-    from fnapi.continual.methods import TaskContext, make_strategy
-    from fnapi.continual.results import ContinualRun, run_result_path
+    from fnapi.continual_learning.methods import TaskContext, make_strategy
+    from fnapi.continual_learning.results import ContinualRun, run_result_path
     from fnapi.models.loading import load_model
     from fnapi.training import train
 
@@ -323,7 +327,7 @@ def _sequence(recipe: ContinualRecipe, unit: Element, folder: Path, root: Path, 
         # killed in between redoes this task's scoring from its finished training checkpoint.
         _save_state(strategy, model, folder / f"state-{index + 1}")
         done.append({"task": name, "row": row, "probes": correct, "steps": result.steps,
-                     "seconds": time.monotonic() - started})
+                     "final_loss": result.final_loss, "seconds": time.monotonic() - started})
         _write_progress(folder, progress)
         _forget(folder, index)
     rows = [[base["tasks"][n] for n in order]] + [entry["row"] for entry in done]
@@ -343,7 +347,7 @@ def _single_tasks(recipe: ContinualRecipe, seed: int, root: Path, sink: EventSin
     """Each task trained alone from the base model with plain LoRA (the reference of forward transfer)."""
     import transformers
 
-    from fnapi.continual.results import SingleTaskResult, single_result_path
+    from fnapi.continual_learning.results import SingleTaskResult, single_result_path
     from fnapi.models.loading import load_model
     from fnapi.training import train
 
