@@ -74,10 +74,11 @@ def elements(recipe: ContinualRecipe) -> list[Element]:
     return units
 
 
-def continual(recipe: ContinualRecipe, *, output: str | Path, sink: EventSink | None = None,
+def continual(recipe: ContinualRecipe, *, output: str | Path | None = None, sink: EventSink | None = None,
               cancel: threading.Event | None = None, element: int | None = None,
               source: str | None = None) -> Any:
-    """Run every sequence of ``recipe`` into ``output`` and write the summary; return it.
+    """Run every sequence of ``recipe`` into ``output`` (default: the recipe's ``output.dir``) and
+    write the summary; return it (:class:`~fnapi.continual_learning.summary.ContinualSummary`).
 
     Finished units are read, unfinished ones resume. With ``element`` only that unit runs (a SLURM
     array element) and nothing is summarised (None is returned); :func:`summarize_folder` does that
@@ -87,7 +88,7 @@ def continual(recipe: ContinualRecipe, *, output: str | Path, sink: EventSink | 
 
     source = source or f"recipe {recipe.name!r}"
     check_continual(recipe, source)
-    root = Path(output)
+    root = Path(output) if output is not None else recipe.output_dir()
     units = elements(recipe)
     if element is not None and not 0 <= element < len(units):
         raise RecipeError(f"element {element} does not exist: {source} has {len(units)} (0-{len(units) - 1})",
