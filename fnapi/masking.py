@@ -659,7 +659,12 @@ def _checksums(plan: _Plan) -> dict[str, str]:
     for piece in plan.slices:
         block = piece.param.detach().index_select(piece.dim, piece.index.to(piece.param.device))
         digest = hashlib.sha256(block.cpu().contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
-        sums[piece.label] = digest[:16]
+        # Projections of one type beside each other (gate and up at mlp.hidden) share a label:
+        # number the later ones, or one block's hash would overwrite the other's.
+        label, n = piece.label, 2
+        while label in sums:
+            label, n = f"{piece.label} #{n}", n + 1
+        sums[label] = digest[:16]
     return sums
 
 

@@ -66,6 +66,9 @@ if TYPE_CHECKING:
     from fnapi.models.loading import LoadedModel
 from fnapi.rundir import read_checkpoint_state as _read_state
 
+#: ``loss_term(model, inputs, outputs)``: a scalar tensor added to the training loss of a batch.
+LossTerm = Callable[[Any, dict[str, Any], Any], torch.Tensor]
+
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FORMAT = "fnapi.train-state/1"
 # Settings that do not change the trajectory, so a resumed run may differ in them.
@@ -120,7 +123,8 @@ def train(loaded_or_model: LoadedModel | PreTrainedModel, tokenizer: PreTrainedT
           sink: EventSink | None = None, cancel: threading.Event | None = None, resume: bool = True,
           save_model: bool = True, merge_lora: bool = False, bake_lesion: bool = False,
           accelerate_config: str | os.PathLike | None = None,
-          task_check: Callable[[PreTrainedModel], float] | None = None, run_name: str | None = None) -> TrainResult:
+          task_check: Callable[[PreTrainedModel], float] | None = None, run_name: str | None = None,
+          loss_term: LossTerm | None = None) -> TrainResult:
     """Fine-tune a model on tokenized data under an optional neuron mask; resume if interrupted.
 
     ``loaded_or_model`` is a ``LoadedModel`` or a transformers model; ``tokenizer`` may be None
@@ -137,6 +141,11 @@ def train(loaded_or_model: LoadedModel | PreTrainedModel, tokenizer: PreTrainedT
     [0, 1]) runs every ``task_check_every`` steps and training stops, with a checkpoint, as soon as
     it reaches the target; ``train_section.steps`` is then the cap. A resumed run that had already
     reached its target does not train further.
+
+    ``loss_term(model, inputs, outputs)``, when given, is a scalar tensor added to the task loss of
+    every training batch (a continual-learning method's penalty or distillation term); it counts
+    once per optimizer step whatever the gradient accumulation, is left out of the validation loss,
+    and is logged as the ``loss_term`` metric.
 
     The trackers in ``train_section.report_to`` get the Trainer's logs under ``run_name`` (default:
     the output folder's name), written inside ``output_dir`` by default (:mod:`fnapi.trackers`);
@@ -179,6 +188,7 @@ def train(loaded_or_model: LoadedModel | PreTrainedModel, tokenizer: PreTrainedT
         # A checkpoint saved when the target was reached is the end of training: only its weights load.
         finished = target is not None and target.reached is not None and checkpoint is not None
         trainer = _MaskedTrainer(
+            loss_term=loss_term,
             model=model,
             args=arguments,
             train_dataset=train_data,
@@ -448,9 +458,35 @@ def _training_arguments(section: TrainSection, root: Path, seed: int, model: Any
 
 
 class _MaskedTrainer(Trainer):
-    """Trainer whose checkpoints hold plain weights, loaded before the mask goes on."""
+    """Trainer whose checkpoints hold plain weights, loaded before the mask goes on, and whose
+    training loss may carry an extra term (:data:`LossTerm`)."""
 
     _plain_weights_loaded = False
+
+    def __init__(self, *args: Any, loss_term: LossTerm | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.loss_term = loss_term
+        self._terms: list[float] = []
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.loss_term is None or not model.training:  # validation measures the task loss alone
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        term = self.loss_term(model, inputs, outputs)
+        self._terms.append(float(term.detach()))
+        # The Trainer divides an unscaled loss by the accumulation steps itself; a loss already
+        # normalised over the accumulated batch is not, so the term is divided here: either way it
+        # weighs once per optimizer step, like the task loss.
+        if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+            term = term / self.current_gradient_accumulation_steps
+        loss = loss + term
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if self._terms and "loss" in logs:
+            logs["loss_term"] = sum(self._terms) / len(self._terms)
+            self._terms = []
+        super().log(logs, *args, **kwargs)
 
     def load_plain_weights(self, checkpoint: str) -> None:
         super()._load_from_checkpoint(checkpoint)
@@ -513,7 +549,8 @@ class _EventCallback(TrainerCallback):
                 then, tokens = self._mark
                 values = {"loss": sum(self._window) / len(self._window),
                           "learning_rate": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"),
-                          "tokens_per_second": (state.num_input_tokens_seen - tokens) / max(now - then, 1e-9)}
+                          "tokens_per_second": (state.num_input_tokens_seen - tokens) / max(now - then, 1e-9),
+                          "loss_term": logs.get("loss_term")}
                 self.sink.emit(Metric(stage="train", step=step,
                                       values={k: float(v) for k, v in values.items() if v is not None}))
                 self._window = []

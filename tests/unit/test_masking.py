@@ -370,3 +370,16 @@ def test_a_mask_says_in_words_what_it_does(components, preset, words):
     # Layers a network does not reach are not counted as layers it spans ("3 ... in 2 layers" before).
     count, layers = words.split(", ")[1].split(" neuron")[0], words.split(" in ")[1].split(":")[0]
     assert neuron_mask.describe().startswith(f"mlp.out: {count} selected neuron{'s' if count != '1' else ''} in {layers}, ")
+
+
+def test_frozen_checksums_keep_one_hash_per_block_when_projections_share_a_type():
+    # At mlp.hidden a llama neuron is a down-projection column plus a gate row and an up row; gate
+    # and up are both Linear, and a change to either must show in the checksums.
+    model = tiny_model("llama")
+    neuron_mask = NeuronMask("mlp.hidden", {0: [1, 2]}, train="unselected")
+    sums = frozen_checksums(model, neuron_mask)
+    assert len(sums) == 3
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[1, 0] += 1.0
+    changed = frozen_checksums(model, neuron_mask)
+    assert sum(changed[k] != sums[k] for k in sums) == 1
