@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -92,3 +93,25 @@ def test_lm_eval_example(tmp_path):
     rows = [[cell.strip() for cell in re.split(r"[│|]", line)] for line in out.stdout.splitlines()]
     task, metric, n, value, stderr = next(row for row in rows if row[0] == "capitals")
     assert (metric, n) == ("acc", "20") and 0.0 <= float(value) <= 1.0 and float(stderr) > 0
+
+
+def test_continual_learning_examples(tmp_path):
+    """The section's commands as written, with training and scoring cut short (--set) for time."""
+    cwd = _workdir(tmp_path)
+    short = ["--set", "train.steps=2", "--set", "eval.task_samples=2", "--set", "eval.probe_samples=4",
+             "--set", "eval.max_new_tokens=4"]
+    for line in _block("bash", "Continual learning").strip().splitlines():
+        argv = shlex.split(line.split("  #", 1)[0])
+        if argv[1] == "continual" and "--list" not in argv:
+            argv += short
+        out = subprocess.run(argv, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=1800)
+        assert out.returncode == 0, f"{line}\n{out.stdout}\n{out.stderr}"
+        if "--list" in argv:
+            units = out.stdout.strip().splitlines()
+            assert units[0].startswith("0\t") and len(units) > 7
+        elif argv[1] == "continual":
+            data = json.loads((cwd / argv[argv.index("--output") + 1] / "continual.json").read_text())
+            assert len(data["methods"]) == 2 and all(len(m["matrix"]) == 3 for m in data["methods"].values())
+        else:
+            scripts = sorted(p.name for p in cwd.glob("*.sbatch"))
+            assert len(scripts) == 2, out.stdout
