@@ -43,6 +43,11 @@ SPLIT_ALIASES = {
 }
 DATA_SUFFIXES = (".json", ".jsonl", ".ndjson", ".csv", ".tsv", ".parquet", ".txt")
 BUILTIN_PREFIX = "builtin:"
+#: With ``shuffle`` and ``max_samples``, a hub split is read as a seeded random pool of this many times
+#: ``max_samples`` rows rather than whole: hub splits hold up to millions of rows, read again for every
+#: continual sequence. The pool is uniform over the split, so a sample of it is a sample of the split,
+#: and ten times the cap leaves a carved-off validation split (10%) as large as the cap.
+HUB_POOL_FACTOR = 10
 
 #: A hub dataset: ``name`` or ``org/name``, optionally ``:config`` (config names may hold dots: wsc.fixed).
 _HUB_SPEC = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*(?:/[\w.-]+)?)(?::(?P<config>[\w.-]+))?")
@@ -85,11 +90,14 @@ def load_data(section: DataSection, *, seed: int, shuffle: bool = False,
     validation split, or a seeded shuffle of the training rows holding ``validation_split`` of
     them (at least one row). ``shuffle`` reorders every split by ``seed`` first, so ``max_samples``
     takes a fair sample of a large (sorted) source instead of its first rows. ``max_samples`` caps the
-    training rows, and the validation and test rows too. ``labels`` turns rows with an integer class
-    label into prompt/answer conversations (:func:`fnapi.data.labels.label_data`).
+    training rows, and the validation and test rows too (with ``shuffle``, a hub split is first read
+    as a random pool of :data:`HUB_POOL_FACTOR` times ``max_samples`` rows). ``labels`` turns rows with
+    an integer class label into prompt/answer conversations (:func:`fnapi.data.labels.label_data`).
     ``system_prompt`` is given to chat examples that have none.
     """
-    splits, report = _read_normalised(section.path, format=section.format, fields=section.fields, labels=labels)
+    pool = (section.max_samples * HUB_POOL_FACTOR, seed) if shuffle and section.max_samples else None
+    splits, report = _read_normalised(section.path, format=section.format, fields=section.fields, labels=labels,
+                                      pool=pool)
     if "train" not in splits:
         raise DataError(f"{report.source} has no train split (it has {', '.join(splits) or 'none'})",
                         "Name the training file train.* or put the rows under a 'train' key.")
@@ -97,7 +105,7 @@ def load_data(section: DataSection, *, seed: int, shuffle: bool = False,
     if section.validation_path:
         # A separate file: its validation split if it has one, else all its rows.
         held, _ = _read_normalised(section.validation_path, format=section.format, fields=section.fields,
-                                   split="validation", labels=labels)
+                                   split="validation", labels=labels, pool=pool)
         validation = held.get("validation") or held.get("train") or next(iter(held.values()))
     elif "validation" in splits:
         validation = splits["validation"]
@@ -192,8 +200,12 @@ def source_problem(data_spec: str) -> str | None:
     return None
 
 
-def read_rows(data_spec: str) -> dict[str, RawSplit]:
-    """Raw rows per split (``train``/``validation``/``test``/other names) of a file, folder or hub id."""
+def read_rows(data_spec: str, *, pool: tuple[int, int] | None = None) -> dict[str, RawSplit]:
+    """Raw rows per split (``train``/``validation``/``test``/other names) of a file, folder or hub id.
+
+    ``pool`` = ``(rows, seed)`` reads a hub split longer than ``rows`` as that many rows drawn at
+    random (seeded), numbered by their place in the split; files and folders are read whole.
+    """
     path = Path(data_spec).expanduser()
     if path.is_file():
         return _read_file_splits(path)
@@ -202,13 +214,14 @@ def read_rows(data_spec: str) -> dict[str, RawSplit]:
     problem = source_problem(data_spec)
     if problem:
         raise DataError(problem, _SOURCE_HINT)
-    return _read_hub(data_spec)
+    return _read_hub(data_spec, pool=pool)
 
 
 # ---- normalisation over splits ----------------------------------------------------------------
 
 def _read_normalised(data_spec: str, *, format: str, fields: dict[str, str] | None, split: str = "train",
-                     labels: ClassLabels | None = None) -> tuple[dict[str, list[Conversation]], DetectionReport]:
+                     labels: ClassLabels | None = None, pool: tuple[int, int] | None = None
+                     ) -> tuple[dict[str, list[Conversation]], DetectionReport]:
     """All splits normalised with the mapping detected on ``split`` (or the train split); with
     ``labels``, the rows are labelled first (:func:`fnapi.data.labels.label_data`)."""
     if data_spec.startswith(BUILTIN_PREFIX):
@@ -227,7 +240,7 @@ def _read_normalised(data_spec: str, *, format: str, fields: dict[str, str] | No
                     for key, part in splits.items()},
         )
         return splits, report
-    raw = read_rows(data_spec)
+    raw = read_rows(data_spec, pool=pool)
     notes: list[str] = []
     if labels is not None:
         from fnapi.data.labels import label_data
@@ -485,7 +498,7 @@ def _read_saved_dataset(folder: Path) -> dict[str, RawSplit]:
     return _dataset_splits(loaded, str(folder))
 
 
-def _dataset_splits(loaded: Any, source: str) -> dict[str, RawSplit]:
+def _dataset_splits(loaded: Any, source: str, pool: tuple[int, int] | None = None) -> dict[str, RawSplit]:
     import datasets
 
     parts = loaded.items() if isinstance(loaded, datasets.DatasetDict) else [("train", loaded)]
@@ -495,15 +508,26 @@ def _dataset_splits(loaded: Any, source: str) -> dict[str, RawSplit]:
         # split files named that way are; a second such split (validation_mismatched) keeps its name.
         canonical = _canonical_split(re.split(r"[-_.]", name, maxsplit=1)[0])
         key = canonical if canonical in SPLIT_ALIASES and canonical not in splits else _canonical_split(name)
-        splits[key] = RawSplit(f"{source} [{name}]", _numbered(part.to_list()))
+        splits[key] = RawSplit(f"{source} [{name}]", _pooled(part, name, pool))
     return splits
+
+
+def _pooled(part: Any, name: str, pool: tuple[int, int] | None) -> list[Row]:
+    """The rows of a ``datasets`` split, or ``pool = (rows, seed)`` of them drawn at random, in split
+    order and numbered by their place in the split (so errors still point at the source row)."""
+    if pool is None or len(part) <= pool[0]:
+        return _numbered(part.to_list())
+    rows, seed = pool
+    # A string seed is hashed the same way in every process; each split draws its own rows.
+    picked = sorted(random.Random(f"{seed}:{name}").sample(range(len(part)), rows))
+    return [(index + 1, record) for index, record in zip(picked, part.select(picked).to_list())]
 
 
 # ---- the hub ---------------------------------------------------------------------------------
 
-def _read_hub(data_spec: str) -> dict[str, RawSplit]:
-    """Splits of a hub dataset (``org/name`` or ``org/name:config``); offline machines fail within
-    about two seconds."""
+def _read_hub(data_spec: str, pool: tuple[int, int] | None = None) -> dict[str, RawSplit]:
+    """Splits of a hub dataset (``org/name`` or ``org/name:config``), each whole or a random ``pool``
+    (see :func:`read_rows`); offline machines fail within about two seconds."""
     from fnapi import auth
 
     repo, config = hub_spec(data_spec)
@@ -524,4 +548,4 @@ def _read_hub(data_spec: str) -> dict[str, RawSplit]:
                                f"({problem}) with no cached copy: {type(exc).__name__}", hint) from None
         raise DataError(f"cannot load hub dataset {data_spec!r}: {exc}",
                         "Check the id and the config after ':'; for gated or private datasets set HF_TOKEN.") from None
-    return _dataset_splits(loaded, f"hub:{data_spec}")
+    return _dataset_splits(loaded, f"hub:{data_spec}", pool)

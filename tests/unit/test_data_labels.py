@@ -239,3 +239,34 @@ def test_a_hub_config_reaches_the_datasets_library_and_glue_splits_are_read(monk
     assert [c.messages[-1]["content"] for c in data.train] == ["neutral"]
     assert [c.messages[-1]["content"] for c in data.validation] == ["entailment"]  # matched, not mismatched
     assert data.report.splits.keys() == {"train", "validation", "validation_mismatched"}
+
+
+def test_a_shuffled_hub_split_is_read_as_a_random_pool_numbered_by_source_row(monkeypatch):
+    """A split of millions of rows is not read whole to keep max_samples of it: with shuffle, each
+    split is read as a seeded pool of HUB_POOL_FACTOR x max_samples rows drawn over the whole split."""
+    import datasets
+
+    from fnapi import auth
+    from fnapi.data.loading import HUB_POOL_FACTOR
+
+    big = 5000
+
+    def fake_load_dataset(repo, config=None, **kwargs):
+        # sorted by class, as many hub sets are
+        return datasets.DatasetDict({"train": datasets.Dataset.from_dict(
+            {"text": [f"row {i}" for i in range(big)], "label": [i * 4 // big for i in range(big)]})})
+
+    monkeypatch.setattr(auth, "hub_problem", lambda *a, **k: None)
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    section = DataSection(path="org/big", max_samples=20)
+    labels = ClassLabels(("a", "b", "c", "d"))
+    data = load_data(section, seed=0, shuffle=True, labels=labels)
+    assert data.report.splits["train"]["rows_total"] == 20 * HUB_POOL_FACTOR < big
+    assert len(data.train) == 20 and len(data.validation) == 20
+    for conversation in data.train:  # the number is the source row: its text says which
+        assert conversation.messages[0]["content"].endswith(f"row {conversation.row - 1}")
+    assert {c.messages[-1]["content"] for c in data.train} == {"a", "b", "c", "d"}
+    assert [c.row for c in load_data(section, seed=0, shuffle=True, labels=labels).train] == [c.row for c in data.train]
+    assert [c.row for c in load_data(section, seed=1, shuffle=True, labels=labels).train] != [c.row for c in data.train]
+    whole = load_data(section, seed=0, labels=labels)  # without shuffle: the first rows of the whole split
+    assert whole.report.splits["train"]["rows_total"] == big
