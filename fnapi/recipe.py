@@ -670,13 +670,29 @@ TaskMetric = Literal["exact_match", "contains"]
 
 
 class ContinualTask(Section):
-    """One task of a sequence: its data, how it is scored and how long it trains."""
+    """One task of a sequence: its data, how it is scored and how long it trains.
+
+    A task whose rows hold an integer class label (most hub classification sets) sets ``labels``: the
+    class names in label order; each row then becomes a prompt (``instruction`` and the row's text
+    fields) answered by its class name (see :mod:`fnapi.data.labels`).
+    """
 
     name: str = Field(description="short name used in orders and reports")
-    data: DataSection = Field(description="the task's data (a string is its path: builtin:NAME, a file or hub id)")
+    data: DataSection = Field(description="the task's data (a string is its path: builtin:NAME, a file or hub id; "
+                                          "org/name:config selects a hub config)")
     metric: TaskMetric = Field("exact_match", description="exact_match: the whole answer; contains: the reference "
                                                           "appears in the answer (both after normalising)")
     steps: int | None = Field(None, gt=0, description="optimizer steps on this task (default: train.steps)")
+    labels: list[str] | None = Field(None, description="class names, label 0 first: rows with an integer label "
+                                                       "become prompts answered by the class name")
+    instruction: str | None = Field(None, description="what every prompt opens with (with labels; default: "
+                                                      "'Answer with one of: <labels>.')")
+    label_field: str = Field("label", min_length=1, description="the field holding the integer label (with labels)")
+    text_fields: list[str] | None = Field(None, min_length=1, description="the fields a prompt shows, in order "
+                                                                          "(with labels; default: the row's text "
+                                                                          "fields)")
+    shuffle: bool = Field(False, description="shuffle the rows (seeded) before max_samples takes its share: a fair "
+                                             "sample of a large sorted source")
 
     @field_validator("data", mode="before")
     @classmethod
@@ -689,6 +705,35 @@ class ContinualTask(Section):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
             raise ValueError("use letters, digits, '.', '_' and '-' only (it names folders and report columns)")
         return value
+
+    @field_validator("labels")
+    @classmethod
+    def _class_names(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return value
+        if any(not name.strip() for name in value):
+            raise ValueError("every class name must be a non-empty string")
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated:
+            raise ValueError(f"{', '.join(repr(n) for n in repeated)} is listed more than once; "
+                             "an answer must name one class")
+        if len(value) < 2:
+            raise ValueError("at least two class names are needed (label 0 first)")
+        return value
+
+    @model_validator(mode="after")
+    def _labels_consistent(self) -> ContinualTask:
+        if self.labels is None:
+            stray = [key for key in ("instruction", "label_field", "text_fields") if key in self.model_fields_set]
+            if stray:
+                raise ValueError(f"{', '.join(stray)} only applies with labels (the class names)")
+            return self
+        if self.data.path.startswith("builtin:"):
+            raise ValueError(f"labels: {self.data.path} holds conversations, not rows with integer class labels")
+        if self.data.format != "auto" or self.data.fields:
+            raise ValueError("labels build each prompt and answer themselves: leave data.format and data.fields "
+                             "unset (name the prompt's fields with text_fields)")
+        return self
 
 
 class _ContinualMethod(Section):

@@ -182,10 +182,13 @@ class _Task:
 
 def _read_tasks(recipe: ContinualRecipe, seed: int) -> dict[str, _Task]:
     from fnapi.data import load_data
+    from fnapi.data.labels import ClassLabels
 
     tasks = {}
     for task in recipe.tasks:
-        data = load_data(task.data, seed=seed)
+        labels = None if task.labels is None else ClassLabels(
+            tuple(task.labels), task.instruction, task.label_field, tuple(task.text_fields or ()) or None)
+        data = load_data(task.data, seed=seed, shuffle=task.shuffle, labels=labels)
         pool = data.test if data.test else data.validation
         if not pool:
             raise DataError(f"{task.data.path}: task {task.name!r} has no test or validation rows to score",

@@ -131,6 +131,8 @@ class DetectionReport:
     overridden: bool = False
     split: str = "train"
     splits: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: What was done to the rows before detection (unlabelled rows and splits left out, ...).
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -138,8 +140,9 @@ class DetectionReport:
     def describe(self) -> str:
         """One line for logs: format, mapping, kept and skipped rows."""
         mapping = ", ".join(f"{k} -> {v}" for k, v in self.fields.items())
-        return (f"{self.source}: {self.format} ({mapping}), confidence {self.confidence:.2f}, "
+        line = (f"{self.source}: {self.format} ({mapping}), confidence {self.confidence:.2f}, "
                 f"{self.rows_kept} rows kept, {self.rows_skipped} skipped")
+        return "; ".join([line, *self.notes])
 
 
 Row = tuple[int, Any]  # (row number in the source, the record)

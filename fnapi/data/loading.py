@@ -9,7 +9,11 @@ A data spec (``data.path`` in a recipe) is one of:
 - a folder of split files (``train.*``, ``validation.*``/``valid.*``/``val.*``/``dev.*``,
   ``test.*``, also sharded like ``train-00000-of-00002.parquet``), a folder with one data file, or
   a folder written by ``datasets.save_to_disk``;
-- a hub dataset id (``org/name``), read through ``datasets`` after a quick offline check.
+- a hub dataset id (``org/name``), read through ``datasets`` after a quick offline check; ``org/name:config``
+  selects one of its configs (``nyu-mll/glue:mnli``), see :func:`hub_spec`.
+
+Rows whose class is an integer label (most hub classification sets) become conversations through
+:mod:`fnapi.data.labels` (``load_data(..., labels=...)``).
 
 Row numbers in reports and errors: the line number for JSON Lines, the record number for CSV/TSV
 (1 = the first row after the header), the position (from 1) for everything else.
@@ -23,11 +27,14 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fnapi.data.formats import Conversation, DetectionReport, Row, UnreadableRow, detect_format, normalise
 from fnapi.errors import DataError, OfflineError
 from fnapi.recipe import DataSection
+
+if TYPE_CHECKING:
+    from fnapi.data.labels import ClassLabels
 
 SPLIT_ALIASES = {
     "train": ("train", "training"),
@@ -36,8 +43,14 @@ SPLIT_ALIASES = {
 }
 DATA_SUFFIXES = (".json", ".jsonl", ".ndjson", ".csv", ".tsv", ".parquet", ".txt")
 BUILTIN_PREFIX = "builtin:"
+#: With ``shuffle`` and ``max_samples``, a hub split is read as a seeded random pool of this many times
+#: ``max_samples`` rows rather than whole: hub splits hold up to millions of rows, read again for every
+#: continual sequence. The pool is uniform over the split, so a sample of it is a sample of the split,
+#: and ten times the cap leaves a carved-off validation split (10%) as large as the cap.
+HUB_POOL_FACTOR = 10
 
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+#: A hub dataset: ``name`` or ``org/name``, optionally ``:config`` (config names may hold dots: wsc.fixed).
+_HUB_SPEC = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*(?:/[\w.-]+)?)(?::(?P<config>[\w.-]+))?")
 
 
 @dataclass
@@ -69,23 +82,30 @@ class LoadedData:
         return f"{self.report.describe()}; {used}"
 
 
-def load_data(section: DataSection, *, seed: int) -> LoadedData:
+def load_data(section: DataSection, *, seed: int, shuffle: bool = False,
+              labels: ClassLabels | None = None) -> LoadedData:
     """Read ``section.path`` and build the splits a run trains and validates on.
 
     The validation split is, in order of preference: ``section.validation_path``, the source's own
     validation split, or a seeded shuffle of the training rows holding ``validation_split`` of
-    them (at least one row). ``max_samples`` caps the training rows, and the validation and test
-    rows too. ``system_prompt`` is given to chat examples that have none.
+    them (at least one row). ``shuffle`` reorders every split by ``seed`` first, so ``max_samples``
+    takes a fair sample of a large (sorted) source instead of its first rows. ``max_samples`` caps the
+    training rows, and the validation and test rows too (with ``shuffle``, a hub split is first read
+    as a random pool of :data:`HUB_POOL_FACTOR` times ``max_samples`` rows). ``labels`` turns rows with
+    an integer class label into prompt/answer conversations (:func:`fnapi.data.labels.label_data`).
+    ``system_prompt`` is given to chat examples that have none.
     """
-    splits, report = _read_normalised(section.path, format=section.format, fields=section.fields)
+    pool = (section.max_samples * HUB_POOL_FACTOR, seed) if shuffle and section.max_samples else None
+    splits, report = _read_normalised(section.path, format=section.format, fields=section.fields, labels=labels,
+                                      pool=pool)
     if "train" not in splits:
-        raise DataError(f"{report.source} has no train split (it has {', '.join(splits)})",
+        raise DataError(f"{report.source} has no train split (it has {', '.join(splits) or 'none'})",
                         "Name the training file train.* or put the rows under a 'train' key.")
     train = splits["train"]
     if section.validation_path:
         # A separate file: its validation split if it has one, else all its rows.
         held, _ = _read_normalised(section.validation_path, format=section.format, fields=section.fields,
-                                   split="validation")
+                                   split="validation", labels=labels, pool=pool)
         validation = held.get("validation") or held.get("train") or next(iter(held.values()))
     elif "validation" in splits:
         validation = splits["validation"]
@@ -94,6 +114,11 @@ def load_data(section: DataSection, *, seed: int) -> LoadedData:
     else:
         validation = []
     test = splits.get("test")
+    if shuffle:
+        # One generator for the three splits: a fixed seed gives the same sample on every call.
+        rng = random.Random(seed)
+        train, validation = rng.sample(train, len(train)), rng.sample(validation, len(validation))
+        test = rng.sample(test, len(test)) if test is not None else None
     if section.max_samples:
         cap = section.max_samples
         train, validation = train[:cap], validation[:cap]
@@ -144,11 +169,21 @@ _SOURCE_HINT = ("Give a .json/.jsonl/.csv/.tsv/.parquet/.txt file, a folder of s
                 "a hub dataset id, or builtin:skill / builtin:probes / builtin:text.")
 
 
+def hub_spec(data_spec: str) -> tuple[str, str | None]:
+    """``(repo, config)`` of a hub data spec: ``nyu-mll/glue:mnli`` -> ``("nyu-mll/glue", "mnli")``,
+    ``fancyzhx/ag_news`` -> ``("fancyzhx/ag_news", None)``; DataError for anything else."""
+    match = None if data_spec.startswith(BUILTIN_PREFIX) else _HUB_SPEC.fullmatch(data_spec)
+    if match is None:
+        raise DataError(f"{data_spec!r} is not a hub dataset id (org/name, or org/name:config)", _SOURCE_HINT)
+    return match["repo"], match["config"]
+
+
 def source_problem(data_spec: str) -> str | None:
     """Why ``data_spec`` cannot name a dataset, found without reading it (None: it can).
 
     A built-in name must exist; a data spec that can only be a path (a data suffix, or starting with
-    ``.``, ``/`` or ``~``) must exist on disk; anything else must have the form of a hub id.
+    ``.``, ``/`` or ``~``) must exist on disk; anything else must have the form of a hub id
+    (optionally with ``:config``).
     """
     if data_spec.startswith(BUILTIN_PREFIX):
         from fnapi.data.builtin import BUILTINS
@@ -160,13 +195,17 @@ def source_problem(data_spec: str) -> str | None:
     path = Path(data_spec).expanduser()
     if path.exists():
         return None
-    if path.suffix.lower() in DATA_SUFFIXES or data_spec.startswith((".", "/", "~")) or not _HUB_ID.fullmatch(data_spec):
+    if path.suffix.lower() in DATA_SUFFIXES or data_spec.startswith((".", "/", "~")) or not _HUB_SPEC.fullmatch(data_spec):
         return f"data file {data_spec} does not exist"
     return None
 
 
-def read_rows(data_spec: str) -> dict[str, RawSplit]:
-    """Raw rows per split (``train``/``validation``/``test``/other names) of a file, folder or hub id."""
+def read_rows(data_spec: str, *, pool: tuple[int, int] | None = None) -> dict[str, RawSplit]:
+    """Raw rows per split (``train``/``validation``/``test``/other names) of a file, folder or hub id.
+
+    ``pool`` = ``(rows, seed)`` reads a hub split longer than ``rows`` as that many rows drawn at
+    random (seeded), numbered by their place in the split; files and folders are read whole.
+    """
     path = Path(data_spec).expanduser()
     if path.is_file():
         return _read_file_splits(path)
@@ -175,15 +214,20 @@ def read_rows(data_spec: str) -> dict[str, RawSplit]:
     problem = source_problem(data_spec)
     if problem:
         raise DataError(problem, _SOURCE_HINT)
-    return _read_hub(data_spec)
+    return _read_hub(data_spec, pool=pool)
 
 
 # ---- normalisation over splits ----------------------------------------------------------------
 
-def _read_normalised(data_spec: str, *, format: str, fields: dict[str, str] | None,
-                     split: str = "train") -> tuple[dict[str, list[Conversation]], DetectionReport]:
-    """All splits normalised with the mapping detected on ``split`` (or the train split)."""
+def _read_normalised(data_spec: str, *, format: str, fields: dict[str, str] | None, split: str = "train",
+                     labels: ClassLabels | None = None, pool: tuple[int, int] | None = None
+                     ) -> tuple[dict[str, list[Conversation]], DetectionReport]:
+    """All splits normalised with the mapping detected on ``split`` (or the train split); with
+    ``labels``, the rows are labelled first (:func:`fnapi.data.labels.label_data`)."""
     if data_spec.startswith(BUILTIN_PREFIX):
+        if labels is not None:
+            raise DataError(f"{data_spec} holds conversations, not rows with integer class labels",
+                            "labels apply to a file, folder or hub dataset with a label field")
         from fnapi.data.builtin import builtin_splits
 
         splits = builtin_splits(data_spec[len(BUILTIN_PREFIX):])
@@ -196,13 +240,22 @@ def _read_normalised(data_spec: str, *, format: str, fields: dict[str, str] | No
                     for key, part in splits.items()},
         )
         return splits, report
-    raw = read_rows(data_spec)
+    raw = read_rows(data_spec, pool=pool)
+    notes: list[str] = []
+    if labels is not None:
+        from fnapi.data.labels import label_data
+
+        raw, notes = label_data(raw, labels.names, labels.instruction, source=data_spec, label_field=labels.field,
+                                text_fields=labels.text_fields)
+        if not raw:
+            raise DataError(f"{data_spec}: no split has labelled rows", "; ".join(notes))
     detect_on = _canonical_split(split)
     if detect_on not in raw:
         detect_on = "train" if "train" in raw else next(iter(raw))
     first = raw[detect_on]
     report = detect_format(first.rows, source=first.source, format=format, fields=fields)
     report.split = detect_on
+    report.notes = notes
     normalised: dict[str, list[Conversation]] = {}
     for name, part in raw.items():
         part_report = report if name == detect_on else DetectionReport(
@@ -226,6 +279,9 @@ def dataset_name(data_spec: str) -> str:
     """A short name for a data data_spec: ``builtin:skill`` -> ``skill``, ``data/train.jsonl`` -> ``train``."""
     if data_spec.startswith(BUILTIN_PREFIX):
         return data_spec[len(BUILTIN_PREFIX):]
+    hub = _HUB_SPEC.fullmatch(data_spec)
+    if hub and hub["config"]:  # nyu-mll/glue:mnli -> glue-mnli (a colon is no good in folder names)
+        return f"{hub['repo'].rsplit('/', 1)[-1]}-{hub['config']}"
     path = Path(data_spec.rstrip("/"))
     return path.stem if path.suffix else (path.name or data_spec)
 
@@ -442,34 +498,54 @@ def _read_saved_dataset(folder: Path) -> dict[str, RawSplit]:
     return _dataset_splits(loaded, str(folder))
 
 
-def _dataset_splits(loaded: Any, source: str) -> dict[str, RawSplit]:
+def _dataset_splits(loaded: Any, source: str, pool: tuple[int, int] | None = None) -> dict[str, RawSplit]:
     import datasets
 
     parts = loaded.items() if isinstance(loaded, datasets.DatasetDict) else [("train", loaded)]
-    return {_canonical_split(name): RawSplit(f"{source} [{name}]", _numbered(part.to_list())) for name, part in parts}
+    splits: dict[str, RawSplit] = {}
+    for name, part in parts:
+        # validation_matched / test_matched (GLUE's MNLI) are the validation and test splits, as
+        # split files named that way are; a second such split (validation_mismatched) keeps its name.
+        canonical = _canonical_split(re.split(r"[-_.]", name, maxsplit=1)[0])
+        key = canonical if canonical in SPLIT_ALIASES and canonical not in splits else _canonical_split(name)
+        splits[key] = RawSplit(f"{source} [{name}]", _pooled(part, name, pool))
+    return splits
+
+
+def _pooled(part: Any, name: str, pool: tuple[int, int] | None) -> list[Row]:
+    """The rows of a ``datasets`` split, or ``pool = (rows, seed)`` of them drawn at random, in split
+    order and numbered by their place in the split (so errors still point at the source row)."""
+    if pool is None or len(part) <= pool[0]:
+        return _numbered(part.to_list())
+    rows, seed = pool
+    # A string seed is hashed the same way in every process; each split draws its own rows.
+    picked = sorted(random.Random(f"{seed}:{name}").sample(range(len(part)), rows))
+    return [(index + 1, record) for index, record in zip(picked, part.select(picked).to_list())]
 
 
 # ---- the hub ---------------------------------------------------------------------------------
 
-def _read_hub(dataset_id: str) -> dict[str, RawSplit]:
-    """Splits of a hub dataset; offline machines fail within about two seconds."""
+def _read_hub(data_spec: str, pool: tuple[int, int] | None = None) -> dict[str, RawSplit]:
+    """Splits of a hub dataset (``org/name`` or ``org/name:config``), each whole or a random ``pool``
+    (see :func:`read_rows`); offline machines fail within about two seconds."""
     from fnapi import auth
 
+    repo, config = hub_spec(data_spec)
     offline = auth.offline_flag("HF_DATASETS_OFFLINE")
     problem = offline or auth.hub_problem()
     hint = ("Use a local file or folder, or one of builtin:skill, builtin:probes, builtin:text. "
             "A dataset already in the local Hugging Face cache loads with HF_DATASETS_OFFLINE=1.")
     if problem and not offline:
-        raise OfflineError(f"{dataset_id!r} is not a local file or folder, and as a hub dataset it cannot "
+        raise OfflineError(f"{data_spec!r} is not a local file or folder, and as a hub dataset it cannot "
                            f"be fetched: {problem}", hint)
     import datasets
 
     try:
-        loaded = datasets.load_dataset(dataset_id, token=auth.resolve_token().token)
+        loaded = datasets.load_dataset(repo, config, token=auth.resolve_token().token)
     except Exception as exc:  # the hub client raises many types; all mean "not available"
         if offline:
-            raise OfflineError(f"{dataset_id!r} is not a local file or folder, and the hub is off "
+            raise OfflineError(f"{data_spec!r} is not a local file or folder, and the hub is off "
                                f"({problem}) with no cached copy: {type(exc).__name__}", hint) from None
-        raise DataError(f"cannot load hub dataset {dataset_id!r}: {exc}",
-                        "Check the id; for gated or private datasets set HF_TOKEN.") from None
-    return _dataset_splits(loaded, f"hub:{dataset_id}")
+        raise DataError(f"cannot load hub dataset {data_spec!r}: {exc}",
+                        "Check the id and the config after ':'; for gated or private datasets set HF_TOKEN.") from None
+    return _dataset_splits(loaded, f"hub:{data_spec}", pool)

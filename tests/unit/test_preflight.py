@@ -113,10 +113,15 @@ def test_run_refuses_before_it_claims_a_run_folder(tmp_path, tiny_folder):
 
 
 def test_every_shipped_recipe_passes_preflight():
+    from fnapi.preflight import preflight_continual
+    from fnapi.recipe import ContinualRecipe, load_recipe
+
     recipes = sorted((REPO / "recipes").rglob("*.yaml"))
-    assert len(recipes) >= 6
+    assert len(recipes) >= 8
     for path in recipes:
-        assert preflight(Recipe.from_yaml(path)) == [], path
+        recipe = load_recipe(path)  # single-run and continual recipes both ship under recipes/
+        check = preflight_continual if isinstance(recipe, ContinualRecipe) else preflight
+        assert check(recipe) == [], path
 
 
 def test_validate_refuses_an_architecture_fnapi_cannot_train(tmp_path, capsys):
