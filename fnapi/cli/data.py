@@ -17,8 +17,7 @@ data_app = typer.Typer(
 
 @data_app.command("inspect")
 def inspect(
-    path: str = typer.Argument(..., help="file, folder, hub dataset id, or builtin:skill / builtin:probes / "
-                               "builtin:text"),
+    path: str = typer.Argument(..., help="file, folder, hub dataset id, or builtin:NAME (fnapi data list)"),
     model: str = typer.Option("smollm2-135m-instruct", "--model", "-m",
                               help="model whose tokenizer and chat template render the examples"),
     format: str = typer.Option("auto", "--format", "-f",
@@ -49,6 +48,27 @@ def inspect(
         _print_rich(preview)
     else:
         print(render_text(preview))
+
+
+@data_app.command("list")
+def list_builtins(
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of text"),
+) -> None:
+    """List the built-in datasets (builtin:NAME): generated here, no download."""
+    from fnapi.data.builtin import BUILTIN_TASKS, BUILTINS
+
+    if as_json:
+        print(json.dumps({"builtins": [{"name": f"builtin:{name}", "description": text, "trainable": name in BUILTIN_TASKS}
+                                       for name, text in BUILTINS.items()]}, indent=2))
+        return
+    width = max(len(name) for name in BUILTINS) + len("builtin:")
+    print("Trainable tasks (train/validation/test splits, scored by exact match):")
+    for name in BUILTIN_TASKS:
+        print(f"  {'builtin:' + name:<{width}}  {BUILTINS[name]}")
+    print("For measuring:")
+    for name, text in BUILTINS.items():
+        if name not in BUILTIN_TASKS:
+            print(f"  {'builtin:' + name:<{width}}  {text}")
 
 
 def _parse_fields(text: str) -> dict[str, str]:

@@ -20,6 +20,7 @@ Everything is a pure function of the seed, so a recipe replays with the same row
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import random
 from collections.abc import Callable
@@ -27,9 +28,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from fnapi.data.formats import Conversation
+from fnapi.data.tasks import SEED, TASKS
 from fnapi.errors import DataError
-
-SEED = 1234
 
 # ---- fact tables (written for fnapi) ---------------------------------------------------------
 
@@ -883,22 +883,36 @@ def _number_text(rng: random.Random) -> str:
 
 BUILTINS: dict[str, str] = {
     "skill": "translate English phrases into the made-up language Zorbic (exact match)",
+    **{name: task.summary for name, task in TASKS.items()},
     "probes": "general-knowledge multiple-choice probes (log-likelihood scoring)",
     "text": "plain-text paragraphs for activation capture",
 }
 
+#: The built-in datasets a model is trained on: generated skills the base model cannot do, with
+#: train/validation/test splits and exact-match scoring (the rest are for measuring).
+BUILTIN_TASKS: tuple[str, ...] = ("skill", "cipher", "order", "units", "vennish")
 
-def builtin_splits(name: str) -> dict[str, list[Conversation]]:
+
+def unknown_builtin(name: str) -> str:
+    """The error message for ``builtin:NAME`` that does not exist, with the closest names first."""
+    close = difflib.get_close_matches(name, list(BUILTINS), n=2, cutoff=0.5)
+    guess = f"did you mean {' or '.join(f'builtin:{c}' for c in close)}? " if close else ""
+    return (f"unknown built-in dataset builtin:{name}; {guess}there are "
+            + ", ".join(f"builtin:{k} ({v})" for k, v in BUILTINS.items()))
+
+
+def builtin_splits(name: str, *, seed: int = SEED) -> dict[str, list[Conversation]]:
     """The splits of ``builtin:NAME`` as normalised conversations (rows numbered from 1 per split)."""
     if name == "skill":
-        splits = {split: skill_conversations(split) for split in SKILL_SPLITS}
+        splits = {split: skill_conversations(split, seed=seed) for split in SKILL_SPLITS}
+    elif name in TASKS:
+        splits = TASKS[name].splits(seed)
     elif name == "probes":
-        splits = {"train": [item.to_conversation() for item in probe_items()]}
+        splits = {"train": [item.to_conversation() for item in probe_items(seed=seed)]}
     elif name == "text":
-        splits = {"train": [Conversation(text=text) for text in text_paragraphs()]}
+        splits = {"train": [Conversation(text=text) for text in text_paragraphs(seed=seed)]}
     else:
-        raise DataError(f"unknown built-in dataset builtin:{name}; there are "
-                    + ", ".join(f"builtin:{k} ({v})" for k, v in BUILTINS.items()))
+        raise DataError(unknown_builtin(name))
     for rows in splits.values():
         for number, conversation in enumerate(rows, start=1):
             conversation.row = number

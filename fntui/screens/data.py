@@ -18,6 +18,7 @@ from textual.app import ComposeResult
 from textual.widget import Widget
 from textual.widgets import Input, Select, Static
 
+from fnapi.data.builtin import BUILTIN_TASKS
 from fnapi.data.formats import FORMATS, ROLES
 from fnapi.data.templating import TEMPLATES
 from fnapi.errors import ModelError
@@ -26,7 +27,8 @@ from fntui.messages import DataInspected
 from fntui.screens.base import CheckBeforeNext, Form, StepScreen, describe_error
 from fntui.widgets.fields import Field, PathSuggester
 
-BUILTIN_DATA = ("builtin:skill", "builtin:text", "builtin:probes")
+# The trainable tasks first (they are what this screen trains on), then the measuring sets.
+BUILTIN_DATA = (*(f"builtin:{name}" for name in BUILTIN_TASKS), "builtin:text", "builtin:probes")
 DATA_SUFFIXES = (".json", ".jsonl", ".ndjson", ".csv", ".tsv", ".parquet", ".txt")
 
 
