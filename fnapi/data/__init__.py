@@ -6,10 +6,12 @@
 
 See :mod:`fnapi.data.formats` (detection), :mod:`fnapi.data.loading` (sources and splits),
 :mod:`fnapi.data.templating` (chat templates, labels, cache), :mod:`fnapi.data.builtin`
-(``builtin:skill``, ``builtin:probes``, ``builtin:text``) and :mod:`fnapi.data.inspect` (preview).
+(``builtin:skill``, ``builtin:probes``, ``builtin:text``), :mod:`fnapi.data.tasks` (``builtin:cipher``,
+``builtin:order``, ``builtin:units``, ``builtin:vennish``) and :mod:`fnapi.data.inspect` (preview).
 """
 
 from fnapi.data.builtin import (
+    BUILTIN_TASKS,
     BUILTINS,
     ProbeItem,
     builtin_splits,
@@ -42,7 +44,7 @@ from fnapi.data.templating import (
 from fnapi.models.source import load_tokenizer
 
 __all__ = [
-    "BUILTINS", "FORMATS", "IGNORE_INDEX", "TEMPLATES", "apply_system_prompt",
+    "BUILTIN_TASKS", "BUILTINS", "FORMATS", "IGNORE_INDEX", "TEMPLATES", "apply_system_prompt",
     "Conversation", "DataPreview", "DetectionReport", "LoadedData", "ProbeItem", "TokenizedData",
     "builtin_splits", "collate", "detect_format", "encode", "inspect_data", "load_data", "load_tokenizer",
     "normalise", "preview_examples", "probe_categories", "probe_items", "prompt_and_answer", "read_conversations", "read_rows",

@@ -6,6 +6,10 @@
   lexicon and the word-by-word order quickly (r=8, batch 8, lr 1e-3 on the embedded model: 0.26 exact
   match on held-out phrases after 50 steps, 1.0 after 100). Train/validation/test phrases are disjoint; every word occurs in training.
   Scored by exact match (:func:`fnapi.evaluation.exact_match`).
+- ``builtin:cipher``, ``builtin:order``, ``builtin:units``, ``builtin:vennish`` — four more
+  generated skills, each a different rule the base model cannot apply and a LoRA learns within
+  about 40 steps (:mod:`fnapi.data.tasks`). With ``skill`` they are :data:`BUILTIN_TASKS`, the
+  trainable built-ins, for training on several tasks in turn (continual learning).
 - ``builtin:probes`` — general-knowledge multiple-choice items built from small fact tables
   (capitals, continents, languages, sums and times tables, opposites, synonyms, colours,
   animals, plurals and past tenses, planets, shapes, units, tools, jobs, the order of days and
@@ -898,7 +902,7 @@ def unknown_builtin(name: str) -> str:
     close = difflib.get_close_matches(name, list(BUILTINS), n=2, cutoff=0.5)
     guess = f"did you mean {' or '.join(f'builtin:{c}' for c in close)}? " if close else ""
     return (f"unknown built-in dataset builtin:{name}; {guess}there are "
-            + ", ".join(f"builtin:{k} ({v})" for k, v in BUILTINS.items()))
+            + ", ".join(f"builtin:{k}" for k in BUILTINS) + " (`fnapi data list` describes them)")
 
 
 def builtin_splits(name: str, *, seed: int = SEED) -> dict[str, list[Conversation]]:

@@ -10,7 +10,7 @@ import re
 import pytest
 
 from fnapi.cli import main
-from fnapi.data import builtin_splits, read_conversations, skill_lexicon
+from fnapi.data import builtin_splits, read_conversations
 from fnapi.data.builtin import BUILTIN_TASKS, BUILTINS
 from fnapi.data.loading import source_problem
 from fnapi.data.tasks import SEED, TASKS
@@ -90,23 +90,25 @@ def test_cipher_answers_decode_with_the_key_learnt_from_training(splits, seed):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_order_answers_follow_one_permutation_learnt_from_training(splits, seed):
+def test_order_answers_follow_one_permutation_per_length_learnt_from_training(splits, seed):
     parts = splits[("order", seed)]
-    first_prompt, first_answer = parts["train"][0]
-    words = _after_colon(first_prompt)
-    permutation = [words.index(w) for w in first_answer.split()]
-    assert sorted(permutation) == [0, 1, 2, 3]
-    assert all(i != p for i, p in enumerate(permutation)) and permutation != [3, 2, 1, 0]
-    seen = [set() for _ in range(4)]
+    permutations: dict[int, list[int]] = {}
+    seen: dict[int, list[set[str]]] = {}
     for prompt, answer in parts["train"]:
         words = _after_colon(prompt)
+        assert prompt.startswith("Apply the order rule: ") and len(set(words)) == len(words)
+        permutation = permutations.setdefault(len(words), [words.index(w) for w in answer.split()])
         assert answer == " ".join(words[i] for i in permutation)
-        for slot, word in zip(seen, words):
+        for slot, word in zip(seen.setdefault(len(words), [set() for _ in words]), words):
             slot.add(word)
+    assert sorted(permutations) == [3, 4, 5]
+    for length, permutation in permutations.items():
+        assert sorted(permutation) == list(range(length))
+        assert all(i != p for i, p in enumerate(permutation)) and permutation != list(range(length))[::-1]
     for prompt, answer in parts["test"] + parts["validation"]:
         words = _after_colon(prompt)
-        assert all(w in slot for w, slot in zip(words, seen))  # every word seen in its place in training
-        assert answer == " ".join(words[i] for i in permutation)
+        assert all(w in slot for w, slot in zip(words, seen[len(words)]))  # every word seen in its place
+        assert answer == " ".join(words[i] for i in permutations[len(words)])
 
 
 _UNITS = re.compile(r"How many (\w+)s are (\d+) (\w+)s\?")
@@ -115,62 +117,66 @@ _UNITS = re.compile(r"How many (\w+)s are (\d+) (\w+)s\?")
 @pytest.mark.parametrize("seed", SEEDS)
 def test_units_answers_agree_with_the_ratios_learnt_from_training(splits, seed):
     parts = splits[("units", seed)]
-    ratio: dict[tuple[str, str], int] = {}
+    ratio: dict[tuple[str, str], int] = {}  # (smaller, larger) -> smaller units in one larger
 
-    def parse(prompt: str, answer: str) -> tuple[str, str, int, int]:
+    def parse(prompt: str, answer: str) -> tuple[tuple[str, str], int]:
+        """The unit pair and the ratio this row states."""
         match = _UNITS.fullmatch(prompt)
         assert match, prompt
-        small, count, big = match.group(1), int(match.group(2)), match.group(3)
-        number, unit = answer.split()
-        assert unit == small + "s" and int(number) % count == 0
-        return small, big, count, int(number) // count
+        unit, count, other = match.group(1), int(match.group(2)), match.group(3)
+        number, answer_unit = answer.split()
+        assert answer_unit == unit + "s" and unit != other
+        many, few = max(count, int(number)), min(count, int(number))
+        assert many % few == 0
+        return ((unit, other) if int(number) > count else (other, unit)), many // few
 
     for prompt, answer in parts["train"]:
-        small, big, _, factor = parse(prompt, answer)
-        assert ratio.setdefault((small, big), factor) == factor
+        pair, factor = parse(prompt, answer)
+        assert ratio.setdefault(pair, factor) == factor
     units = {u for pair in ratio for u in pair}
-    assert len(units) == 4 and len(ratio) == 6  # every pair of the four units, larger to smaller
+    assert len(units) == 4 and len(ratio) == 6  # every pair of the four units, one way round
     assert all(f in (10, 100, 1000) for f in ratio.values())
     for (a, b), f in ratio.items():  # the ratios compose: a system, not six unrelated facts
         for (c, d), g in ratio.items():
             if b == c:
                 assert ratio[(a, d)] == f * g
     for prompt, answer in parts["test"] + parts["validation"]:
-        small, big, _, factor = parse(prompt, answer)
-        assert ratio[(small, big)] == factor
+        pair, factor = parse(prompt, answer)
+        assert ratio[pair] == factor
+        assert _UNITS.fullmatch(prompt).group(1) == pair[0]  # always from a larger unit to a smaller
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_vennish_translates_with_the_lexicon_learnt_from_training(splits, seed):
+def test_vennish_translates_with_the_endings_learnt_from_training(splits, seed):
     parts = splits[("vennish", seed)]
-    lexicon: dict[str, str] = {}
-    plural_suffixes: set[str] = set()
-    # Learn the words from singular rows: the noun comes first, then the adjectives in English order.
+    endings: dict[str, set[str]] = {"noun": set(), "plural": set(), "adjective": set()}
+    seen: set[str] = set()
+    # Learn the grammar from training: the noun first, then the adjectives in English order, each
+    # Vennish word an English stem, a hyphen and an ending.
     for prompt, answer in parts["train"]:
-        english, vennish = _after_colon(prompt), answer.split()
+        english, vennish = _after_colon(prompt), [w.split("-") for w in answer.split()]
         assert prompt.startswith("Translate into Vennish: ") and len(english) == len(vennish)
-        if not english[-1].endswith("s"):
-            for word, translated in zip([english[-1], *english[:-1]], vennish):
-                assert lexicon.setdefault(word, translated) == translated
-    for prompt, answer in parts["train"]:
-        english, vennish = _after_colon(prompt), answer.split()
-        if english[-1].endswith("s"):
-            noun = lexicon[english[-1][:-1]]
-            assert vennish[0].startswith(noun)
-            plural_suffixes.add(vennish[0][len(noun):])
-    assert len(plural_suffixes) == 1 and "" not in plural_suffixes
-    suffix = plural_suffixes.pop()
-    assert len(set(lexicon.values())) == len(lexicon) == 8
-    zorbic = set(skill_lexicon(seed).values())
-    assert not set(lexicon.values()) & zorbic  # a vocabulary of its own
+        assert all(len(w) == 2 for w in vennish)
+        (noun, noun_end), *adjectives = vennish
+        plural = english[-1] == noun + "s"
+        assert plural or english[-1] == noun
+        endings["plural" if plural else "noun"].add(noun_end)
+        assert [stem for stem, _ in adjectives] == english[:-1]
+        endings["adjective"].update(end for _, end in adjectives)
+        seen.update(english)
+    assert all(len(v) == 1 for v in endings.values())
+    learnt = {k: v.pop() for k, v in endings.items()}
+    assert len(set(learnt.values())) == 3  # three different endings
 
     def translate(english: list[str]) -> str:
         noun = english[-1]
-        head = lexicon[noun[:-1]] + suffix if noun.endswith("s") else lexicon[noun]
-        return " ".join([head, *(lexicon[a] for a in english[:-1])])
+        head = f"{noun[:-1]}-{learnt['plural']}" if noun.endswith("s") else f"{noun}-{learnt['noun']}"
+        return " ".join([head, *(f"{a}-{learnt['adjective']}" for a in english[:-1])])
 
     for prompt, answer in parts["test"] + parts["validation"]:
-        assert translate(_after_colon(prompt)) == answer
+        english = _after_colon(prompt)
+        assert set(english[:-1]) <= seen and english[-1] in seen  # every word, in its form, seen in training
+        assert translate(english) == answer
 
 
 def test_tasks_load_through_the_data_spec(splits):
