@@ -724,7 +724,10 @@ class ContinualTask(Section):
     @model_validator(mode="after")
     def _labels_consistent(self) -> ContinualTask:
         if self.labels is None:
-            stray = [key for key in ("instruction", "label_field", "text_fields") if key in self.model_fields_set]
+            # Compared with the defaults, not with what was written: a recipe dumped and read back
+            # (--set, a saved copy) writes every field, defaults included.
+            stray = [key for key in ("instruction", "label_field", "text_fields")
+                     if getattr(self, key) != type(self).model_fields[key].default]
             if stray:
                 raise ValueError(f"{', '.join(stray)} only applies with labels (the class names)")
             return self
