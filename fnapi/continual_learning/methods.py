@@ -307,8 +307,7 @@ class OLoraStrategy(Strategy):
 
         total = torch.zeros(())
         for name, module in _lora_modules(model):
-            a = module.lora_A[module.active_adapter[0] if isinstance(module.active_adapter, list)
-                              else module.active_adapter].weight
+            a = _adapter_a(module)
             for earlier in self.subspaces.get(name, []):
                 total = total + self.section.strength * (a @ earlier.to(a.device).T).pow(2).sum()
         if self.section.l2:
@@ -323,8 +322,7 @@ class OLoraStrategy(Strategy):
 
     def after_task(self, model, ctx):
         for name, module in _lora_modules(model):
-            key = module.active_adapter[0] if isinstance(module.active_adapter, list) else module.active_adapter
-            self.subspaces.setdefault(name, []).append(module.lora_A[key].weight.detach().clone().cpu())
+            self.subspaces.setdefault(name, []).append(_adapter_a(module).detach().clone().cpu())
         return _merged(model)
 
     def tensors(self):
@@ -448,6 +446,12 @@ def _lora_modules(model: Any) -> list[tuple[str, Any]]:
         if isinstance(module, LoraLayer) and module.lora_A:
             found.append((name.removeprefix("base_model.model."), module))
     return found
+
+
+def _adapter_a(module: Any) -> torch.Tensor:
+    """The ``A`` matrix (rank x input) of a LoRA layer's active adapter."""
+    active = module.active_adapter
+    return module.lora_A[active[0] if isinstance(active, list) else active].weight
 
 
 def _task_template(model: Any, ctx: TaskContext, section: Any, *, seed: int, data: list[str] | None = None) -> Any:
