@@ -43,8 +43,10 @@ def goal(summary: dict, recipe: ContinualRecipe) -> dict:
     interval = bwt_diff.get("ci95")
     others = {name: {"aa": methods[name]["aa"], "bwt": methods[name]["bwt"]}
               for name in methods if kinds.get(name) in ("ewc", "lwf", "olora")}
+    paired = bwt_diff.get("n") or 0
     checks = {
-        "bwt_beyond_lora": bool(interval and interval[0] is not None and interval[0] > 0),
+        # one seed gives a zero-width interval, which decides nothing
+        "bwt_beyond_lora": bool(paired >= 2 and interval and interval[0] is not None and interval[0] > 0),
         "aa_not_below_lora": (aa_diff.get("diff") or 0) >= 0 if aa_diff else None,
         "bwt_at_least_ewc_lwf": all(methods[best]["bwt"] >= others[n]["bwt"] for n in others
                                     if kinds[n] in ("ewc", "lwf") and others[n]["bwt"] is not None),
