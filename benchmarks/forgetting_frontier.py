@@ -83,7 +83,9 @@ CONFIGS: dict[str, Callable[[str], dict]] = {
     "loki-least-10": _attribution("least", 10, "target", "full", 1e-3),
     "loki-least-20": _attribution("least", 20, "target", "full", 1e-3),
     "loki-least-30": _attribution("least", 30, "target", "full", 1e-3),
+    "loki-least-50": _attribution("least", 50, "target", "full", 1e-3),
     "loki-most-20": _attribution("most", 20, "target", "full", 1e-3),
+    "loki-most-50": _attribution("most", 50, "target", "full", 1e-3),
     # LoRA everywhere, with the most important rows frozen
     "attr-protect-most-20": _attribution("most", 20, "protect", "lora", 1e-3),
 }
