@@ -818,6 +818,17 @@ class Masked(_ContinualMethod):
     method: Literal["masked"] = "masked"
     template: TemplateSection
     mask: MaskSection
+    disjoint: bool = Field(
+        False, description="give every task its own share of the mask's rows (each layer's rows split in equal "
+                           "shares, drawn with the seed), so no row trains for two tasks and a task's rows stay "
+                           "as it left them; the template's quota is then the whole sequence's budget")
+
+    @model_validator(mode="after")
+    def _disjoint_trains_the_selection(self) -> Masked:
+        if self.disjoint and self.mask.switches()[1] != "selected":
+            raise ValueError("disjoint splits the rows that train among the tasks: it needs a mask that trains "
+                             "the selected rows (preset target, or train: selected)")
+        return self
 
 
 CONTINUAL_METHODS = ("sequential_lora", "replay", "ewc", "lwf", "olora", "protect", "masked")
