@@ -818,6 +818,17 @@ class Masked(_ContinualMethod):
     method: Literal["masked"] = "masked"
     template: TemplateSection
     mask: MaskSection
+    disjoint: bool = Field(
+        False, description="give every task its own share of the mask's rows (each layer's rows split in equal "
+                           "shares, drawn with the seed), so no row trains for two tasks and a task's rows stay "
+                           "as it left them; the template's quota is then the whole sequence's budget")
+
+    @model_validator(mode="after")
+    def _disjoint_trains_the_selection(self) -> Masked:
+        if self.disjoint and self.mask.switches()[1] != "selected":
+            raise ValueError("disjoint splits the rows that train among the tasks: it needs a mask that trains "
+                             "the selected rows (preset target, or train: selected)")
+        return self
 
 
 CONTINUAL_METHODS = ("sequential_lora", "replay", "ewc", "lwf", "olora", "protect", "masked")
@@ -982,6 +993,28 @@ class ContinualRecipe(Section):
 
     def output_dir(self) -> Path:
         return Path(self.output.dir.replace("{name}", self.name))
+
+    def extends(self, earlier: ContinualRecipe) -> ContinualRecipe:
+        """The union of ``earlier`` and this recipe, when their results can share one output folder:
+        the same experiment except for more (or fewer) methods and seeds, a method under one name
+        being the same method in both. Raises ``ValueError`` naming what differs."""
+        mine, theirs = self.to_dict(), earlier.to_dict()
+        for data in (mine, theirs):
+            data.pop("output", None)
+            data.pop("slurm", None)
+            data["train"].pop("report_to", None)
+        my_methods, their_methods = mine.pop("methods"), theirs.pop("methods")
+        mine.pop("seeds"), theirs.pop("seeds")
+        differ = sorted(key for key in set(mine) | set(theirs) if mine.get(key) != theirs.get(key))
+        if differ:
+            raise ValueError(f"{', '.join(differ)} differ")
+        methods = {method.label: data for method, data in zip(earlier.methods, their_methods)}
+        for method, data in zip(self.methods, my_methods):
+            if methods.setdefault(method.label, data) != data:
+                raise ValueError(f"method {method.label!r} differs (give the changed one another name)")
+        seeds = list(earlier.seeds) + [seed for seed in self.seeds if seed not in earlier.seeds]
+        return ContinualRecipe.model_validate({**earlier.to_dict(), "methods": list(methods.values()),
+                                               "seeds": seeds})
 
     def replace(self, source: str = "<recipe>", /, **changes: Any) -> ContinualRecipe:
         """A copy with dotted-path changes, validated (as :meth:`Recipe.replace`)."""

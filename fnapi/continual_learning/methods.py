@@ -384,7 +384,8 @@ class ProtectStrategy(Strategy):
 
 
 class MaskedStrategy(Strategy):
-    """One mask, from a template built (or loaded) once, on every task."""
+    """One mask, from a template built (or loaded) once, on every task; or, with ``disjoint``, one share
+    of its rows per task, so a later task never retrains the rows an earlier one learnt in."""
 
     section: Masked
 
@@ -404,7 +405,11 @@ class MaskedStrategy(Strategy):
                 template = _task_template(model, ctx, section, seed=ctx.seed, data=list(section.data) or None)
             self.mask = from_section(template, self.section.mask, seed=ctx.seed)
             ctx.sink.emit(Log(message=f"masked: {self.mask.describe()}", stage="continual"))
-        return model, TaskPlan(train_section, neuron_mask=self.mask)
+        if not self.section.disjoint:
+            return model, TaskPlan(train_section, neuron_mask=self.mask)
+        share = task_share(self.mask, ctx.index, len(self.recipe.tasks), seed=ctx.seed)
+        ctx.sink.emit(Log(message=f"masked: {ctx.name} trains its own share, {share.describe()}", stage="continual"))
+        return model, TaskPlan(train_section, neuron_mask=share)
 
     def after_task(self, model, ctx):
         return _merged(model)
@@ -416,6 +421,22 @@ class MaskedStrategy(Strategy):
         from fnapi.masking import NeuronMask
 
         self.mask = NeuronMask.from_dict(memory["mask"]) if "mask" in memory else None
+
+
+def task_share(mask: NeuronMask, index: int, tasks: int, *, seed: int) -> NeuronMask:
+    """Task ``index``'s share of ``mask``: each layer's channels shuffled with ``seed`` and cut into
+    ``tasks`` shares of equal size (the first ones one larger when it does not divide), so the shares
+    of one sequence are disjoint and together are the mask. The same seed gives the same shares, so a
+    resumed sequence trains the rows it trained before."""
+    import torch
+
+    shares = {}
+    for layer, channels in mask.neurons.items():
+        generator = torch.Generator().manual_seed(seed * 100_003 + layer)
+        order = [channels[i] for i in torch.randperm(len(channels), generator=generator).tolist()]
+        shares[layer] = order[index::tasks]
+    return dataclasses.replace(mask, neurons=shares,
+                               source={**mask.source, "share": f"{index + 1} of {tasks}"})
 
 
 STRATEGIES: dict[type, type[Strategy]] = {

@@ -126,16 +126,22 @@ def summarize_folder(recipe: ContinualRecipe, root: str | Path) -> Any:
 
 
 def _claim(recipe: ContinualRecipe, root: Path, source: str) -> None:
-    """The output folder belongs to one recipe: a folder made by another is refused, not mixed."""
+    """The output folder belongs to one experiment: a recipe that adds methods or seeds to it joins it
+    (the folder's recipe becomes the union), one that changes what was run is refused, not mixed."""
     path = root / RECIPE_FILE
     if path.exists():
         try:
             earlier = ContinualRecipe.from_yaml(path)
         except RecipeError:
-            earlier = None
-        if earlier is None or earlier.fingerprint() != recipe.fingerprint():
-            raise RecipeError(f"{root} holds the results of another continual recipe ({path} differs from {source})",
-                              "use another --output folder, or delete that one to start over")
+            raise RecipeError(f"{root} holds the results of another continual recipe ({path} cannot be read)",
+                              "use another --output folder, or delete that one to start over") from None
+        try:
+            union = recipe.extends(earlier)
+        except ValueError as exc:
+            raise RecipeError(f"{root} holds the results of another continual recipe ({path} differs from {source}: "
+                              f"{exc})", "use another --output folder, or delete that one to start over") from None
+        if union.fingerprint() != earlier.fingerprint():
+            union.to_yaml(path)
         return
     root.mkdir(parents=True, exist_ok=True)
     recipe.to_yaml(path)

@@ -208,3 +208,16 @@ def test_slurm_writes_an_array_with_one_element_per_unit_and_a_summary_step(tmp_
                             capture_output=True, text=True, timeout=120)
     assert listed.stdout.splitlines()[:2] == ["0\tsingle-task baselines, seed 0", "1\tsequential_lora, order 1, seed 0"]
     assert listed.stdout.splitlines()[-1] == f"{len(units) - 1}\tewc, order 2, seed 2"
+
+
+def test_a_recipe_adding_a_method_joins_the_folder_and_its_recipe_becomes_the_union(tmp_path, tiny_dir,
+                                                                                     reverse_file):
+    path = _write(tmp_path, tiny_dir, reverse_file)
+    out = tmp_path / "out"
+    out.mkdir()
+    recipe = ContinualRecipe.from_yaml(path)
+    earlier = recipe.replace(**{"methods": [{"method": "ewc", "name": "ewc-strong", "strength": 50.0}]})
+    earlier.to_yaml(out / "recipe.yaml")
+    assert main(["continual", str(path), "--output", str(out), "--element", "0"]) == 0
+    stored = ContinualRecipe.from_yaml(out / "recipe.yaml")
+    assert [m.label for m in stored.methods] == ["ewc-strong"] + [m.label for m in recipe.methods]

@@ -229,3 +229,52 @@ def test_a_saved_state_loads_back_to_the_same_model_and_memory(loaded, tmp_path,
     assert again.memory() == strategy.memory()
     theirs, ours = again.tensors(), strategy.tensors()
     assert set(theirs) == set(ours) and all(torch.equal(theirs[k], ours[k]) for k in ours)
+
+
+def test_task_shares_are_disjoint_cover_the_mask_and_repeat_with_the_seed():
+    from fnapi.continual_learning.methods import task_share
+    from fnapi.masking import NeuronMask
+
+    mask = NeuronMask("mlp.out", {0: range(0, 20, 2), 3: range(7)}, train="selected")
+    shares = [task_share(mask, i, 3, seed=5) for i in range(3)]
+    for layer, channels in mask.neurons.items():
+        parts = [set(share.neurons[layer]) for share in shares]
+        assert set().union(*parts) == set(channels)
+        assert sum(len(p) for p in parts) == len(channels)  # no channel in two shares
+        assert max(len(p) for p in parts) - min(len(p) for p in parts) <= 1
+    assert all(share.train == "selected" for share in shares)
+    assert task_share(mask, 1, 3, seed=5) == shares[1]
+    assert task_share(mask, 1, 3, seed=6) != shares[1]
+
+
+def test_disjoint_masked_leaves_an_earlier_tasks_rows_bit_identical(loaded, tmp_path):
+    from fnapi.continual_learning.methods import task_share
+
+    method = {"method": "masked", "disjoint": True,
+              "template": {"site": "mlp.out", "method": "attribution", "data": ["builtin:text"], "samples": 8,
+                           "max_length": 24, "selection": {"rule": "percentile", "value": 50}},
+              "mask": {"preset": "target", "components": [1]}, "train": {"method": "full"}}
+    strategy = make_strategy(recipe(method).methods[0], recipe(method))
+    model, first, result = learn(strategy, loaded.model, context(loaded, 0, "repeat"), tmp_path, method="full")
+    assert first.neuron_mask.train == "selected" and result.frozen_unchanged is True
+    adapter = get_adapter(model)
+
+    def rows_of(share):
+        return {layer: adapter.down_proj(model, layer).weight[list(channels)].detach().clone()
+                for layer, channels in share.neurons.items()}
+
+    first_rows = rows_of(first.neuron_mask)
+    second_share = task_share(strategy.mask, 1, 2, seed=0)
+    second_before = rows_of(second_share)
+    model, second, _ = learn(strategy, model, context(loaded, 1, "reverse"), tmp_path, method="full")
+    assert second.neuron_mask == second_share
+    for layer, channels in first.neuron_mask.neurons.items():
+        assert not set(channels) & set(second.neuron_mask.neurons[layer])
+    assert all(torch.equal(rows, first_rows[layer]) for layer, rows in rows_of(first.neuron_mask).items())
+    assert any(not torch.equal(rows, second_before[layer]) for layer, rows in rows_of(second_share).items())
+
+
+def test_disjoint_needs_a_mask_that_trains_the_selection():
+    with pytest.raises(ValueError, match="disjoint"):
+        recipe({"method": "masked", "disjoint": True, "template": {"site": "mlp.out"},
+                "mask": {"preset": "protect", "components": [0]}})

@@ -140,3 +140,35 @@ def test_the_runner_reads_a_labelled_task_as_prompts_and_class_names(tmp_path):
             {"role": "assistant", "content": ["Company", "Artist"][number % 2]}]
     assert [c.row for c in topics.train] != list(range(1, 11))  # shuffled before max_samples
     assert tasks["b"].train  # an unlabelled task is read as before
+
+
+# ---- one output folder, one experiment: more methods or seeds join it ----------------------------------
+
+def _experiment(methods: list, seeds: list[int]) -> ContinualRecipe:
+    return ContinualRecipe.model_validate({
+        "kind": "continual", "seeds": seeds, "tasks": [{"name": "a", "data": "builtin:skill"},
+                                                       {"name": "b", "data": "builtin:order"}],
+        "methods": methods})
+
+
+def test_a_recipe_with_more_methods_and_seeds_extends_the_earlier_one():
+    earlier = _experiment(["sequential_lora", {"method": "ewc", "strength": 10.0}], [0, 1])
+    later = _experiment(["sequential_lora", "lwf"], [1, 2])
+    union = later.extends(earlier)
+    assert [m.label for m in union.methods] == ["sequential_lora", "ewc", "lwf"]
+    assert union.seeds == [0, 1, 2]
+    assert union.methods[1].strength == 10.0  # the earlier method is kept as it was run
+    assert earlier.extends(union).fingerprint() == union.fingerprint()  # the earlier recipe still fits
+
+
+def test_a_changed_method_under_the_same_name_does_not_extend():
+    earlier = _experiment([{"method": "ewc", "strength": 10.0}], [0])
+    with pytest.raises(ValueError, match="method 'ewc' differs"):
+        _experiment([{"method": "ewc", "strength": 20.0}], [0]).extends(earlier)
+
+
+def test_a_changed_experiment_does_not_extend():
+    earlier = _experiment(["sequential_lora"], [0])
+    later = earlier.replace(**{"train.learning_rate": 5e-4})
+    with pytest.raises(ValueError, match="train differ"):
+        later.extends(earlier)
