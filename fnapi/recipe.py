@@ -984,12 +984,16 @@ class ContinualRecipe(Section):
 
     def fingerprint(self) -> str:
         """Short hash of what the experiment does (not where it is written or how it is scheduled)."""
+        blob = json.dumps(self._experiment(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def _experiment(self) -> dict[str, Any]:
+        """The recipe as data, without where it is written, how it is scheduled or where it is tracked."""
         data = self.to_dict()
         data.pop("output", None)
         data.pop("slurm", None)
         data["train"].pop("report_to", None)
-        blob = json.dumps(data, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
+        return data
 
     def output_dir(self) -> Path:
         return Path(self.output.dir.replace("{name}", self.name))
@@ -998,13 +1002,9 @@ class ContinualRecipe(Section):
         """The union of ``earlier`` and this recipe, when their results can share one output folder:
         the same experiment except for more (or fewer) methods and seeds, a method under one name
         being the same method in both. Raises ``ValueError`` naming what differs."""
-        mine, theirs = self.to_dict(), earlier.to_dict()
-        for data in (mine, theirs):
-            data.pop("output", None)
-            data.pop("slurm", None)
-            data["train"].pop("report_to", None)
+        mine, theirs = self._experiment(), earlier._experiment()
         my_methods, their_methods = mine.pop("methods"), theirs.pop("methods")
-        mine.pop("seeds"), theirs.pop("seeds")
+        del mine["seeds"], theirs["seeds"]
         differ = sorted(key for key in set(mine) | set(theirs) if mine.get(key) != theirs.get(key))
         if differ:
             raise ValueError(f"{', '.join(differ)} differ")
