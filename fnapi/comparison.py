@@ -166,6 +166,7 @@ class MethodComparison:
                   "(percentage points; seeds and probe items resampled together). KL: mean next-token KL "
                   "divergence from the base model on held-out text (nats/token). Text NLL change: after - "
                   "before, nats/token. Intervals across seeds are Student-t.", ""]
+        lines += self._difference_table()
         masks = sorted({f"{row.name}: {row.mask}" for row in self.rows if row.mask != "none"})
         if masks:
             lines.append("Masks: " + "; ".join(masks) + ".")
@@ -180,6 +181,26 @@ class MethodComparison:
         return redact("\n".join(lines) + "\n")
 
 
+    def _difference_table(self) -> list[str]:
+        """Every paired difference (probes and, where scored, held-out text), method minus reference."""
+        summaries = [m for m in self.methods.values() if m.vs_baseline or m.vs_control]
+        if not summaries:
+            return []
+        reference = self.baseline or "baseline"
+        header = [f"{side}: {what}" for side in (f"vs {reference}", "vs control")
+                  for what in ("probes retained", "text NLL change", "KL to base")]
+        lines = ["Paired differences, method minus reference (probes in points; text NLL change and KL in "
+                 "nats/token; negative text differences mean the method moved the model less):", "",
+                 "| method | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
+        for m in summaries:
+            cells = []
+            for side in (m.vs_baseline, m.vs_control):
+                cells += [_difference(side), _difference((side or {}).get("text_nll_change"), scale=1.0, digits=3),
+                          _difference((side or {}).get("kl_to_base"), scale=1.0, digits=3)]
+            lines.append(f"| {m.name} | " + " | ".join(cells) + " |")
+        return lines + [""]
+
+
 def _interval(entry: dict[str, Any] | None, *, digits: int = 3, percent: bool = False, signed: bool = False) -> str:
     if not entry or entry.get("mean") is None:
         return "n/a"
@@ -192,11 +213,11 @@ def _interval(entry: dict[str, Any] | None, *, digits: int = 3, percent: bool = 
     return f"{mean:{sign}.{places}f}{unit} [{low:.{places}f}, {high:.{places}f}]"
 
 
-def _difference(entry: dict[str, Any] | None) -> str:
+def _difference(entry: dict[str, Any] | None, *, scale: float = 100.0, digits: int = 1) -> str:
     if not entry:
         return ""
-    low, high = entry["ci95"]
-    return f"{100 * entry['diff']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
+    low, high = (scale * v for v in entry["ci95"])
+    return f"{scale * entry['diff']:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
 
 
 def _count(n: int) -> str:
@@ -376,7 +397,11 @@ def paired_difference(method: Sequence[tuple[EvalMeasures, EvalMeasures] | None]
     """Difference in probe retention (after / before accuracy on the main probe set), ``method`` minus
     ``reference``, over the seeds both have, with a 95% interval from a bootstrap that resamples the
     seeds and, within them, the probe items (the same items for both: the pairing cancels how hard
-    each item is). None when per-item scores are missing."""
+    each item is). None when per-item scores are missing.
+
+    When both sides scored held-out text, ``text_nll_change`` and ``kl_to_base`` hold the same kind
+    of paired difference for the change in NLL per token and for the KL to the base model, the
+    paragraphs resampled with the seeds (token-weighted, as the runs' own means)."""
     ref = dict(zip(reference_seeds, reference))
     pairs = [(m, ref[s]) for m, s in zip(method, method_seeds) if s in ref and m is not None and ref[s] is not None]
     if not pairs or any(not m[0].probes or not r[0].probes for m, r in pairs):
@@ -388,20 +413,59 @@ def paired_difference(method: Sequence[tuple[EvalMeasures, EvalMeasures] | None]
     if own.shape != other.shape:
         return None
 
-    def statistic(seed_idx: np.ndarray, item_idx: np.ndarray) -> float:
+    def retention(seed_idx: np.ndarray, item_idx: np.ndarray) -> float:
         b = before[seed_idx][:, item_idx].mean(axis=1)
         ob = other_before[seed_idx][:, item_idx].mean(axis=1)
         a = own[seed_idx][:, item_idx].mean(axis=1)
         o = other[seed_idx][:, item_idx].mean(axis=1)
         return float(np.mean(a / np.maximum(b, 1e-12) - o / np.maximum(ob, 1e-12)))
 
-    seeds_n, items_n = own.shape
+    result = _paired_bootstrap(retention, *own.shape, resamples=resamples)
+    result.update(seeds=own.shape[0], items=own.shape[1])
+    for key, difference in _text_differences(pairs).items():
+        result[key] = _paired_bootstrap(difference, *difference.shape, resamples=resamples)
+    return result
+
+
+class _WeightedDifference:
+    """Per seed, the token-weighted mean over paragraphs of ``own - other``; callable on resampled
+    seed and paragraph indices like the retention statistic."""
+
+    def __init__(self, delta: np.ndarray, weights: np.ndarray) -> None:
+        self.delta, self.weights, self.shape = delta, weights, delta.shape
+
+    def __call__(self, seed_idx: np.ndarray, item_idx: np.ndarray) -> float:
+        d, w = self.delta[seed_idx][:, item_idx], self.weights[seed_idx][:, item_idx]
+        return float(np.mean((d * w).sum(axis=1) / np.maximum(w.sum(axis=1), 1e-12)))
+
+
+def _text_differences(pairs: Sequence[tuple[tuple[EvalMeasures, EvalMeasures], tuple[EvalMeasures, EvalMeasures]]],
+                      ) -> dict[str, _WeightedDifference]:
+    """The paired text statistics both sides of every pair can give (same paragraphs, same tokens)."""
+    texts = [(m[0].texts, m[1].texts, r[0].texts, r[1].texts) for m, r in pairs]
+    if not all(all(t) for t in texts):
+        return {}
+    firsts = [tuple(t[0] for t in group) for group in texts]
+    tokens = [f[0].tokens for f in firsts]
+    if any(t.tokens != tok for f, tok in zip(firsts, tokens) for t in f) or len({len(t) for t in tokens}) != 1:
+        return {}
+    weights = np.array(tokens, dtype=float)
+    out: dict[str, _WeightedDifference] = {}
+    change = np.array([np.subtract(f[1].nll, f[0].nll) - np.subtract(f[3].nll, f[2].nll) for f in firsts])
+    out["text_nll_change"] = _WeightedDifference(change, weights)
+    if all(f[1].kl is not None and f[3].kl is not None for f in firsts):
+        out["kl_to_base"] = _WeightedDifference(np.array([np.subtract(f[1].kl, f[3].kl) for f in firsts]), weights)
+    return out
+
+
+def _paired_bootstrap(statistic: Any, seeds_n: int, items_n: int, *, resamples: int) -> dict[str, Any]:
+    """``statistic`` on all seeds and items, and its 95% interval from resampling both together."""
     diff = statistic(np.arange(seeds_n), np.arange(items_n))
     rng = np.random.default_rng([seeds_n, items_n, 17])
     draws = [statistic(rng.integers(0, seeds_n, seeds_n), rng.integers(0, items_n, items_n))
              for _ in range(resamples)]
     low, high = np.quantile(draws, [0.025, 0.975])
-    return {"diff": diff, "ci95": [float(low), float(high)], "seeds": seeds_n, "items": items_n}
+    return {"diff": diff, "ci95": [float(low), float(high)]}
 
 
 # ---- templates and like-for-like checks ----------------------------------------------------------------

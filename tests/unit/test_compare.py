@@ -148,6 +148,38 @@ def test_paired_difference_sees_a_real_gap_and_not_a_null_one():
     assert paired_difference(runs(0.9), runs(0.9), [0, 1, 2], [5, 6, 7]) is None
 
 
+def test_paired_difference_covers_held_out_text_when_both_sides_scored_it():
+    from fnapi.comparison import paired_difference
+    from fnapi.measures import EvalMeasures, ProbeMeasure, TextMeasure
+
+    rng = np.random.default_rng(1)
+    probes = ProbeMeasure("p", tuple((rng.random(50) < 0.7).astype(float)), (0.0,) * 50)
+    base_nll = rng.uniform(2.0, 4.0, 40)
+    tokens = tuple(int(t) for t in rng.integers(5, 60, 40))
+
+    def runs(drift: float, kl: float, seeds: int = 3, paragraph_tokens: tuple = tokens) -> list:
+        out = []
+        for s in range(seeds):
+            noise = np.random.default_rng([s, int(drift * 100)]).normal(0, 0.05, 40)
+            before = TextMeasure("t", tuple(base_nll), paragraph_tokens)
+            after = TextMeasure("t", tuple(base_nll + drift + noise), paragraph_tokens,
+                                tuple(np.abs(kl + noise / 10)))
+            out.append((EvalMeasures(probes=(probes,), texts=(before,)),
+                        EvalMeasures(probes=(probes,), texts=(after,))))
+        return out
+
+    less = paired_difference(runs(0.1, 0.05), runs(0.3, 0.2), [0, 1, 2], [0, 1, 2])
+    assert less["text_nll_change"]["diff"] == pytest.approx(-0.2, abs=0.03)
+    assert less["text_nll_change"]["ci95"][1] < 0
+    assert less["kl_to_base"]["diff"] == pytest.approx(-0.15, abs=0.02) and less["kl_to_base"]["ci95"][1] < 0
+    same = paired_difference(runs(0.2, 0.1), runs(0.2, 0.1), [0, 1, 2], [0, 1, 2])
+    assert same["text_nll_change"]["ci95"][0] <= 0 <= same["text_nll_change"]["ci95"][1]
+    # Different paragraphs cannot be paired: the probe difference stays, the text ones are left out.
+    other_paragraphs = runs(0.3, 0.2, paragraph_tokens=tuple(t + 1 for t in tokens))
+    unpaired = paired_difference(runs(0.1, 0.05), other_paragraphs, [0, 1, 2], [0, 1, 2])
+    assert "diff" in unpaired and "text_nll_change" not in unpaired and "kl_to_base" not in unpaired
+
+
 def test_compare_with_seeds_controls_and_task_target_resumes_finished_runs(recipes, tmp_path):
     out = tmp_path / "cmp"
     protect = Recipe.from_yaml(recipes[0]).replace(**{"eval.kl_prompts": 1, "train.steps": 4,
@@ -165,6 +197,8 @@ def test_compare_with_seeds_controls_and_task_target_resumes_finished_runs(recip
         assert (method["vs_lora"] is None) == (name == "lora")
         assert method["control"] == (name == "protect-random")
     assert data["methods"]["protect"]["vs_control"] is not None
+    assert set(data["methods"]["protect"]["vs_control"]) >= {"diff", "ci95", "text_nll_change", "kl_to_base"}
+    assert "| protect | " in (out / "comparison.md").read_text().split("Paired differences")[1]
     # Each run's control drew as many neurons per layer as its method froze.
     for seed in (0, 1):
         masked = json.loads((out / "protect" / f"seed-{seed}" / "report.json").read_text())["mask"]
