@@ -1000,21 +1000,29 @@ class ContinualRecipe(Section):
 
     def extends(self, earlier: ContinualRecipe) -> ContinualRecipe:
         """The union of ``earlier`` and this recipe, when their results can share one output folder:
-        the same experiment except for more (or fewer) methods and seeds, a method under one name
-        being the same method in both. Raises ``ValueError`` naming what differs."""
+        the same experiment except for more (or fewer) methods, seeds and orders, a method under one
+        name being the same method in both. Orders are numbered by position in the folder, so one
+        recipe's orders must begin with the other's (new orders go at the end). Raises
+        ``ValueError`` naming what differs."""
         mine, theirs = self._experiment(), earlier._experiment()
         my_methods, their_methods = mine.pop("methods"), theirs.pop("methods")
-        del mine["seeds"], theirs["seeds"]
+        for data in (mine, theirs):
+            del data["seeds"], data["orders"]
         differ = sorted(key for key in set(mine) | set(theirs) if mine.get(key) != theirs.get(key))
         if differ:
             raise ValueError(f"{', '.join(differ)} differ")
+        shorter, longer = sorted((self.task_orders, earlier.task_orders), key=len)
+        if longer[:len(shorter)] != shorter:
+            raise ValueError("orders differ (orders are numbered by position: keep the earlier ones first and "
+                             "add new ones at the end)")
         methods = {method.label: data for method, data in zip(earlier.methods, their_methods)}
         for method, data in zip(self.methods, my_methods):
             if methods.setdefault(method.label, data) != data:
                 raise ValueError(f"method {method.label!r} differs (give the changed one another name)")
         seeds = list(earlier.seeds) + [seed for seed in self.seeds if seed not in earlier.seeds]
+        orders = longer if len(longer) > 1 else earlier.to_dict()["orders"]
         return ContinualRecipe.model_validate({**earlier.to_dict(), "methods": list(methods.values()),
-                                               "seeds": seeds})
+                                               "seeds": seeds, "orders": orders})
 
     def replace(self, source: str = "<recipe>", /, **changes: Any) -> ContinualRecipe:
         """A copy with dotted-path changes, validated (as :meth:`Recipe.replace`)."""

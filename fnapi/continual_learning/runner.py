@@ -126,7 +126,7 @@ def summarize_folder(recipe: ContinualRecipe, root: str | Path) -> Any:
 
 
 def _claim(recipe: ContinualRecipe, root: Path, source: str) -> None:
-    """The output folder belongs to one experiment: a recipe that adds methods or seeds to it joins it
+    """The output folder belongs to one experiment: a recipe that adds methods, seeds or orders joins it
     (the folder's recipe becomes the union), one that changes what was run is refused, not mixed."""
     path = root / RECIPE_FILE
     if path.exists():

@@ -172,3 +172,15 @@ def test_a_changed_experiment_does_not_extend():
     later = earlier.replace(**{"train.learning_rate": 5e-4})
     with pytest.raises(ValueError, match="train differ"):
         later.extends(earlier)
+
+
+def test_orders_added_at_the_end_extend_and_reordered_ones_do_not():
+    earlier = _experiment(["sequential_lora"], [0])  # no orders: the tasks as listed, order 1
+    later = earlier.replace(orders=[["a", "b"], ["b", "a"]])
+    union = later.extends(earlier)
+    assert union.task_orders == [["a", "b"], ["b", "a"]]
+    assert earlier.extends(union).fingerprint() == union.fingerprint()  # the first order alone still fits
+    assert union.extends(union).fingerprint() == union.fingerprint()
+    swapped = earlier.replace(orders=[["b", "a"], ["a", "b"]])
+    with pytest.raises(ValueError, match="orders differ"):
+        swapped.extends(earlier)  # order 1 would name another sequence in the folder
