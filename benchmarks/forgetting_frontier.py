@@ -109,6 +109,7 @@ def main() -> None:
 
     from fnapi.cli.run import parse_overrides
     from fnapi.comparison import compare_recipes, write_comparison
+    from fnapi.errors import FnapiError
     from fnapi.events import console_sink
     from fnapi.recipe import Recipe
 
@@ -123,6 +124,9 @@ def main() -> None:
     try:
         comparison = compare_recipes(recipes, args.out, seeds=args.seeds, task_target=args.task_target,
                                      controls=args.controls, sink=sink)
+    except FnapiError as error:  # a bad --out folder or recipe: the message, exit 2, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(error.exit_code)
     finally:
         getattr(sink, "close", lambda: None)()
     write_comparison(comparison, args.out)
