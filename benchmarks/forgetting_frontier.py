@@ -117,14 +117,14 @@ def main() -> None:
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         sys.exit(f"unknown configs: {', '.join(unknown)}; known: {', '.join(CONFIGS)}")
-    changes = {"train.steps": args.cap, "eval.probe_samples": args.probe_samples, **parse_overrides(args.set)}
-    recipes = [Recipe.from_dict(CONFIGS[n](n), source=n).replace(**changes) for n in names]
     started = time.monotonic()
     sink = console_sink()
-    try:
+    try:  # a bad --set value or --out folder: the message and exit 2, before any weights load
+        changes = {"train.steps": args.cap, "eval.probe_samples": args.probe_samples, **parse_overrides(args.set)}
+        recipes = [Recipe.from_dict(CONFIGS[n](n), source=n).replace(**changes) for n in names]
         comparison = compare_recipes(recipes, args.out, seeds=args.seeds, task_target=args.task_target,
                                      controls=args.controls, sink=sink)
-    except FnapiError as error:  # a bad --out folder or recipe: the message, exit 2, no traceback
+    except FnapiError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
     finally:

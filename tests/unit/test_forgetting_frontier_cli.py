@@ -47,3 +47,11 @@ def test_an_output_folder_that_is_not_a_run_is_refused_with_exit_2_and_no_traceb
     assert "Traceback" not in done.stderr
     assert str(tmp_path / "lora") in done.stderr and "is not an fnapi run" in done.stderr
     assert (tmp_path / "lora" / "notes.txt").read_text() == "someone else's file\n"
+
+
+def test_a_bad_set_override_is_refused_with_exit_2_naming_the_field(tmp_path):
+    done = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), "--configs", "lora",
+                           "--set", "train.no_such_field=1"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "no_such_field" in done.stderr
+    assert not (tmp_path / "lora").exists()
