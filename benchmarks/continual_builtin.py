@@ -23,7 +23,7 @@ from fnapi.events import console_sink
 from fnapi.recipe import ContinualRecipe
 
 REPO = Path(__file__).resolve().parents[1]
-MASKED = ("protect", "masked")  # the methods that are ours: masks from networks or attribution
+MASKED = ("protect", "subspace", "masked")  # the methods that are ours: masks over neurons or activation directions
 
 
 def _estimate(method: dict, key: str) -> dict:

@@ -811,6 +811,18 @@ class CumulativeProtect(_ContinualMethod):
                                                   "the component of selected neurons (attribution)")
 
 
+class SubspaceProtect(_ContinualMethod):
+    """After each task, find the directions its inputs span at every adapted layer and keep every later
+    task's update off them: a new LoRA adapter per task whose ``A`` reads nothing from the protected
+    directions of any earlier task, merged after its task (a mask over activation directions rather
+    than neurons)."""
+
+    method: Literal["subspace"] = "subspace"
+    energy: float = Field(0.99, gt=0, lt=1, description="share of a task's input energy (sum of x x^T over its "
+                                                         "tokens) its protected subspace holds at each layer")
+    samples: int = Field(32, gt=0, description="training conversations of each task the subspace is measured on")
+
+
 class Masked(_ContinualMethod):
     """A single-run mask applied on every task (the best configuration of the forgetting comparison:
     attribution's least important mlp.out rows, trained at full rank)."""
@@ -831,10 +843,10 @@ class Masked(_ContinualMethod):
         return self
 
 
-CONTINUAL_METHODS = ("sequential_lora", "replay", "ewc", "lwf", "olora", "protect", "masked")
+CONTINUAL_METHODS = ("sequential_lora", "replay", "ewc", "lwf", "olora", "protect", "subspace", "masked")
 _CONTINUAL_CLASSES: dict[str, type[BaseModel]] = {
     "sequential_lora": SequentialLora, "replay": Replay, "ewc": Ewc, "lwf": Lwf, "olora": OLora,
-    "protect": CumulativeProtect, "masked": Masked}
+    "protect": CumulativeProtect, "subspace": SubspaceProtect, "masked": Masked}
 
 
 def _method_entry(entry: Any) -> Any:
@@ -848,7 +860,8 @@ def _method_entry(entry: Any) -> Any:
     return entry
 
 
-ContinualMethod = Annotated[SequentialLora | Replay | Ewc | Lwf | OLora | CumulativeProtect | Masked,
+ContinualMethod = Annotated[SequentialLora | Replay | Ewc | Lwf | OLora | CumulativeProtect | SubspaceProtect
+                            | Masked,
                             Field(discriminator="method"), BeforeValidator(_method_entry)]
 
 
@@ -935,6 +948,9 @@ class ContinualRecipe(Section):
             problem = _train_problem(self.train, method.train)
             if problem:
                 raise ValueError(f"methods[{i}].train.{problem}")
+            if isinstance(method, SubspaceProtect) and {**self.train.model_dump(), **method.train}["method"] != "lora":
+                raise ValueError(f"methods[{i}].train.method: subspace keeps a LoRA adapter's A off the protected "
+                                 "directions, so it trains with method lora")
         return self
 
     @property

@@ -171,7 +171,7 @@ def train(loaded_or_model: LoadedModel | PreTrainedModel, tokenizer: PreTrainedT
           stage(sink, "train", total=_planned_steps(train_section, len(train_data)), unit="step",
                 cancel=cancel, description=f"{train_section.method} fine-tuning") as progress):
         torch.manual_seed(seed)  # the LoRA initialisation depends on it
-        model = _prepare_model(model, train_section)
+        model = prepare_model(model, train_section)
         saved = _read_state(checkpoint) if checkpoint else {"step": None, "losses": []}
         callback = _EventCallback(sink, cancel, train_section.logging_steps, identity, saved["losses"])
         callbacks: list[TrainerCallback] = [callback]
@@ -377,8 +377,9 @@ def _differences(saved: dict, now: dict) -> list[str]:
 
 # ---- the model for each method -------------------------------------------------------------------------
 
-def _prepare_model(model: Any, section: TrainSection) -> Any:
-    """Make the parameters the method trains require grad (LoRA: wrap with peft)."""
+def prepare_model(model: Any, section: TrainSection) -> Any:
+    """Make the parameters the method trains require grad (LoRA: wrap with peft; a model that
+    already carries an adapter keeps training it)."""
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
     model.train()
@@ -397,11 +398,11 @@ def _prepare_model(model: Any, section: TrainSection) -> Any:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=section.gradient_checkpointing)
     lora = section.lora
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules=_lora_targets(model, lora.target_modules), task_type="CAUSAL_LM")
+                        target_modules=lora_targets(model, lora.target_modules), task_type="CAUSAL_LM")
     return get_peft_model(model, config)
 
 
-def _lora_targets(model: Any, targets: list[str] | str) -> list[str]:
+def lora_targets(model: Any, targets: list[str] | str) -> list[str]:
     """LoRA target module names: the family's attention and MLP projections for ``auto``."""
     if targets != "auto":
         return list(targets)

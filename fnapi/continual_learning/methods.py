@@ -29,6 +29,10 @@ The methods:
                     attribution template of the task's rows); the next task's adapter cannot touch
                     the networks of any earlier task; adapters are merged per task, so protected
                     weights stay bit-identical.
+``subspace``        after each task the directions its inputs span at every adapted layer are measured
+                    (:mod:`fnapi.continual_learning.subspace`); a new adapter per task reads nothing from
+                    the directions of any earlier task, so its update leaves their inputs' outputs as
+                    they were; merged per task.
 ``masked``          one mask from a template (built once) on every task, the adapter, if any, merged
                     per task.
 ==================  ===================================================================================
@@ -36,6 +40,7 @@ The methods:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -48,7 +53,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fnapi.events import EventSink, Log, stage
-from fnapi.recipe import ContinualRecipe, CumulativeProtect, Ewc, Lwf, Masked, OLora, Replay, SequentialLora, TrainSection
+from fnapi.recipe import ContinualRecipe, CumulativeProtect, Ewc, Lwf, Masked, OLora, Replay, SequentialLora, SubspaceProtect, TrainSection
 
 if TYPE_CHECKING:
     import torch
@@ -94,6 +99,8 @@ class TaskPlan:
     neuron_mask: NeuronMask | None = None
     loss_term: LossTerm | None = None
     extra_rows: Sequence[Conversation] = field(default_factory=tuple)
+    #: ``constraint(model)``: a context the task trains inside (hooks that shape the update), or None.
+    constraint: Callable[[Any], contextlib.AbstractContextManager[Any]] | None = None
 
 
 class Strategy:
@@ -383,6 +390,63 @@ class ProtectStrategy(Strategy):
         self.per_task = dict(memory.get("per_task", {}))
 
 
+class SubspaceStrategy(Strategy):
+    """A new adapter per task that reads nothing from the input directions of any earlier task."""
+
+    section: SubspaceProtect
+
+    def __init__(self, section: SubspaceProtect, recipe: ContinualRecipe) -> None:
+        super().__init__(section, recipe)
+        self.bases: dict[str, torch.Tensor] = {}  # layer -> orthonormal basis (input width x k)
+
+    def before_task(self, model, ctx, train_section):
+        import torch
+
+        from fnapi.continual_learning.subspace import project_adapters, projected_adapters
+        from fnapi.training import prepare_model
+
+        # The adapter is made here, not in train(), so the hooks can hold its A from the first step;
+        # its initialisation is seeded per task, so a resumed task starts from the same A.
+        torch.manual_seed(ctx.seed * 1_000 + ctx.index)
+        model = prepare_model(model, train_section)
+        if not self.bases:
+            return model, TaskPlan(train_section)
+        project_adapters(model, self.bases)
+        protected = sum(b.shape[1] for b in self.bases.values())
+        width = sum(b.shape[0] for b in self.bases.values())
+        ctx.sink.emit(Log(message=f"subspace: {ctx.name} trains off {protected:,} protected input directions "
+                                  f"({protected / width:.0%} of the adapted layers' input width)", stage="continual"))
+        return model, TaskPlan(train_section, constraint=lambda m: projected_adapters(m, self.bases))
+
+    def after_task(self, model, ctx):
+        from fnapi.continual_learning.subspace import grow_basis, input_covariances, project_adapters
+        from fnapi.models.runtime import pad_id
+
+        project_adapters(model, self.bases)  # exact: the hooks computed this A during training
+        targets = {name for name, _ in _lora_modules(model)}
+        model = _merged(model)
+        modules = {name: module for name, module in model.named_modules() if name in targets}
+        rng = random.Random(f"subspace-{ctx.seed}-{ctx.name}")
+        rows = list(ctx.train_rows)
+        rows = rng.sample(rows, min(self.section.samples, len(rows)))
+        covariances = input_covariances(model, ctx.tokenize(rows), modules, pad_token_id=pad_id(ctx.loaded.tokenizer),
+                                        sink=ctx.sink, cancel=ctx.cancel,
+                                        description=f"subspace: {ctx.name}'s input directions")
+        before = sum(b.shape[1] for b in self.bases.values())
+        for name, covariance in covariances.items():
+            self.bases[name] = grow_basis(self.bases.get(name), covariance, self.section.energy)
+        after = sum(b.shape[1] for b in self.bases.values())
+        ctx.sink.emit(Log(message=f"subspace: {ctx.name} adds {after - before:,} directions over {len(covariances)} "
+                                  f"layers ({after:,} protected)", stage="continual"))
+        return model
+
+    def tensors(self):
+        return dict(self.bases)
+
+    def restore_tensors(self, tensors):
+        self.bases = dict(tensors)
+
+
 class MaskedStrategy(Strategy):
     """One mask, from a template built (or loaded) once, on every task; or, with ``disjoint``, one share
     of its rows per task, so a later task never retrains the rows an earlier one learnt in."""
@@ -441,7 +505,7 @@ def task_share(mask: NeuronMask, index: int, tasks: int, *, seed: int) -> Neuron
 
 STRATEGIES: dict[type, type[Strategy]] = {
     SequentialLora: Strategy, Replay: ReplayStrategy, Ewc: EwcStrategy, Lwf: LwfStrategy, OLora: OLoraStrategy,
-    CumulativeProtect: ProtectStrategy, Masked: MaskedStrategy}
+    CumulativeProtect: ProtectStrategy, SubspaceProtect: SubspaceStrategy, Masked: MaskedStrategy}
 
 
 def make_strategy(section: Any, recipe: ContinualRecipe) -> Strategy:

@@ -20,6 +20,7 @@ reads. Units are independent, so a SLURM array runs one per element (``element=`
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -324,10 +325,11 @@ def _sequence(recipe: ContinualRecipe, unit: Element, folder: Path, root: Path, 
         model, plan = strategy.before_task(model, ctx, recipe.train_for(section, task))
         tokens = encode(tasks[name].train + list(plan.extra_rows), name)
         started = time.monotonic()
-        result = train(model, loaded.tokenizer, tokens, None, plan.train_section, mask=plan.neuron_mask,
-                       loss_term=plan.loss_term, output_dir=folder / f"task-{index + 1}", seed=seed, sink=sink,
-                       cancel=cancel, resume=True, save_model=False,
-                       run_name=f"{recipe.name}-{unit.method}-o{unit.order_index + 1}-s{unit.seed}-{name}")
+        with plan.constraint(model) if plan.constraint else contextlib.nullcontext():
+            result = train(model, loaded.tokenizer, tokens, None, plan.train_section, mask=plan.neuron_mask,
+                           loss_term=plan.loss_term, output_dir=folder / f"task-{index + 1}", seed=seed, sink=sink,
+                           cancel=cancel, resume=True, save_model=False,
+                           run_name=f"{recipe.name}-{unit.method}-o{unit.order_index + 1}-s{unit.seed}-{name}")
         model = strategy.after_task(result.model, ctx)
         row, correct = scorer.score(model, order, sink, cancel, f"every task after {name} (task {index + 1})")
         sink.emit(Metric(stage="continual", step=index + 1,

@@ -26,6 +26,7 @@ ALL_METHODS = """
   - {method: lwf}
   - {method: olora}
   - {method: protect, template: {site: mlp.out, samples: 8, max_length: 24, components: 3, runs: 2}, top_stable: 2}
+  - {method: subspace, samples: 6}
   - {method: masked, template: {method: attribution, site: mlp.out, data: [builtin:text], samples: 6, max_length: 24,
                                 selection: {rule: percentile, value: 80}},
      mask: {preset: target, components: [1]}, train: {method: full}}

@@ -3,6 +3,7 @@ keeps between tasks, and that its state survives a save and a load (resume)."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 import pytest
@@ -65,9 +66,10 @@ def learn(strategy, model, ctx, tmp_path, **changes):
     """One task as the runner does it: prepare, train with a fresh Trainer, keep."""
     model, plan = strategy.before_task(model, ctx, section(**changes))
     tokens = ctx.tokenize(ctx.train_rows + list(plan.extra_rows))
-    result = train(model, ctx.loaded.tokenizer, tokens, None, plan.train_section, mask=plan.neuron_mask,
-                   loss_term=plan.loss_term, output_dir=tmp_path / f"task-{ctx.index}", seed=ctx.index,
-                   sink=ctx.sink, save_model=False)
+    with plan.constraint(model) if plan.constraint else contextlib.nullcontext():
+        result = train(model, ctx.loaded.tokenizer, tokens, None, plan.train_section, mask=plan.neuron_mask,
+                       loss_term=plan.loss_term, output_dir=tmp_path / f"task-{ctx.index}", seed=ctx.index,
+                       sink=ctx.sink, save_model=False)
     return strategy.after_task(result.model, ctx), plan, result
 
 
@@ -213,7 +215,8 @@ def test_replay_mixes_a_buffer_of_every_earlier_task_into_the_next(loaded, tmp_p
                                     {"method": "ewc", "fisher_samples": 4}, "olora",
                                     {"method": "protect", "template": {"site": "mlp.hidden", "samples": 12,
                                                                        "max_length": 24, "components": 3, "runs": 2},
-                                     "top_stable": 1}])
+                                     "top_stable": 1},
+                                    {"method": "subspace", "samples": 6}])
 def test_a_saved_state_loads_back_to_the_same_model_and_memory(loaded, tmp_path, method):
     strategy = make_strategy(recipe(method).methods[0], recipe(method))
     model, _, _ = learn(strategy, loaded.model, context(loaded, 0, "repeat"), tmp_path)
@@ -278,3 +281,56 @@ def test_disjoint_needs_a_mask_that_trains_the_selection():
     with pytest.raises(ValueError, match="disjoint"):
         recipe({"method": "masked", "disjoint": True, "template": {"site": "mlp.out"},
                 "mask": {"preset": "protect", "components": [0]}})
+
+
+# ---- subspace: protected input directions ------------------------------------------------------------
+
+def test_grow_basis_adds_the_fewest_directions_that_hold_the_energy():
+    from fnapi.continual_learning.subspace import grow_basis
+
+    rotation, _ = torch.linalg.qr(torch.randn(5, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    covariance = rotation @ torch.diag(torch.tensor([9.0, 4.0, 1.0, 0.0, 0.0], dtype=torch.float64)) @ rotation.T
+    one = grow_basis(None, covariance, 0.6)  # 9 / 14 = 0.64
+    two = grow_basis(None, covariance, 0.9)  # 13 / 14 = 0.93
+    assert one.shape == (5, 1) and two.shape == (5, 2)
+    assert torch.allclose(one[:, 0].double().abs(), rotation[:, 0].abs(), atol=1e-5)
+    # a task whose energy the basis already holds adds nothing; another one adds only what is new
+    assert grow_basis(two, covariance, 0.9).shape == (5, 2)
+    other = torch.zeros(5, 5, dtype=torch.float64)
+    other[4, 4] = 1.0
+    grown = grow_basis(two, other + covariance, 0.9)
+    assert grown.shape[1] == 3 and torch.allclose(grown[:, :2], two)
+    assert torch.allclose(grown.T.double() @ grown.double(), torch.eye(3, dtype=torch.float64), atol=1e-5)
+    assert grow_basis(None, torch.zeros(5, 5), 0.9).shape == (5, 0)
+
+
+def test_subspace_leaves_an_earlier_tasks_input_directions_mapped_as_they_were(loaded, tmp_path):
+    method = {"method": "subspace", "samples": 12, "energy": 0.9}
+    strategy = make_strategy(recipe(method).methods[0], recipe(method))
+    model, plan, _ = learn(strategy, loaded.model, context(loaded, 0, "repeat"), tmp_path)
+    assert plan.constraint is None  # nothing to protect before the first task is learnt
+    from peft import PeftModel
+
+    assert not isinstance(model, PeftModel) and strategy.bases
+    bases = {name: basis.clone() for name, basis in strategy.bases.items()}
+    assert all(0 < b.shape[1] < b.shape[0] for b in bases.values())
+    before = {name: module.weight.detach().clone() for name, module in model.named_modules() if name in bases}
+    sink = ListSink()
+    model, plan, _ = learn(strategy, model, context(loaded, 1, "reverse", sink), tmp_path)
+    assert plan.constraint is not None
+    assert not any(m._forward_pre_hooks for m in model.modules())  # the hooks went with the task
+    moved = 0
+    for name, module in model.named_modules():
+        if name not in before:
+            continue
+        change = module.weight.detach() - before[name]
+        moved += float(change.norm() > 1e-4)
+        # the update is zero on every protected direction of the first task, also after merging
+        assert float((change @ bases[name]).norm()) <= 1e-4 * max(float(change.norm()), 1.0), name
+    assert moved  # the second task did learn, off the protected directions
+    assert all(torch.equal(strategy.bases[n][:, :b.shape[1]], b) for n, b in bases.items())  # grown, not redone
+
+
+def test_subspace_needs_lora():
+    with pytest.raises(ValueError, match="subspace"):
+        recipe({"method": "subspace", "train": {"method": "full"}})

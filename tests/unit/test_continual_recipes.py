@@ -23,7 +23,7 @@ ORDERS_LONG = [
     "multirc boolq wic mnli cb copa qqp rte imdb sst2 dbpedia ag_news yelp amazon yahoo".split(),
     "yelp amazon mnli cb copa qqp rte imdb sst2 dbpedia ag_news yahoo multirc boolq wic".split(),
 ]
-METHODS = ["sequential_lora", "replay", "ewc", "lwf", "olora", "protect", "masked"]
+METHODS = ["sequential_lora", "replay", "ewc", "lwf", "olora", "protect", "subspace", "masked"]
 
 
 @pytest.fixture
