@@ -318,7 +318,7 @@ def test_subspace_leaves_an_earlier_tasks_input_directions_mapped_as_they_were(l
     sink = ListSink()
     model, plan, _ = learn(strategy, model, context(loaded, 1, "reverse", sink), tmp_path)
     assert plan.constraint is not None
-    assert not any(m._forward_pre_hooks for m in model.modules())  # the hooks went with the task
+    assert not any(m._forward_hooks for m in model.modules())  # the hooks went with the task
     moved = 0
     for name, module in model.named_modules():
         if name not in before:
@@ -334,3 +334,29 @@ def test_subspace_leaves_an_earlier_tasks_input_directions_mapped_as_they_were(l
 def test_subspace_needs_lora():
     with pytest.raises(ValueError, match="subspace"):
         recipe({"method": "subspace", "train": {"method": "full"}})
+
+
+def test_training_inside_the_projection_computes_what_the_projected_adapter_computes(loaded):
+    from fnapi.continual_learning.subspace import project_adapters, projected_adapters
+    from fnapi.training import prepare_model
+
+    torch.manual_seed(0)
+    model = prepare_model(loaded.model, section())
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # a trained-looking adapter, so A's projection shows in the output
+    names = [name for name, _ in model.named_modules() if name.endswith(("q_proj", "down_proj"))
+             and not name.split(".")[-1].startswith("lora")]
+    layers = {name.removeprefix("base_model.model."): dict(model.named_modules())[name] for name in names}
+    bases = {name: torch.linalg.qr(torch.randn(layer.in_features, 3))[0] for name, layer in layers.items()}
+    batch = {"input_ids": torch.randint(3, 40, (2, 12))}
+    model.eval()
+    with torch.no_grad():
+        plain = model(**batch).logits
+        with projected_adapters(model, bases):
+            hooked = model(**batch).logits
+        assert not torch.allclose(plain, hooked, atol=1e-4)  # the projection changes what the adapters add
+        project_adapters(model, bases)
+        written = model(**batch).logits
+    assert torch.allclose(hooked, written, atol=1e-5)
