@@ -185,8 +185,12 @@ def train(loaded_or_model: LoadedModel | PreTrainedModel, tokenizer: PreTrainedT
                                         report_to=list(tracking.names), run_name=tracking.run_name)
         for note in tracking.notes:
             progress.log(f"tracking to {note}")
-        # A checkpoint saved when the target was reached is the end of training: only its weights load.
-        finished = target is not None and target.reached is not None and checkpoint is not None
+        # A checkpoint saved when the target was reached, or at the last step (a kill after training,
+        # while validating or saving), is the end of training: only its weights load. The Trainer
+        # would otherwise train one step past the end.
+        finished = checkpoint is not None and (
+            (target is not None and target.reached is not None)
+            or saved["step"] >= _planned_steps(train_section, len(train_data)))
         trainer = _MaskedTrainer(
             loss_term=loss_term,
             model=model,

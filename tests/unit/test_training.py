@@ -149,6 +149,19 @@ def test_cancel_saves_a_checkpoint_and_the_run_resumes_to_the_same_result(tmp_pa
     assert resumed.frozen_unchanged is True
 
 
+def test_a_run_killed_after_its_last_checkpoint_resumes_without_training_further(tmp_path):
+    # The last step's checkpoint exists when a kill lands in what follows training (validation,
+    # saving, evaluation); resuming from it must end where the run ended, not train one step more.
+    first = run(tmp_path, "run")
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint-8" / STATE_FILE).is_file()
+    again = run(tmp_path, "run")
+    assert again.resumed_from == 8 and again.steps == 8
+    assert again.losses == first.losses
+    assert not (tmp_path / "run" / "checkpoints" / "checkpoint-9").exists()
+    trained = dict(again.model.named_parameters())
+    assert all(torch.equal(p, trained[n]) for n, p in first.model.named_parameters())
+
+
 def test_an_incomplete_checkpoint_is_removed_and_the_last_complete_one_resumes(tmp_path):
     stopper = CancelAt(3)
     with pytest.raises(CancelledError):  # leaves checkpoint-3, complete
