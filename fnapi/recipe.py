@@ -948,7 +948,7 @@ class ContinualRecipe(Section):
             problem = _train_problem(self.train, method.train)
             if problem:
                 raise ValueError(f"methods[{i}].train.{problem}")
-            if isinstance(method, SubspaceProtect) and {**self.train.model_dump(), **method.train}["method"] != "lora":
+            if isinstance(method, SubspaceProtect) and self.train_for(method).method != "lora":
                 raise ValueError(f"methods[{i}].train.method: subspace keeps a LoRA adapter's A off the protected "
                                  "directions, so it trains with method lora")
         return self

@@ -170,9 +170,7 @@ class ReplayStrategy(Strategy):
         return model, TaskPlan(train_section, extra_rows=rows)
 
     def after_task(self, model, ctx):
-        rng = random.Random(f"replay-{ctx.seed}-{ctx.name}")
-        rows = list(ctx.train_rows)
-        self.buffer[ctx.name] = rng.sample(rows, min(self.section.per_task, len(rows)))
+        self.buffer[ctx.name] = _sample_rows(ctx, "replay", self.section.per_task)
         return model
 
     def memory(self):
@@ -215,9 +213,7 @@ class EwcStrategy(Strategy):
     def after_task(self, model, ctx):
         import torch
 
-        rng = random.Random(f"ewc-{ctx.seed}-{ctx.name}")
-        rows = list(ctx.train_rows)
-        rows = rng.sample(rows, min(self.section.fisher_samples, len(rows)))
+        rows = _sample_rows(ctx, "ewc", self.section.fisher_samples)
         fisher = _diagonal_fisher(model, ctx.tokenize(rows), ctx)
         for name, value in fisher.items():
             self.fisher[name] = self.fisher.get(name, torch.zeros_like(value)) + value
@@ -426,9 +422,7 @@ class SubspaceStrategy(Strategy):
         targets = {name for name, _ in _lora_modules(model)}
         model = _merged(model)
         modules = {name: module for name, module in model.named_modules() if name in targets}
-        rng = random.Random(f"subspace-{ctx.seed}-{ctx.name}")
-        rows = list(ctx.train_rows)
-        rows = rng.sample(rows, min(self.section.samples, len(rows)))
+        rows = _sample_rows(ctx, "subspace", self.section.samples)
         covariances = input_covariances(model, ctx.tokenize(rows), modules, pad_token_id=pad_id(ctx.loaded.tokenizer),
                                         sink=ctx.sink, cancel=ctx.cancel,
                                         description=f"subspace: {ctx.name}'s input directions")
@@ -533,10 +527,21 @@ def _lora_modules(model: Any) -> list[tuple[str, Any]]:
     return found
 
 
+def _sample_rows(ctx: TaskContext, method: str, n: int) -> list[Conversation]:
+    """``n`` of the task's training rows (all when fewer), drawn the same way for the same method, seed and task."""
+    rows = list(ctx.train_rows)
+    return random.Random(f"{method}-{ctx.seed}-{ctx.name}").sample(rows, min(n, len(rows)))
+
+
+def _adapter_a_layer(module: Any) -> Any:
+    """The ``A`` layer (a Linear, rank x input) of a LoRA layer's active adapter."""
+    active = module.active_adapter
+    return module.lora_A[active[0] if isinstance(active, list) else active]
+
+
 def _adapter_a(module: Any) -> torch.Tensor:
     """The ``A`` matrix (rank x input) of a LoRA layer's active adapter."""
-    active = module.active_adapter
-    return module.lora_A[active[0] if isinstance(active, list) else active].weight
+    return _adapter_a_layer(module).weight
 
 
 def _task_template(model: Any, ctx: TaskContext, section: Any, *, seed: int, data: list[str] | None = None) -> Any:

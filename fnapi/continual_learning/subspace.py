@@ -106,11 +106,10 @@ def grow_basis(basis: torch.Tensor | None, covariance: torch.Tensor, energy: flo
 
 def _lora_a_layers(model: Any) -> Iterator[tuple[str, Any]]:
     """``(layer name without the peft prefix, the active adapter's A)`` for every LoRA layer."""
-    from fnapi.continual_learning.methods import _lora_modules
+    from fnapi.continual_learning.methods import _adapter_a_layer, _lora_modules
 
     for name, module in _lora_modules(model):
-        active = module.active_adapter
-        yield name, module.lora_A[active[0] if isinstance(active, list) else active]
+        yield name, _adapter_a_layer(module)
 
 
 @contextlib.contextmanager
