@@ -18,14 +18,14 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fnapi.errors import DataError, RecipeError
 from fnapi.events import EventSink, NullSink, stage
 from fnapi.lm_eval_bridge import LmEvalRequest
-from fnapi.measures import EvalMeasures, build_plan, compare_measures, evaluate, read_sources
+from fnapi.measures import EvalMeasures, GenerativeRequest, build_plan, compare_measures, evaluate, read_sources
 from fnapi.recipe import DataSection, Recipe
 
 if TYPE_CHECKING:
@@ -59,10 +59,13 @@ def is_run_dir(target: str | Path) -> bool:
 
 def evaluate_target(target: str | Path, *, probes: Sequence[str] | None = None, texts: Sequence[str] | None = None,
                     tasks: Sequence[str] | None = None, probe_samples: int | None = None, text_samples: int = 32,
-                    task_samples: int = 50, lm_eval: LmEvalRequest | None = None, sink: EventSink | None = None,
+                    task_samples: int = 50, lm_eval: LmEvalRequest | None = None,
+                    generative: GenerativeRequest | None = None, sink: EventSink | None = None,
                     cancel: threading.Event | None = None) -> TargetEvaluation:
     """Score ``target`` (see the module docstring); ``None`` for a source list means its default.
-    ``lm_eval`` adds lm-eval benchmarks (checked, data and all, before any weights load)."""
+    ``lm_eval`` adds lm-eval benchmarks (checked, data and all, before any weights load);
+    ``generative`` asks the probe questions open-ended and the general prompts (for a run, its
+    training answers are what the format-leak flag compares replies with)."""
     from fnapi.models.loading import load_model
 
     sink = sink if sink is not None else NullSink()
@@ -83,8 +86,11 @@ def evaluate_target(target: str | Path, *, probes: Sequence[str] | None = None, 
         texts = ["builtin:text"] if texts is None else list(texts)
         tasks = [] if tasks is None else list(tasks)
         chat_template = "auto"
-    if not (probes or texts or tasks or lm_eval):
-        raise DataError("nothing to evaluate: give --probes, --text, --task or --lm-eval")
+    if generative is not None and not probes and not generative.chat_prompts:
+        raise DataError("--generative asks probe questions open-ended and general prompts: give --probes or "
+                        "--chat-prompts above 0")
+    if not (probes or texts or tasks or lm_eval or generative):
+        raise DataError("nothing to evaluate: give --probes, --text, --task, --lm-eval or --generative")
     if lm_eval is not None:
         from fnapi.lm_eval_bridge import check_tasks
 
@@ -95,9 +101,16 @@ def evaluate_target(target: str | Path, *, probes: Sequence[str] | None = None, 
     conversations = [(source, _task_conversations(source, task_samples, recipe)) for source in tasks]
     sources = read_sources(probes=probes, probe_samples=probe_samples, texts=texts, text_samples=text_samples,
                            sink=sink)
+    if generative is not None:
+        from fnapi.generative import load_prompts
+
+        if generative.chat_prompts:
+            load_prompts(generative.prompts, limit=generative.chat_prompts)  # a bad file fails before the weights load
+        if recipe is not None and not generative.task_answers:
+            generative = replace(generative, task_answers=tuple(_training_answers(recipe)))
     loaded = load_model(recipe.model if recipe is not None else str(target), sink=sink, cancel=cancel)
     plan = build_plan(loaded.tokenizer, tasks=conversations, chat_template=chat_template, sources=sources,
-                      lm_eval=lm_eval)
+                      lm_eval=lm_eval, generative=generative)
     if recipe is None:
         with stage(sink, "evaluate", total=plan.items, unit="item", cancel=cancel,
                    description=f"scores of {target}") as progress:
@@ -109,8 +122,16 @@ def evaluate_target(target: str | Path, *, probes: Sequence[str] | None = None, 
     with _trained(Path(target), recipe, loaded, sink, cancel) as model, \
             stage(sink, "evaluate", total=plan.items, unit="item", cancel=cancel,
                   description=f"scores of the run {target}") as progress:
-        measures, _ = evaluate(model, loaded.tokenizer, plan, reference=reference, progress=progress)
+        measures, _ = evaluate(model, loaded.tokenizer, plan, reference=reference, base=base, progress=progress)
     return TargetEvaluation(str(target), "run", measures, base)
+
+
+def _training_answers(recipe: Recipe) -> list[str]:
+    """The answers a run trained on (what the format-leak flag compares replies with)."""
+    from fnapi.data.loading import load_data
+    from fnapi.runner import task_answers
+
+    return task_answers(load_data(recipe.data, seed=recipe.seed).train)
 
 
 @dataclass(frozen=True)

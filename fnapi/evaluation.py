@@ -58,13 +58,23 @@ def generate_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                      chat_template: str = "auto", on_items: Callable[[int], None] | None = None) -> list[str]:
     """Greedy answers to the last user turn of each conversation (its last answer is left out).
     ``on_items`` is called with the number of conversations answered after every batch."""
+    prompts = [prompt_and_answer(c, tokenizer, chat_template)[0] for c in conversations]
+    replies = generate_ids(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                           on_items=on_items)
+    return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in replies]
+
+
+def generate_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Sequence[int]], *,
+                 max_new_tokens: int = 24, batch_size: int = 8,
+                 on_items: Callable[[int], None] | None = None) -> list[list[int]]:
+    """Greedy continuations of each prompt (token ids), each cut after its first end-of-answer token
+    (which it keeps, so a teacher-forced pass over prompt + reply scores where the reply stops)."""
     import torch
 
-    prompts = [prompt_and_answer(c, tokenizer, chat_template)[0] for c in conversations]
     pad = pad_id(tokenizer)
     stop_ids = _stop_ids(model, tokenizer)
     device = _device(model)
-    answers: list[str] = [""] * len(prompts)
+    replies: list[list[int]] = [[] for _ in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths pad less
     with eval_mode(model), torch.no_grad():
         for start in range(0, len(order), batch_size):
@@ -74,17 +84,19 @@ def generate_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
             input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
             attention = torch.zeros((len(batch), width), dtype=torch.long)
             for row, i in enumerate(batch):
-                input_ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
+                input_ids[row, width - len(prompts[i]):] = torch.tensor(list(prompts[i]))
                 attention[row, width - len(prompts[i]):] = 1
             output = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
                                     max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                     eos_token_id=stop_ids, pad_token_id=pad,
                                     temperature=None, top_p=None, top_k=None)
             for row, i in enumerate(batch):
-                answers[i] = tokenizer.decode(output[row, width:], skip_special_tokens=True).strip()
+                ids = output[row, width:].tolist()
+                end = next((k for k, token in enumerate(ids) if token in stop_ids), None)
+                replies[i] = ids if end is None else ids[: end + 1]
             if on_items is not None:
                 on_items(len(batch))
-    return answers
+    return replies
 
 
 def score_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, conversations: Sequence[Conversation],

@@ -10,6 +10,11 @@ and the interval is much narrower than the two separate intervals suggest).
 - :func:`measure_task` — task score per conversation (greedy generation, exact match).
 - :func:`measure_text` — held-out general text: mean NLL per token per paragraph, and, given the
   base model's distributions, the KL divergence to them per paragraph.
+- :func:`measure_generative` — the probe questions asked open-ended (greedy reply, right when it
+  names the right choice and no other, :mod:`fnapi.generative`): what a user sees.
+- :func:`measure_chat` — replies to general prompts: whether each looks like the training task's
+  answers (the format-leak flag) and, given the base model's replies, the KL from the base to this
+  model per token, teacher-forced on the base's own replies (chat drift).
 - standard benchmarks through lm-evaluation-harness (:mod:`fnapi.lm_eval_bridge`): each metric as
   lm-eval reports it, with its per-document values where they are numbers.
 
@@ -188,6 +193,82 @@ class TextMeasure:
         return out
 
 
+@dataclass(frozen=True)
+class GenerativeMeasure:
+    """Per-item open-ended results of one probe set: ``correct`` 1.0/0.0 and the greedy ``replies``."""
+
+    source: str
+    correct: tuple[float, ...]
+    replies: tuple[str, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.correct)
+
+    @property
+    def accuracy(self) -> Estimate:
+        return bootstrap(self.correct)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "correct": list(self.correct), "replies": list(self.replies)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GenerativeMeasure:
+        return cls(str(data["source"]), tuple(float(v) for v in data["correct"]), tuple(data["replies"]))
+
+    def summary(self) -> dict[str, Any]:
+        acc = self.accuracy
+        return {"source": self.source, "n": self.n, "accuracy": acc.mean, "ci95": list(acc.ci95)}
+
+
+@dataclass(frozen=True)
+class ChatMeasure:
+    """Replies to general prompts: this model's greedy ``replies`` and their token ids (the base
+    model's become the sequences chat drift is teacher-forced on), ``task_like`` per reply (1.0 when
+    it looks like the training task's answers; None without a task to compare with) and, against a
+    base model, ``kl`` per prompt (nats per token over the base's reply) with ``tokens``, the length
+    of that reply."""
+
+    source: str
+    replies: tuple[str, ...]
+    reply_ids: tuple[tuple[int, ...], ...]
+    task_like: tuple[float, ...] | None = None
+    kl: tuple[float, ...] | None = None
+    tokens: tuple[int, ...] | None = None
+
+    @property
+    def leak_share(self) -> float | None:
+        return None if self.task_like is None else sum(self.task_like) / max(len(self.task_like), 1)
+
+    @property
+    def mean_kl(self) -> Estimate | None:
+        return None if self.kl is None else bootstrap(self.kl, weights=self.tokens)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "replies": list(self.replies), "reply_ids": [list(r) for r in self.reply_ids],
+                "task_like": None if self.task_like is None else list(self.task_like),
+                "kl": None if self.kl is None else [round(v, 6) for v in self.kl],
+                "tokens": None if self.tokens is None else list(self.tokens)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ChatMeasure:
+        def floats(key: str) -> tuple[float, ...] | None:
+            return None if data.get(key) is None else tuple(float(v) for v in data[key])
+
+        return cls(str(data["source"]), tuple(data["replies"]), tuple(tuple(int(t) for t in r) for r in data["reply_ids"]),
+                   floats("task_like"), floats("kl"),
+                   None if data.get("tokens") is None else tuple(int(v) for v in data["tokens"]))
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"source": self.source, "prompts": len(self.replies)}
+        if self.task_like is not None:
+            out["task_like_share"] = self.leak_share
+        kl = self.mean_kl
+        if kl is not None:
+            out.update(kl=kl.mean, kl_ci95=list(kl.ci95))
+        return out
+
+
 def measure_probes(model: Any, tokenizer: Any, items: Sequence[ProbeItem], *, source: str = "probes",
                    batch_size: int = 16, chat_template: str = "auto",
                    on_items: Callable[[int], None] | None = None) -> ProbeMeasure:
@@ -248,6 +329,72 @@ def measure_text(model: Any, prompts: Sequence[Sequence[int]], *, source: str = 
     return TextMeasure(source, tuple(nll), tuple(tokens), tuple(kl) if reference is not None else None), current
 
 
+def measure_generative(model: Any, tokenizer: Any, items: Sequence[ProbeItem], *, source: str = "probes",
+                       max_new_tokens: int = 32, chat_template: str = "auto",
+                       on_items: Callable[[int], None] | None = None) -> GenerativeMeasure:
+    """Ask every probe question alone, in the chat template, and score the greedy reply with
+    :func:`fnapi.generative.open_ended_correct` (right: it names the right choice and no other)."""
+    from fnapi.evaluation import generate_answers
+    from fnapi.generative import open_ended_correct
+
+    if not items:
+        raise DataError(f"{source}: no probe items to ask")
+    replies = generate_answers(model, tokenizer, [item.to_conversation() for item in items],
+                               max_new_tokens=max_new_tokens, chat_template=chat_template, on_items=on_items)
+    correct = tuple(open_ended_correct(reply, item.choices, item.answer) for reply, item in zip(replies, items))
+    return GenerativeMeasure(source, correct, tuple(replies))
+
+
+def chat_prompt_ids(tokenizer: Any, prompts: Sequence[str], chat_template: str = "auto") -> list[list[int]]:
+    """The token ids a model answers each general prompt from (the prompt alone, in the chat template)."""
+    from fnapi.data.formats import Conversation
+    from fnapi.data.templating import prompt_and_answer
+
+    return [prompt_and_answer(Conversation(messages=[{"role": "user", "content": prompt},
+                                                     {"role": "assistant", "content": "."}]),
+                              tokenizer, chat_template)[0] for prompt in prompts]
+
+
+def reply_logprobs(model: Any, prompts: Sequence[Sequence[int]], replies: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+    """Next-token log-probabilities at the positions that predict each reply's tokens, the reply
+    teacher-forced after its prompt: one ``[len(reply), vocab]`` tensor per prompt (float16)."""
+    from fnapi.drift import next_token_logprobs
+
+    full = next_token_logprobs(model, [list(p) + list(r) for p, r in zip(prompts, replies)])
+    return [logp[len(p) - 1: len(p) - 1 + len(r)] for logp, p, r in zip(full, prompts, replies)]
+
+
+def measure_chat(model: Any, tokenizer: Any, source: str, prompts: Sequence[Sequence[int]], *,
+                 max_new_tokens: int = 32, leak: Any = None, base: ChatMeasure | None = None,
+                 reference: Sequence[torch.Tensor] | None = None,
+                 on_items: Callable[[int], None] | None = None) -> tuple[ChatMeasure, list[torch.Tensor]]:
+    """Greedy replies to general prompts, each marked task-like or not by ``leak`` (a fitted
+    :class:`fnapi.generative.LeakDetector`), and with ``base`` (the base model's measure) and
+    ``reference`` (its reply distributions) the KL from the base to this model on the base's
+    replies. Returns the measure and this model's distributions over its own replies (the
+    reference a base model's call provides)."""
+    from fnapi.evaluation import generate_ids
+
+    if not prompts:
+        raise DataError(f"{source}: no general prompts to ask")
+    reply_ids = generate_ids(model, tokenizer, prompts, max_new_tokens=max_new_tokens, on_items=on_items)
+    replies = tuple(tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in reply_ids)
+    task_like = None if leak is None else tuple(float(leak.is_task_like(reply)) for reply in replies)
+    kl = tokens = None
+    if base is not None and reference is not None:
+        if len(base.reply_ids) != len(prompts) or len(reference) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(base.reply_ids)} base replies")
+        current = reply_logprobs(model, prompts, base.reply_ids)
+        kl, tokens = [], []
+        for p_log, q_log in zip(reference, current):
+            p_log, q_log = p_log.float(), q_log.float()
+            kl.append(float((p_log.exp() * (p_log - q_log)).sum(-1).clamp(min=0).mean()) if len(p_log) else 0.0)
+            tokens.append(len(p_log))
+        kl, tokens = tuple(kl), tuple(tokens)
+    own = reply_logprobs(model, prompts, reply_ids) if base is None else []
+    return ChatMeasure(source, replies, tuple(tuple(r) for r in reply_ids), task_like, kl, tokens), own
+
+
 def change_summary(before: ProbeMeasure | TextMeasure, after: ProbeMeasure | TextMeasure) -> dict[str, Any]:
     """Paired changes of one measure between two models scored on the same items."""
     if isinstance(before, ProbeMeasure) and isinstance(after, ProbeMeasure):
@@ -294,13 +441,43 @@ class EvalPlan:
     max_new_tokens: int = 24
     chat_template: str = "auto"
     lm_eval: LmEvalRequest | None = None
+    #: probe items asked open-ended, by source
+    generative: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    #: general prompts (token ids) for chat drift and the format-leak flag: ``(source, prompts)``
+    chat: tuple[str, tuple[tuple[int, ...], ...]] | None = None
+    #: the longest reply generated for the open-ended questions and the general prompts
+    reply_tokens: int = 32
+    #: a fitted :class:`fnapi.generative.LeakDetector` (None: no task answers to compare replies with)
+    leak: Any = None
 
     @property
     def items(self) -> int:
-        """Progress units of :func:`evaluate`: every task conversation, probe item and text paragraph
-        (lm-eval's requests are added once lm-eval has built them)."""
+        """Progress units of :func:`evaluate`: every task conversation, probe item, text paragraph,
+        open-ended question and general prompt (lm-eval's requests are added once lm-eval has built
+        them)."""
         return (sum(len(c) for _, c in self.tasks) + sum(len(i) for _, i in self.probes)
-                + sum(len(p) for _, p in self.texts))
+                + sum(len(p) for _, p in self.texts) + sum(len(i) for _, i in self.generative)
+                + (len(self.chat[1]) if self.chat else 0))
+
+
+@dataclass
+class Reference:
+    """What the base model's evaluation leaves for comparing a tuned model with it: its next-token
+    distributions on each held-out text source, and on its own replies to the general prompts."""
+
+    texts: list[list[Any]]
+    chat: list[Any] | None = None
+
+    @classmethod
+    def of_base(cls, model: Any, plan: EvalPlan, base: EvalMeasures) -> Reference:
+        """Measure again what :func:`evaluate` returned for the base ``model`` whose stored scores
+        are ``base`` (a resumed run has the scores on disk, not the distributions)."""
+        from fnapi.drift import next_token_logprobs
+
+        chat = None
+        if plan.chat is not None and base.chat is not None:
+            chat = reply_logprobs(model, plan.chat[1], base.chat.reply_ids)
+        return cls([next_token_logprobs(model, prompts) for _, prompts in plan.texts], chat)
 
 
 class _TaskItems(Section):
@@ -321,6 +498,21 @@ class _TextItems(Section):
     kl: list[float] | None = None
 
 
+class _GenerativeItems(Section):
+    source: str
+    correct: list[float]
+    replies: list[str]
+
+
+class _ChatItems(Section):
+    source: str
+    replies: list[str]
+    reply_ids: list[list[int]]
+    task_like: list[float] | None = None
+    kl: list[float] | None = None
+    tokens: list[int] | None = None
+
+
 class MeasuresData(Section):
     """The per-item scores of :meth:`EvalMeasures.to_dict`, as ``baseline.json`` and
     ``measures.json`` hold them: checked before use, so a damaged file is a ``ValueError`` (a
@@ -330,6 +522,8 @@ class MeasuresData(Section):
     probes: list[_ProbeItems] = Field(default_factory=list)
     texts: list[_TextItems] = Field(default_factory=list)
     lm_eval: LmEvalData | None = None
+    generative: list[_GenerativeItems] = Field(default_factory=list)
+    chat: _ChatItems | None = None
 
 
 @dataclass(frozen=True)
@@ -341,42 +535,52 @@ class EvalMeasures:
     probes: tuple[ProbeMeasure, ...] = ()
     texts: tuple[TextMeasure, ...] = ()
     lm_eval: LmEvalScores | None = None
+    generative: tuple[GenerativeMeasure, ...] = ()
+    chat: ChatMeasure | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {"tasks": [t.to_dict() for t in self.tasks], "probes": [p.to_dict() for p in self.probes],
-               "texts": [t.to_dict() for t in self.texts]}
+               "texts": [t.to_dict() for t in self.texts], "generative": [g.to_dict() for g in self.generative]}
         if self.lm_eval is not None:
             out["lm_eval"] = self.lm_eval.to_dict()
+        if self.chat is not None:
+            out["chat"] = self.chat.to_dict()
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvalMeasures:
         """Read :meth:`to_dict`'s output; ``ValueError`` when it does not have that form."""
-        MeasuresData.model_validate({**{key: data.get(key) or [] for key in ("tasks", "probes", "texts")},
-                                     "lm_eval": data.get("lm_eval")})
+        MeasuresData.model_validate({**{key: data.get(key) or [] for key in ("tasks", "probes", "texts", "generative")},
+                                     "lm_eval": data.get("lm_eval"), "chat": data.get("chat")})
         return cls(tasks=tuple(TaskMeasure.from_dict(t) for t in data.get("tasks") or []),
                    probes=tuple(ProbeMeasure.from_dict(p) for p in data.get("probes") or []),
                    texts=tuple(TextMeasure.from_dict(t) for t in data.get("texts") or []),
-                   lm_eval=LmEvalScores.from_dict(data["lm_eval"]) if data.get("lm_eval") is not None else None)
+                   lm_eval=LmEvalScores.from_dict(data["lm_eval"]) if data.get("lm_eval") is not None else None,
+                   generative=tuple(GenerativeMeasure.from_dict(g) for g in data.get("generative") or []),
+                   chat=ChatMeasure.from_dict(data["chat"]) if data.get("chat") is not None else None)
 
     def summary(self) -> dict[str, Any]:
         """Means and intervals (no per-item values): what ``fnapi eval --json`` prints; with lm-eval
         benchmarks, ``lm_eval`` holds each task's metrics as lm-eval reports them (value, stderr)."""
         out = {"tasks": [t.summary() for t in self.tasks], "probes": [p.summary() for p in self.probes],
                "texts": [t.summary() for t in self.texts]}
+        if self.generative:
+            out["generative"] = [g.summary() for g in self.generative]
+        if self.chat is not None:
+            out["chat"] = self.chat.summary()
         if self.lm_eval is not None:
             out["lm_eval"] = self.lm_eval.summary()
         return out
 
 
 def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, plan: EvalPlan, *,
-             reference: Sequence[Sequence[torch.Tensor]] | None = None,
-             progress: StageProgress | None = None) -> tuple[EvalMeasures, list[list[torch.Tensor]]]:
-    """Score ``model`` on everything in ``plan``. With ``reference`` (the base model's text
-    distributions, one list per text source, as returned by an earlier call) the text measures
-    include the KL to the base. Returns the measures and this model's text distributions.
-    ``progress`` (a stage handle, total :attr:`EvalPlan.items`) advances after every batch, so a
-    long scoring pass shows its rate and ETA."""
+             reference: Reference | None = None, base: EvalMeasures | None = None,
+             progress: StageProgress | None = None) -> tuple[EvalMeasures, Reference]:
+    """Score ``model`` on everything in ``plan``. Given the base model's ``reference`` and ``base``
+    measures (both from an earlier call on the base model) the text measures include the KL to the
+    base, and the general prompts the KL on the base's replies (chat drift). Returns the measures
+    and this model's :class:`Reference`. ``progress`` (a stage handle, total :attr:`EvalPlan.items`)
+    advances after every batch, so a long scoring pass shows its rate and ETA."""
     def advancer(message: str) -> Callable[[int], None] | None:
         if progress is None:
             return None
@@ -392,21 +596,35 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, plan: E
     for source, items in plan.probes:
         probes.append(measure_probes(model, tokenizer, items, source=source, chat_template=plan.chat_template,
                                      on_items=advancer(f"probes {source}")))
+    generative = []
+    for source, items in plan.generative:
+        generative.append(measure_generative(model, tokenizer, items, source=source, max_new_tokens=plan.reply_tokens,
+                                             chat_template=plan.chat_template,
+                                             on_items=advancer(f"open-ended {source}")))
     texts, distributions = [], []
     for index, (source, prompts) in enumerate(plan.texts):
         measure, current = measure_text(model, prompts, source=source,
-                                        reference=None if reference is None else reference[index])
+                                        reference=None if reference is None else reference.texts[index])
         texts.append(measure)
         distributions.append(current)
         done = advancer(f"text {source}")
         if done is not None:
             done(len(prompts))
+    chat, chat_distributions = None, None
+    if plan.chat is not None:
+        source, prompts = plan.chat
+        chat, chat_distributions = measure_chat(
+            model, tokenizer, source, prompts, max_new_tokens=plan.reply_tokens, leak=plan.leak,
+            base=None if base is None else base.chat, reference=None if reference is None else reference.chat,
+            on_items=advancer(f"general prompts {source}"))
     benchmarks = None
     if plan.lm_eval is not None:
         from fnapi.lm_eval_bridge import score
 
         benchmarks = score(model, tokenizer, plan.lm_eval, progress=progress)
-    return EvalMeasures(tasks=tuple(tasks), probes=tuple(probes), texts=tuple(texts), lm_eval=benchmarks), distributions
+    measures = EvalMeasures(tasks=tuple(tasks), probes=tuple(probes), texts=tuple(texts), lm_eval=benchmarks,
+                            generative=tuple(generative), chat=chat)
+    return measures, Reference(distributions, chat_distributions)
 
 
 def compare_measures(before: EvalMeasures, after: EvalMeasures) -> dict[str, Any]:
@@ -437,6 +655,40 @@ def compare_measures(before: EvalMeasures, after: EvalMeasures) -> dict[str, Any
             out["kl_to_base"] = out["texts"][0]["kl"]
     if before.lm_eval is not None and after.lm_eval is not None:
         out["lm_eval"] = compare_lm_eval(before.lm_eval, after.lm_eval)
+    out["generative_sets"] = [{"source": b.source, "n": b.n, "accuracy": _pair(b.correct, a.correct)}
+                              for b, a in zip(before.generative, after.generative)]
+    if out["generative_sets"]:
+        out["generative"] = out["generative_sets"][0]["accuracy"]
+    out.update(compare_chat(before.chat, after.chat))
+    return out
+
+
+#: Replies shown in the report for each general-prompt measure (the first ones, base beside tuned).
+REPLY_EXAMPLES = 3
+
+
+def compare_chat(before: ChatMeasure | None, after: ChatMeasure | None) -> dict[str, Any]:
+    """``chat_kl`` (``value``, ``ci95``, ``prompts``: the KL from the base to the tuned model on the
+    base's replies) and ``format_leak`` (``share`` of general prompts whose reply looks like the task's
+    answers, the base model's ``base_share``, whether that is a ``flag``, and a few replies), for
+    whatever of them was measured."""
+    from fnapi.generative import LeakDetector
+
+    out: dict[str, Any] = {}
+    if after is None:
+        return out
+    kl = after.mean_kl
+    if kl is not None:
+        out["chat_kl"] = {"value": kl.mean, "ci95": list(kl.ci95), "prompts": kl.n, "source": after.source}
+    if after.task_like is not None:
+        share = after.leak_share
+        base_share = before.leak_share if before is not None else None
+        out["format_leak"] = {"share": share, "base_share": base_share,
+                              "flag": LeakDetector.flag(share, base_share), "prompts": len(after.task_like),
+                              "source": after.source,
+                              "examples": [{"base": b, "tuned": a} for b, a in zip(
+                                  before.replies if before is not None else [""] * len(after.replies),
+                                  after.replies)][:REPLY_EXAMPLES]}
     return out
 
 
@@ -502,19 +754,73 @@ def read_sources(*, probes: Sequence[str] = (), probe_samples: int | None = None
     return sets, paragraphs
 
 
+@dataclass(frozen=True)
+class GenerativeRequest:
+    """What to ask open-ended: the first ``samples`` items of every probe set (None: all), the
+    general prompts of ``prompts`` (its first ``chat_prompts``; 0: none), replies of at most
+    ``max_new_tokens`` tokens, and the training task's answers (``task_answers``) that replies to
+    general prompts are compared with for the format-leak flag (empty: no flag)."""
+
+    samples: int | None = 100
+    max_new_tokens: int = 32
+    prompts: str = "builtin:chat"
+    chat_prompts: int = 24
+    task_answers: tuple[str, ...] = ()
+
+    @classmethod
+    def from_section(cls, section: Any, task_answers: Sequence[str] = ()) -> GenerativeRequest | None:
+        """From a recipe's ``eval.generative`` (None when it is off)."""
+        if section is None or not section.enabled:
+            return None
+        return cls(section.samples, section.max_new_tokens, section.prompts, section.chat_prompts,
+                   tuple(task_answers))
+
+
 def build_plan(tokenizer: PreTrainedTokenizerBase, *, tasks: Sequence[tuple[str, Sequence[Conversation]]] = (),
                probes: Sequence[str] = (),
                probe_samples: int | None = None, texts: Sequence[str] = (), text_samples: int = 32,
                max_new_tokens: int = 24, chat_template: str = "auto", sink: EventSink | None = None,
-               sources: tuple[list, list] | None = None, lm_eval: LmEvalRequest | None = None) -> EvalPlan:
+               sources: tuple[list, list] | None = None, lm_eval: LmEvalRequest | None = None,
+               generative: GenerativeRequest | None = None) -> EvalPlan:
     """An :class:`EvalPlan` from sources: task conversations by name, probe sets (``builtin:probes``
     or files, read with :func:`fnapi.data.probes.load_probes`; skipped rows are logged to ``sink``)
     and held-out text (``builtin:text`` or files, :func:`fnapi.data.probes.load_texts`).
     ``sources`` is what :func:`read_sources` returned, when the files were read beforehand;
-    ``lm_eval`` names lm-eval benchmarks to score too."""
+    ``lm_eval`` names lm-eval benchmarks to score too, ``generative`` what to ask open-ended."""
     sets, paragraphs = sources if sources is not None else read_sources(
         probes=probes, probe_samples=probe_samples, texts=texts, text_samples=text_samples, sink=sink)
     text_sets = [(source, tuple(tuple(p) for p in text_prompts(tokenizer, rows))) for source, rows in paragraphs]
+    extra: dict[str, Any] = {}
+    if generative is not None:
+        extra = _generative_plan(tokenizer, generative, sets, paragraphs, chat_template)
     return EvalPlan(tasks=tuple((name, tuple(c)) for name, c in tasks if c), probes=tuple(sets),
                     texts=tuple(text_sets), max_new_tokens=max_new_tokens, chat_template=chat_template,
-                    lm_eval=lm_eval)
+                    lm_eval=lm_eval, **extra)
+
+
+def _generative_plan(tokenizer: Any, request: GenerativeRequest, sets: list, paragraphs: list,
+                     chat_template: str) -> dict[str, Any]:
+    """The open-ended questions, general prompts and leak detector of an :class:`EvalPlan`.
+
+    The open-ended questions are the first items of each probe set that choice ranking scores, so
+    the two measures speak of the same questions."""
+    from fnapi.generative import LeakDetector, load_prompts
+
+    limit = request.samples
+    generative = tuple((source, items[:limit] if limit is not None else items) for source, items in sets)
+    out: dict[str, Any] = {"generative": generative, "reply_tokens": request.max_new_tokens}
+    if request.chat_prompts:
+        prompts = load_prompts(request.prompts, limit=request.chat_prompts)
+        out["chat"] = (prompts.source, tuple(tuple(ids) for ids in chat_prompt_ids(tokenizer, prompts.prompts,
+                                                                                   chat_template)))
+        if request.task_answers:
+            # General English the replies are told apart from: the prompts themselves, held-out text and
+            # the probes' replies (the model's answering voice), none of them the model's own replies.
+            general = [*prompts.prompts, *(t for _, rows in paragraphs for t in rows),
+                       *(item.reply(item.answer) for _, items in sets for item in items)]
+            if not paragraphs and not sets:
+                from fnapi.data.builtin import text_paragraphs
+
+                general.extend(text_paragraphs(64))
+            out["leak"] = LeakDetector().fit(request.task_answers, general)
+    return out

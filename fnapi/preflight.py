@@ -96,8 +96,39 @@ def _source(where: str, data_spec: str) -> list[Problem]:
 
 
 def _evaluation_problems(recipe: Recipe) -> list[Problem]:
-    return [Problem(where, f"file not found: {value}") for where, value in recipe.evaluation_files()
-            if not Path(value).expanduser().exists()]
+    problems = [Problem(where, f"file not found: {value}") for where, value in recipe.evaluation_files()
+                if not Path(value).expanduser().exists()]
+    if problems or not recipe.eval.enabled:
+        return problems
+    return _probe_file_problems(recipe.eval.probes) + _prompt_problems(recipe.eval.generative, "eval.generative")
+
+
+def _probe_file_problems(sources: list[str], where: str = "eval.probes") -> list[Problem]:
+    """Probe files are read (no model needed): a row whose answer is none of its choices is named."""
+    from fnapi.data.probes import is_builtin, load_probes
+
+    problems = []
+    for index, source in enumerate(sources):
+        if is_builtin(source):
+            continue
+        try:
+            load_probes(source)
+        except FnapiError as exc:
+            problems.append(Problem(f"{where}[{index}]", exc.message))
+    return problems
+
+
+def _prompt_problems(section, where: str) -> list[Problem]:
+    """The general prompts of an ``eval.generative`` section can be read."""
+    from fnapi.generative import load_prompts
+
+    if not section.enabled or not section.chat_prompts:
+        return []
+    try:
+        load_prompts(section.prompts, limit=section.chat_prompts)
+    except FnapiError as exc:
+        return [Problem(f"{where}.prompts", exc.message)]
+    return []
 
 
 def _tracker_problems(recipe: Recipe) -> list[Problem]:

@@ -284,6 +284,19 @@ class LmEvalSection(Section):
         return value
 
 
+class GenerativeSection(Section):
+    """The measures of forgetting a user sees: the probe questions asked open-ended, and replies to
+    general prompts (chat drift and the format-leak flag)."""
+
+    enabled: bool = True
+    samples: int | None = Field(100, gt=0, description="probe items of each set asked open-ended (null: all that "
+                                                         "eval.probe_samples keeps)")
+    max_new_tokens: int = Field(32, gt=0, description="the longest reply generated")
+    prompts: str = Field("builtin:chat", description="general prompts: builtin:chat, a .txt file (one a line) or "
+                                                      "rows with a 'prompt' field")
+    chat_prompts: int = Field(24, ge=0, description="general prompts asked (0: no chat drift or leak flag)")
+
+
 class EvalSection(Section):
     """What the forgetting report measures."""
 
@@ -300,6 +313,8 @@ class EvalSection(Section):
     kl_prompts: int = Field(32, ge=0, description="paragraphs of eval.text scored (0: none)")
     max_new_tokens: int = Field(24, gt=0)
     lm_eval: LmEvalSection | None = Field(None, description="lm-eval benchmarks scored before and after training")
+    generative: GenerativeSection = Field(default_factory=GenerativeSection,
+                                          description="open-ended answers, chat drift and the format-leak flag")
 
     @field_validator("probes", mode="before")
     @classmethod

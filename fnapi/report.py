@@ -60,7 +60,7 @@ class Score:
         return [1 + self.change_ci95[0] / self.before, 1 + self.change_ci95[1] / self.before]
 
 
-_SCORES = ("task", "probes", "probe_logprob", "text_nll")
+_SCORES = ("task", "generative", "probes", "probe_logprob", "text_nll")
 
 
 @dataclass
@@ -69,6 +69,8 @@ class ForgettingReport:
 
     name: str
     task: Score = field(default_factory=Score)
+    #: the probe questions asked open-ended: the report's headline measure of what was kept
+    generative: Score = field(default_factory=Score)
     probes: Score = field(default_factory=Score)
     probe_logprob: Score = field(default_factory=Score)
     text_nll: Score = field(default_factory=Score)
@@ -79,6 +81,13 @@ class ForgettingReport:
     texts: list[dict[str, Any]] = field(default_factory=list)
     #: lm-eval benchmarks before and after (see :func:`fnapi.measures.compare_lm_eval`)
     lm_eval: list[dict[str, Any]] = field(default_factory=list)
+    generative_sets: list[dict[str, Any]] = field(default_factory=list)
+    #: KL from the base to the tuned model on the base's replies to general prompts (``value``, ``ci95``, ``prompts``)
+    chat_kl: dict[str, Any] | None = None
+    #: replies to general prompts that look like the task's answers (``share``, ``base_share``, ``flag``)
+    format_leak: dict[str, Any] | None = None
+    #: what the run could not see or got wrong, in words (divergence, measures that could not be taken)
+    warnings: list[str] = field(default_factory=list)
     stopped_at_task_target: float | None = None
     trainable_parameters: int = 0
     total_parameters: int = 0
@@ -112,12 +121,18 @@ class ForgettingReport:
         probe scores before and after, the change with its paired 95% interval, probe retention with
         its interval, held-out text NLL, KL to the base model, and the final training loss."""
         numbers: dict[str, float | None] = {}
-        for key in ("task", "probes", "text_nll"):
+        for key in ("task", "generative", "probes", "text_nll"):
             score: Score = getattr(self, key)
             numbers.update({f"{key}_before": score.before, f"{key}_after": score.after, f"{key}_change": score.change})
             numbers.update(_bounds(f"{key}_change_ci95", score.change_ci95))
+        numbers["generative_retained"] = self.generative.retained
+        numbers.update(_bounds("generative_retained_ci95", self.generative.retained_ci95))
         numbers["probes_retained"] = self.probes.retained
         numbers.update(_bounds("probes_retained_ci95", self.probes.retained_ci95))
+        if self.chat_kl:
+            numbers["chat_kl"] = self.chat_kl["value"]
+        if self.format_leak:
+            numbers["format_leak_share"] = self.format_leak["share"]
         numbers["kl_to_base"] = self.kl_to_base
         numbers.update(_bounds("kl_to_base_ci95", self.kl_ci95))
         numbers["final_loss"] = self.final_loss
@@ -173,9 +188,12 @@ class ForgettingReport:
             "|---|---|---|---|",
         ]
         rows = [(f"task ({self.task.metric or 'score'})", self.task, 3),
+                (f"general questions asked open-ended ({self.generative.metric or 'accuracy'})", self.generative, 3),
                 (f"general-knowledge probes ({self.probes.metric or 'accuracy'})", self.probes, 3),
                 ("probes: log-probability of the right answer", self.probe_logprob, 3),
                 ("held-out text: NLL per token", self.text_nll, 4)]
+        for set_ in self.generative_sets[1:]:
+            rows.append((f"open-ended `{set_['source']}` (accuracy)", Score.from_pair(set_["accuracy"], "accuracy"), 3))
         for set_ in self.probe_sets[1:]:
             rows.append((f"probes `{set_['source']}` (accuracy)", Score.from_pair(set_["accuracy"], "accuracy"), 3))
         for label, score, digits in rows:
@@ -190,11 +208,25 @@ class ForgettingReport:
                          f"{fmt(entry['before'])}{stderr(entry['before_stderr'])} | "
                          f"{fmt(entry['after'])}{stderr(entry['stderr'])} | "
                          f"{signed(entry['change'], 3)} {ci(entry['change_ci95'], 3)} |")
+        def retained(score: Score) -> str:
+            return pct(score.retained) + (f" (95% interval {pct(score.retained_ci95[0])} to "
+                                          f"{pct(score.retained_ci95[1])})" if score.retained_ci95 else "")
+
+        lines += [""]
+        lines += [f"- **Warning**: {warning}" for warning in self.warnings]
+        if self.generative.before is not None:
+            lines.append(f"- **General questions still answered (open-ended) retained: {retained(self.generative)}**")
+        if self.format_leak:
+            leak = self.format_leak
+            lines.append(f"- Replies to general prompts that look like the task's answers: {pct(leak['share'])} "
+                         f"(base model {pct(leak.get('base_share'))})"
+                         + (": **the model answers general requests in the task's format**" if leak["flag"] else ""))
+        if self.chat_kl:
+            lines.append(f"- Chat drift (KL from the base on its own replies to {self.chat_kl['prompts']} general "
+                         f"prompts): {fmt(self.chat_kl['value'], 4)} nats/token {ci(self.chat_kl['ci95'], 4)}")
         lines += [
-            "",
-            f"- Probe score retained: {pct(self.probes.retained)}"
-            + (f" (95% interval {pct(self.probes.retained_ci95[0])} to {pct(self.probes.retained_ci95[1])})"
-               if self.probes.retained_ci95 else ""),
+            f"- Probe score retained (choice ranking, blind to a model that stopped answering in its own voice): "
+            f"{retained(self.probes)}",
             f"- Mean KL divergence from the base model on held-out text: {fmt(self.kl_to_base, 4)} nats/token"
             + (f" {ci(self.kl_ci95, 4)}" if self.kl_ci95 else ""),
             f"- Trainable parameters: {self.trainable_parameters:,} of {self.total_parameters:,}"
@@ -210,7 +242,18 @@ class ForgettingReport:
                 f"- Mask: ablate `{self.mask.get('ablate')}`, train `{self.mask.get('train')}`, components "
                 f"{self.mask.get('components')}, {self.mask.get('neurons', '?')} neurons at `{self.mask.get('site')}`"
             )
+        examples = (self.format_leak or {}).get("examples") or []
+        if examples:
+            lines += ["", "Replies to general prompts, base model then tuned model:", ""]
+            for example in examples:
+                lines.append(f"- {_quoted(example['base'])} -> {_quoted(example['tuned'])}")
         return [redact(line) for line in lines]
+
+
+def _quoted(reply: str, limit: int = 80) -> str:
+    text = " ".join(reply.split())
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return f"“{text}”" if text else "(no reply)"
 
 
 def _bounds(name: str, interval: list[float] | None) -> dict[str, float]:

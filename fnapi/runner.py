@@ -43,7 +43,8 @@ from fnapi.report import ForgettingReport, Score, write_report
 from fnapi.rundir import RECIPE_FILE, RunDir, claim_run_dir
 
 BASELINE_FILE = "baseline.json"
-BASELINE_FORMAT = "fnapi.baseline/2"
+# /3 added the open-ended answers and the replies to general prompts: older files are measured again.
+BASELINE_FORMAT = "fnapi.baseline/3"
 MEASURES_FILE = "measures.json"
 MEASURES_FORMAT = "fnapi.measures/1"
 
@@ -198,7 +199,7 @@ def _run_stages(recipe: Recipe, rundir: RunDir, sink: EventSink, cancel: threadi
 
     current["stage"] = "evaluate"
     eval_set = _task_conversations(recipe, data)
-    plan = eval_plan(recipe, tokenizer, eval_set, sink)
+    plan = eval_plan(recipe, tokenizer, eval_set, sink, task_answers=task_answers(data.train))
     # The main process evaluates while the others wait; they get the scores for the report.
     baseline = distributed.on_main(baseline_scores, recipe, plan, loaded, rundir, sink, cancel, share=_public)
 
@@ -366,25 +367,37 @@ def _task_conversations(recipe: Recipe, data: Any) -> list:
     return list(pool[: recipe.eval.task_samples]) if pool else []
 
 
-def eval_plan(recipe: Recipe, tokenizer: Any, eval_set: list, sink: EventSink | None = None):
-    """What the forgetting report scores before and after training (one plan for both)."""
+#: Training answers the format-leak flag learns the task's look from.
+LEAK_ANSWERS = 400
+
+
+def task_answers(conversations: Any) -> list[str]:
+    """The last answers of the first training conversations: what the task's replies look like."""
+    return [c.messages[-1]["content"] for c in list(conversations)[:LEAK_ANSWERS]
+            if not c.is_text and c.messages and c.messages[-1].get("role") == "assistant"]
+
+
+def eval_plan(recipe: Recipe, tokenizer: Any, eval_set: list, sink: EventSink | None = None,
+              task_answers: list[str] | tuple[str, ...] = ()):
+    """What the forgetting report scores before and after training (one plan for both);
+    ``task_answers`` are the training answers replies to general prompts are compared with."""
     from fnapi.lm_eval_bridge import LmEvalRequest
-    from fnapi.measures import build_plan
+    from fnapi.measures import GenerativeRequest, build_plan
 
     section = recipe.eval
     return build_plan(tokenizer, tasks=[(recipe.data.path, eval_set)], probes=section.probes,
                       probe_samples=section.probe_samples, texts=[section.text] if section.text else [],
                       text_samples=section.kl_prompts, max_new_tokens=section.max_new_tokens,
                       chat_template=recipe.data.chat_template, sink=sink,
-                      lm_eval=LmEvalRequest.from_section(section.lm_eval) if section.lm_eval else None)
+                      lm_eval=LmEvalRequest.from_section(section.lm_eval) if section.lm_eval else None,
+                      generative=GenerativeRequest.from_section(section.generative, task_answers))
 
 
 def baseline_scores(recipe: Recipe, plan: Any, loaded: Any, rundir: RunDir, sink: EventSink,
                     cancel: threading.Event | None) -> dict[str, Any]:
     """Per-item scores of the untouched model, stored so a resumed run does not measure them again;
     the base model's text distributions (for the KL after training) are kept in memory only."""
-    from fnapi.drift import next_token_logprobs
-    from fnapi.measures import EvalMeasures, evaluate
+    from fnapi.measures import EvalMeasures, Reference, evaluate
 
     if not recipe.eval.enabled:
         return {}
@@ -399,7 +412,7 @@ def baseline_scores(recipe: Recipe, plan: Any, loaded: Any, rundir: RunDir, sink
         with stage(sink, "baseline", total=plan.items, unit="item", cancel=cancel,
                    description="scores of the base model") as progress:
             progress.log(f"base model scores: read from {path.name} (measured when this run started)")
-            reference = [next_token_logprobs(model, prompts) for _, prompts in plan.texts]
+            reference = Reference.of_base(model, plan, measures)
             progress.metric(_headline(measures, "before"))
     elif _LAST_BASELINE is not None and _LAST_BASELINE[0] == key:
         # The same base model on the same evaluation items, earlier in this process (the runs of a
@@ -455,6 +468,10 @@ def _headline(measures: Any, when: str) -> dict[str, float]:
         out[f"task_{when}"] = measures.tasks[0].score.mean
     if measures.probes:
         out[f"probes_{when}"] = measures.probes[0].accuracy.mean
+    if measures.generative:
+        out[f"open_ended_{when}"] = measures.generative[0].accuracy.mean
+    if measures.chat is not None and measures.chat.kl is not None:
+        out["chat_kl"] = measures.chat.mean_kl.mean
     if measures.texts:
         out[f"text_nll_{when}"] = measures.texts[0].mean_nll.mean
         if measures.texts[0].kl is not None:
@@ -484,7 +501,8 @@ def final_scores(recipe: Recipe, plan: Any, model: Any, tokenizer: Any, neuron_m
     merged = adapter_merged(model) if recipe.train.method == "lora" else contextlib.nullcontext()
     with merged, context, stage(sink, "evaluate", total=plan.items, unit="item", cancel=cancel,
                         description="scores after fine-tuning") as progress:
-        measures, _ = evaluate(model, tokenizer, plan, reference=baseline.get("_reference"), progress=progress)
+        measures, _ = evaluate(model, tokenizer, plan, reference=baseline.get("_reference"),
+                               base=baseline.get("measures"), progress=progress)
         progress.metric(_headline(measures, "after"))
     return measures
 
@@ -519,6 +537,9 @@ def report_scores(before: Any, after: Any) -> dict[str, Any]:
     pairs = compare_measures(before, after)
     kl = pairs.get("kl_to_base")
     return {"task": Score.from_pair(pairs.get("task"), "exact match"),
+            "generative": Score.from_pair(pairs.get("generative"), "names the right choice and no other"),
+            "generative_sets": pairs["generative_sets"], "chat_kl": pairs.get("chat_kl"),
+            "format_leak": pairs.get("format_leak"),
             "probes": Score.from_pair(pairs.get("probes"), "choice accuracy (log-likelihood)"),
             "probe_logprob": Score.from_pair(pairs.get("probe_logprob"), "summed log-probability"),
             "text_nll": Score.from_pair(pairs.get("text_nll"), "nats per token"),
@@ -549,4 +570,7 @@ def _template_summary(template: Any, rundir: RunDir) -> dict[str, Any]:
 
 def _summary(report: ForgettingReport) -> dict[str, Any]:
     return {"final_loss": report.final_loss, "task_after": report.task.after, "probes_after": report.probes.after,
-            "probes_retained": report.probes.retained, "kl_to_base": report.kl_to_base}
+            "probes_retained": report.probes.retained, "kl_to_base": report.kl_to_base,
+            "open_ended_after": report.generative.after, "open_ended_retained": report.generative.retained,
+            "chat_kl": (report.chat_kl or {}).get("value"),
+            "format_leak": (report.format_leak or {}).get("flag")}

@@ -27,11 +27,21 @@ def evaluate(
     lm_eval_include: Path | None = typer.Option(None, "--lm-eval-include", metavar="DIR",
                                                 help="folder of local lm-eval task YAMLs"),
     limit: int | None = typer.Option(None, "--limit", min=1, help="lm-eval documents per task [default: all]"),
+    generative: bool = typer.Option(False, "--generative",
+                                    help="also ask the probe questions open-ended and general prompts (chat drift, "
+                                         "format leak)"),
+    generative_samples: int | None = typer.Option(None, "--generative-samples", min=1,
+                                                  help="probe items per set asked open-ended [default: all scored]"),
+    prompts: str = typer.Option("builtin:chat", "--prompts", help="general prompts: builtin:chat or a file"),
+    chat_prompts: int = typer.Option(24, "--chat-prompts", min=0, help="general prompts asked (0: none)"),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1, help="the longest reply generated"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of tables"),
     out: Path | None = typer.Option(None, "--out", "-o", help="also write the JSON result to this file"),
 ) -> None:
     """Score a model or a finished run: probe accuracy, right-answer log-probability, held-out text
-    NLL (and KL to the base for a run), task exact match, each with a 95% interval.
+    NLL (and KL to the base for a run), task exact match, each with a 95% interval. --generative adds
+    the probe questions asked open-ended (right when the reply names the right choice and no other)
+    and replies to general prompts (for a run: chat drift and the format-leak flag).
 
     For a run the base model is scored too, and each change comes with a paired interval. Without
     --probes/--text/--task a run uses its recipe's evaluation sources, a model builtin:probes and
@@ -42,12 +52,14 @@ def evaluate(
     from fnapi.eval_target import evaluate_target
     from fnapi.events import console_sink
     from fnapi.lm_eval_bridge import LmEvalRequest
+    from fnapi.measures import GenerativeRequest
     from fnapi.paths import atomic_write_text
 
     names = tuple(name.strip() for value in lm_eval for name in value.split(",") if name.strip())
     if not names and (lm_eval_include is not None or limit is not None):
         raise DataError("--lm-eval-include and --limit apply to lm-eval tasks: give them with --lm-eval TASK")
     request = LmEvalRequest(names, str(lm_eval_include) if lm_eval_include else None, limit) if names else None
+    asked = GenerativeRequest(generative_samples, max_new_tokens, prompts, chat_prompts) if generative else None
     sink = console_sink()
     # Libraries print to stdout while they load (transformers announces WANDB_MODE=offline there);
     # stdout carries only the result, so anything printed while scoring goes to stderr.
@@ -55,7 +67,7 @@ def evaluate(
         with contextlib.redirect_stdout(sys.stderr):
             result = evaluate_target(target, probes=probes or None, texts=texts or None, tasks=tasks or None,
                                      probe_samples=probe_samples, text_samples=text_samples, task_samples=task_samples,
-                                     lm_eval=request, sink=sink)
+                                     lm_eval=request, generative=asked, sink=sink)
     finally:
         getattr(sink, "close", lambda: None)()
     data = result.to_dict()
@@ -103,12 +115,23 @@ def _print_tables(data: dict) -> None:
             pair["accuracy"] if pair else None)
         add(probe["source"], "right-answer log-prob", probe["n"], probe["logprob"], probe["logprob_ci95"],
             pair["logprob"] if pair else None)
+    for i, asked in enumerate(data.get("generative", [])):
+        add(asked["source"], "open-ended accuracy", asked["n"], asked["accuracy"], asked["ci95"],
+            change["generative_sets"][i]["accuracy"] if change else None)
     for i, text in enumerate(data["texts"]):
         pair = change["texts"][i] if change else None
         add(text["source"], "text NLL per token", text["n"], text["nll"], text["ci95"], pair["nll"] if pair else None, 4)
         if pair and "kl" in pair:
             table.add_row(text["source"], "KL to base per token", str(pair["kl"]["n"]),
                           f"{pair['kl']['mean']:.4f} {ci(pair['kl']['ci95'], 4)}", "", "")
+    if change and "chat_kl" in change:
+        drift = change["chat_kl"]
+        table.add_row(drift["source"], "chat drift (KL on base replies)", str(drift["prompts"]),
+                      f"{drift['value']:.4f} {ci(drift['ci95'], 4)}", "", "")
+    if change and "format_leak" in change:
+        leak = change["format_leak"]
+        table.add_row(leak["source"], "replies like the task's" + (" (FLAG)" if leak["flag"] else ""),
+                      str(leak["prompts"]), f"{leak['share']:.3f}", f"{leak['base_share']:.3f}", "")
     if table.row_count:
         _print_table(console, table)
     if "lm_eval" in data:

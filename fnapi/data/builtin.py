@@ -883,6 +883,47 @@ def _number_text(rng: random.Random) -> str:
             f"for the opposite of {word}, and the class said {opposite}. Everyone wrote the answers down.")
 
 
+# ---- general prompts -------------------------------------------------------------------------
+
+# Open requests a chat model answers in its own words. None is a probe question (no fact is asked
+# for), so a method that trains on them (replay, a KL penalty, a protected subspace) is never
+# scored on what it trained on.
+_CHAT_TOPICS = ("a rainy afternoon", "the first day of school", "a walk in the forest", "a busy kitchen",
+                "an old lighthouse", "a summer picnic", "a quiet library", "a train journey", "a snowy morning",
+                "a small garden", "a birthday party", "a football match", "a night sky full of stars",
+                "a crowded market", "a long bicycle ride", "a visit to grandparents")
+_CHAT_ACTIVITIES = ("learning to swim", "keeping a tidy desk", "studying for a test", "cooking rice",
+                    "saving money", "sleeping better", "making new friends", "writing a letter",
+                    "planting tomatoes", "running a first race", "learning a new language", "packing a suitcase",
+                    "taking care of a houseplant", "drawing a portrait", "staying calm before a talk",
+                    "reading more books")
+_CHAT_REQUESTS = (
+    "Write two sentences about {topic}.",
+    "Describe {topic} in a few words.",
+    "Tell me a very short story about {topic}.",
+    "Give me one tip for {activity}.",
+    "What is a good way to start {activity}?",
+    "Why might someone enjoy {activity}?",
+    "Write a friendly note to a friend about {topic}.",
+    "Explain in one sentence what makes {topic} pleasant.",
+)
+CHAT_PROMPTS = len(_CHAT_REQUESTS) * len(_CHAT_TOPICS)
+
+
+def chat_prompts(n: int | None = None, *, seed: int = SEED) -> list[str]:
+    """General requests for a chat model (``builtin:chat``): :data:`CHAT_PROMPTS` open prompts with no
+    single right answer, shuffled with ``seed`` so any prefix mixes the kinds of request. The
+    generative measures ask them to see how a model answers in its own voice (chat drift, the
+    format-leak flag)."""
+    prompts = []
+    for i, request in enumerate(_CHAT_REQUESTS):
+        for j in range(len(_CHAT_TOPICS)):
+            prompts.append(request.format(topic=_CHAT_TOPICS[(i + j) % len(_CHAT_TOPICS)],
+                                          activity=_CHAT_ACTIVITIES[(i * 3 + j) % len(_CHAT_ACTIVITIES)]))
+    random.Random(f"{seed}:chat").shuffle(prompts)
+    return prompts[:n] if n is not None else prompts
+
+
 # ---- registry --------------------------------------------------------------------------------
 
 BUILTINS: dict[str, str] = {
@@ -890,6 +931,7 @@ BUILTINS: dict[str, str] = {
     **{name: task.summary for name, task in TASKS.items()},
     "probes": "general-knowledge multiple-choice probes (log-likelihood scoring)",
     "text": "plain-text paragraphs for activation capture",
+    "chat": "general requests a chat model answers in its own words (chat drift, format leak)",
 }
 
 #: The built-in datasets a model is trained on: generated skills the base model cannot do, with
@@ -915,6 +957,8 @@ def builtin_splits(name: str, *, seed: int = SEED) -> dict[str, list[Conversatio
         splits = {"train": [item.to_conversation() for item in probe_items(seed=seed)]}
     elif name == "text":
         splits = {"train": [Conversation(text=text) for text in text_paragraphs(seed=seed)]}
+    elif name == "chat":
+        splits = {"train": [Conversation(messages=[{"role": "user", "content": prompt}]) for prompt in chat_prompts(seed=seed)]}
     else:
         raise DataError(unknown_builtin(name))
     for rows in splits.values():

@@ -83,8 +83,8 @@ def load_probes(source: str, *, limit: int | None = None,
         if source != "builtin:probes":
             raise DataError(f"unknown built-in probe set {source!r}; the built-in one is builtin:probes")
         return ProbeSet(source, tuple(probe_items(limit)), "builtin")
-    path = _local_file(source, PROBE_SUFFIXES, "probe")
-    rows = _read_rows(path)
+    path = local_file(source, PROBE_SUFFIXES, "probe")
+    rows = read_rows(path)
     items: list[ProbeItem] = []
     skipped: list[BadRow] = []
     layouts: set[str] = set()
@@ -92,6 +92,9 @@ def load_probes(source: str, *, limit: int | None = None,
         try:
             item, layout = _probe_from_row(row)
         except _BadRow as exc:
+            if isinstance(exc, _AnswerNotAChoice):
+                raise DataError(f"{path}:{line}: {exc}", "Every answer must be one of its row's choices "
+                                "(an index from 0, a letter or the choice's text).") from None
             if bad_rows == "error":
                 raise DataError(f"{path}:{line}: {exc}",
                                 "Fix the row, or let bad rows be skipped (bad_rows='skip').") from None
@@ -120,9 +123,9 @@ def load_texts(source: str, *, limit: int | None = None) -> list[str]:
             raise DataError(f"unknown built-in text {source!r}; the built-in one is builtin:text")
         texts = _held_out_paragraphs()
         return texts[:limit] if limit is not None else texts
-    path = _local_file(source, TEXT_SUFFIXES, "text")
+    path = local_file(source, TEXT_SUFFIXES, "text")
     texts = []
-    for _line, row in _read_rows(path):
+    for _line, row in read_rows(path):
         value = row.get("text") if isinstance(row, dict) else None
         if isinstance(value, str) and value.strip():
             texts.append(value.strip())
@@ -149,7 +152,13 @@ class _BadRow(ValueError):
     """Why one row is not a probe item."""
 
 
-def _local_file(source: str, suffixes: tuple[str, ...], kind: str) -> Path:
+class _AnswerNotAChoice(_BadRow):
+    """A probe row whose answer names none of its choices: the file itself is wrong (a shifted
+    index, an answer with a typo), so it is refused, never skipped: skipping would quietly score a
+    different set than the author wrote."""
+
+
+def local_file(source: str, suffixes: tuple[str, ...], kind: str) -> Path:
     path = Path(source).expanduser()
     if not path.exists():
         raise DataError(f"{kind} file {source} does not exist",
@@ -161,7 +170,7 @@ def _local_file(source: str, suffixes: tuple[str, ...], kind: str) -> Path:
     return path
 
 
-def _read_rows(path: Path) -> list[tuple[int, Any]]:
+def read_rows(path: Path) -> list[tuple[int, Any]]:
     """Rows of ``path`` numbered by file line (JSON Lines, CSV) or position (JSON, Parquet).
 
     Unparseable rows come back as :class:`~fnapi.data.formats.UnreadableRow` so they are counted.
@@ -272,7 +281,7 @@ def _answer_index(answer: Any, choices: list[str], labels: list[str]) -> int:
     if isinstance(answer, int):
         if 0 <= answer < len(choices):
             return answer
-        raise _BadRow(f"answer index {answer} is out of range for {len(choices)} choices")
+        raise _AnswerNotAChoice(f"answer index {answer} is out of range for {len(choices)} choices")
     if isinstance(answer, float) and answer.is_integer():
         return _answer_index(int(answer), choices, labels)
     if not isinstance(answer, str):
@@ -286,4 +295,4 @@ def _answer_index(answer: Any, choices: list[str], labels: list[str]) -> int:
         return choices.index(text)
     if text.isdigit():
         return _answer_index(int(text), choices, labels)
-    raise _BadRow(f"the answer {answer!r} is neither an index, a choice label nor one of the choices")
+    raise _AnswerNotAChoice(f"the answer {answer!r} is neither an index, a choice label nor one of the choices")

@@ -80,6 +80,17 @@ def test_run_writes_every_output_with_computed_numbers(tmp_path, tiny_dir):
     measures = json.loads((run_dir / "measures.json").read_text())
     assert len(measures["before"]["probes"][0]["correct"]) == len(measures["after"]["probes"][0]["correct"]) == 12
     assert report["steps"] == 6 and len(report["losses"]) == 6
+    # What a user sees: the probe questions asked open-ended (the headline), chat drift, the leak flag.
+    generative = report["generative"]
+    assert generative["samples"] == 12 and 0.0 <= generative["before"] <= 1.0
+    low, high = generative["change_ci95"]
+    assert low <= generative["after"] - generative["before"] <= high
+    assert report["chat_kl"]["prompts"] == 24 and report["chat_kl"]["value"] > 0
+    assert report["chat_kl"]["ci95"][0] <= report["chat_kl"]["value"] <= report["chat_kl"]["ci95"][1]
+    assert set(report["format_leak"]) >= {"share", "flag", "base_share"}
+    assert len(measures["after"]["generative"][0]["replies"]) == 12
+    markdown = (run_dir / "report.md").read_text()
+    assert "General questions still answered (open-ended) retained" in markdown and "Chat drift" in markdown
     stages = [e.stage for e in sink.of_type(StageFinished)]
     for name in ("hardware", "model", "capture", "ica", "baseline", "train", "evaluate"):
         assert name in stages

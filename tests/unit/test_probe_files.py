@@ -101,16 +101,25 @@ def test_bad_rows_are_named_and_skipped_or_refused(tmp_path):
     path = _generic(tmp_path / "probes.jsonl")
     with path.open("a") as f:
         f.write("{not json\n")
-        f.write(json.dumps({"question": "Q?", "choices": ["a", "b"], "answer": 5}) + "\n")
         f.write(json.dumps({"question": "Q?", "choices": ["a", "a"], "answer": 0}) + "\n")
         f.write(json.dumps({"prompt": "nothing we know"}) + "\n")
     probe_set = load_probes(str(path))
     assert len(probe_set.items) == 4
-    assert [bad.line for bad in probe_set.skipped] == [5, 6, 7, 8]
-    assert "out of range" in probe_set.skipped[1].reason and "the same" in probe_set.skipped[2].reason
-    assert "skipped 4 bad row(s), the first at line 5" in probe_set.describe()
+    assert [bad.line for bad in probe_set.skipped] == [5, 6, 7]
+    assert "the same" in probe_set.skipped[1].reason
+    assert "skipped 3 bad row(s), the first at line 5" in probe_set.describe()
     with pytest.raises(DataError, match=r"probes.jsonl:5: line 5 is not valid JSON"):
         load_probes(str(path), bad_rows="error")
+
+
+@pytest.mark.parametrize("answer", [5, "Lyon"])
+def test_an_answer_that_is_not_a_choice_is_refused_naming_the_line(tmp_path, answer):
+    # skipping it would score a set other than the one the file's author wrote
+    path = _generic(tmp_path / "probes.jsonl")
+    with path.open("a") as f:
+        f.write(json.dumps({"question": "Capital of France?", "choices": ["Paris", "Rome"], "answer": answer}) + "\n")
+    with pytest.raises(DataError, match=r"probes.jsonl:5: .*(out of range|neither an index)"):
+        load_probes(str(path))
 
 
 def test_limits_and_missing_files(tmp_path):
