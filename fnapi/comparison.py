@@ -95,6 +95,8 @@ def _components(recipe: Recipe) -> str:
     chosen = recipe.mask.components
     if chosen == "stable":
         return f"(top {recipe.mask.top_stable} stable)"
+    if chosen == "all":
+        return "(all)"
     return "(" + ",".join(map(str, chosen)) + ")"
 
 

@@ -45,19 +45,49 @@ def normalise_reply(text: str) -> str:
     return _NUMBER_WORD.sub(lambda m: str(NUMBER_WORDS.index(m.group(1))), text)
 
 
-def _spans(text: str, phrase: str) -> list[tuple[int, int]]:
-    """Where ``phrase`` occurs in ``text`` as whole words (both already normalised)."""
-    if not phrase:
-        return []
-    pattern = re.compile(r"(?<!\w)" + re.escape(phrase) + r"(?!\w)")
-    return [(m.start(), m.end()) for m in pattern.finditer(text)]
+_WORD = re.compile(r"\w+|[^\w\s]")
 
 
-def named_choices(reply: str, choices: Sequence[str]) -> set[int]:
-    """The choices a reply names as whole words. A mention inside a longer choice's mention does not
-    count ("York" inside "New York" names only "New York")."""
-    text = normalise_reply(reply)
-    spans = {i: _spans(text, normalise_reply(choice)) for i, choice in enumerate(choices)}
+def _words(text: str) -> list[str]:
+    return _WORD.findall(normalise_reply(text))
+
+
+def _occurrences(words: list[str], phrase: list[str]) -> list[tuple[int, int]]:
+    n = len(phrase)
+    return [(i, i + n) for i in range(len(words) - n + 1) if n and words[i: i + n] == phrase]
+
+
+def _echoed(words: list[str], question: list[str], choices: list[list[str]]) -> set[int]:
+    """Positions of ``words`` that copy the question: every run of two or more words that also runs
+    in the question and holds a choice ("1 + 4 = 5" after "What is 1 + 4?" echoes "1 + 4"), except a
+    run that is exactly one choice (a reply that picks "a horse" from "a horse, a mouse or a cat")."""
+    echoed: set[int] = set()
+    i = 0
+    while i < len(words):
+        longest = 0
+        for j in range(len(question)):
+            k = 0
+            while i + k < len(words) and j + k < len(question) and words[i + k] == question[j + k]:
+                k += 1
+            longest = max(longest, k)
+        run = words[i: i + longest]
+        if longest >= 2 and run not in choices and any(_occurrences(run, choice) for choice in choices):
+            echoed.update(range(i, i + longest))
+            i += longest
+        else:
+            i += 1
+    return echoed
+
+
+def named_choices(reply: str, choices: Sequence[str], question: str = "") -> set[int]:
+    """The choices a reply names as whole words, ignoring what it copies from ``question`` (see
+    :func:`_echoed`). A mention inside a longer choice's mention does not count ("York" inside
+    "New York" names only "New York")."""
+    words = _words(reply)
+    phrases = [_words(choice) for choice in choices]
+    echoed = _echoed(words, _words(question), phrases) if question else set()
+    spans = {i: [(s, e) for s, e in _occurrences(words, phrase) if not echoed & set(range(s, e))]
+             for i, phrase in enumerate(phrases)}
     named = set()
     for i, own in spans.items():
         for start, end in own:
@@ -69,12 +99,13 @@ def named_choices(reply: str, choices: Sequence[str]) -> set[int]:
     return named
 
 
-def open_ended_correct(reply: str, choices: Sequence[str], answer: int) -> float:
+def open_ended_correct(reply: str, choices: Sequence[str], answer: int, question: str = "") -> float:
     """1.0 when ``reply`` names the right choice and no other (see :func:`named_choices`), else 0.0.
-    An empty reply, a reply naming several choices and a reply naming none are all wrong."""
+    An empty reply, a reply naming several choices and a reply naming none are all wrong. Words the
+    reply copies from ``question`` do not name a choice."""
     if not 0 <= answer < len(choices):
         raise ValueError(f"answer {answer} is not one of {len(choices)} choices")
-    return float(named_choices(reply, choices) == {answer})
+    return float(named_choices(reply, choices, question) == {answer})
 
 
 # ---- the format-leak flag ----------------------------------------------------------------------
@@ -194,11 +225,13 @@ def load_prompts(source: str, *, limit: int | None = None) -> PromptSet:
     if limit is not None and limit < 1:
         raise DataError(f"{source}: the prompt limit must be at least 1, got {limit}")
     if source.startswith("builtin:"):
-        if source != "builtin:chat":
-            raise DataError(f"unknown built-in prompt set {source!r}; the built-in one is builtin:chat")
-        from fnapi.data.builtin import chat_prompts
+        from fnapi.data.builtin import chat_prompts, chat_train_prompts
 
-        return PromptSet(source, tuple(chat_prompts(limit)))
+        builtin = {"builtin:chat": chat_prompts, "builtin:chat-train": chat_train_prompts}
+        if source not in builtin:
+            raise DataError(f"unknown built-in prompt set {source!r}; the built-in ones are "
+                            "builtin:chat (measured) and builtin:chat-train (for training)")
+        return PromptSet(source, tuple(builtin[source](limit)))
     from fnapi.data.probes import local_file, read_rows
 
     path = local_file(source, PROMPT_SUFFIXES, "prompt")

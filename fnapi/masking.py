@@ -210,6 +210,8 @@ class NeuronMask:
         components = self.source.get("components")
         if components == "stable":
             networks = f"the {_plural(int(self.source.get('top_stable', 3)), 'most stable network')}"
+        elif components == "all":
+            networks = "every component of the template"
         elif isinstance(components, list):
             networks = _plural(len(components), "network")
         else:
@@ -237,7 +239,7 @@ def _preset_switches(preset: str) -> tuple[str, str]:
     return MASK_PRESETS[preset]
 
 
-def from_template(template: Any, components: list[int] | Literal["stable"], *, preset: str | None = None,
+def from_template(template: Any, components: list[int] | Literal["stable", "all"], *, preset: str | None = None,
                   ablate: str | None = None, train: str | None = None, layers: list[int] | str | None = None,
                   top_stable: int = 3) -> NeuronMask:
     """Build a mask from a template's components.
@@ -251,7 +253,7 @@ def from_template(template: Any, components: list[int] | Literal["stable"], *, p
     base_ablate, base_train = _preset_switches(preset or "none")
     # An imported template may only know a lower bound of its width; the model check then uses channels.
     width = None if "width" in set(template.method.get("inferred", ())) else template.width
-    source = {"components": components if components == "stable" else [int(c) for c in components],
+    source = {"components": components if components in ("stable", "all") else [int(c) for c in components],
               "top_stable": top_stable, "template_created": template.created,
               "template_model": template.model.get("name"), "preset": preset}
     return NeuronMask(template.site, neurons, ablate=ablate or base_ablate, train=train or base_train,

@@ -341,7 +341,8 @@ def measure_generative(model: Any, tokenizer: Any, items: Sequence[ProbeItem], *
         raise DataError(f"{source}: no probe items to ask")
     replies = generate_answers(model, tokenizer, [item.to_conversation() for item in items],
                                max_new_tokens=max_new_tokens, chat_template=chat_template, on_items=on_items)
-    correct = tuple(open_ended_correct(reply, item.choices, item.answer) for reply, item in zip(replies, items))
+    correct = tuple(open_ended_correct(reply, item.choices, item.answer, item.question)
+                    for reply, item in zip(replies, items))
     return GenerativeMeasure(source, correct, tuple(replies))
 
 

@@ -34,12 +34,17 @@ def preflight(recipe: Recipe) -> list[Problem]:
     against the model's shape; a config that cannot be read offline skips those checks.
     """
     problems = (_model_problems(recipe) + _data_problems(recipe) + _evaluation_problems(recipe)
-                + _tracker_problems(recipe) + _benchmark_problems(recipe))
+                + _tracker_problems(recipe) + _benchmark_problems(recipe) + _replay_problems(recipe))
     template = None
     if recipe.template is not None and recipe.template.path:
         template, problem = _read_template(recipe.template.path)
         if problem:
             problems.append(problem)
+    elif recipe.template is not None and recipe.template.method == "loki":
+        if not recipe.template.data:
+            problems.append(Problem("template.data", "method loki attributes over multiple-choice items: name "
+                                                     "them (builtin:probes or a probe file in any eval.probes layout)"))
+        problems += _probe_file_problems(recipe.template.data, "template.data")
     elif recipe.template is not None:
         for index, data_spec in enumerate(recipe.template.data):
             problems += _source(f"template.data[{index}]", data_spec)
@@ -116,6 +121,27 @@ def _probe_file_problems(sources: list[str], where: str = "eval.probes") -> list
         except FnapiError as exc:
             problems.append(Problem(f"{where}[{index}]", exc.message))
     return problems
+
+
+def _replay_problems(recipe: Recipe) -> list[Problem]:
+    """``train.replay``: its prompts can be read and none is a question of a probe set the run scores."""
+    from fnapi.data.probes import load_probes
+    from fnapi.replay import check_prompts
+
+    if recipe.train.replay is None:
+        return []
+    sets = []
+    for source in recipe.eval.probes:
+        try:
+            sets.append((source, load_probes(source).items))
+        except FnapiError:  # named under eval.probes
+            continue
+    try:
+        check_prompts(recipe.train.replay, sets)
+    except FnapiError as exc:
+        message = exc.message.removeprefix("train.replay.prompts: ")
+        return [Problem("train.replay.prompts", message)]
+    return []
 
 
 def _prompt_problems(section, where: str) -> list[Problem]:

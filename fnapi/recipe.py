@@ -150,7 +150,12 @@ class TemplateSection(Section):
     path: str | None = Field(None, description="load this template instead of building one")
     allow_other_model: bool = Field(False, description="apply a loaded template that was made for another model "
                                                        "(same shapes); refused otherwise")
-    method: Literal["ica", "attribution"] = "ica"
+    method: Literal["ica", "loki", "attribution"] = Field(
+        "ica", description="ica: networks of neurons that fire together; loki: the rows LoKI's own rule trains "
+                           "(its attribution over multiple-choice items, layer-balanced); attribution: the rows "
+                           "of lowest absolute attribution to answer tokens (fnapi's own rule, not LoKI's)")
+    quota: float | None = Field(None, gt=0, le=100, description="loki and attribution: the share of each layer's "
+                                                               "rows selected, in percent (default: from selection)")
     mode: Literal["global", "per_layer"] = "global"
     site: SiteName = "mlp.out"
     layers: str | None = Field(None, description='layer filter such as "0:4,9:" (default: all)')
@@ -172,7 +177,8 @@ class MaskSection(Section):
     """Which networks to use and what to do with them (see MASK_PRESETS)."""
 
     preset: MaskPreset = "none"
-    components: list[int] | Literal["stable"] = Field(default_factory=list)
+    components: list[int] | Literal["stable", "all"] = Field(
+        default_factory=list, description="component ids, 'stable' (the top_stable most stable) or 'all'")
     top_stable: int = Field(3, gt=0, description='how many components "stable" means')
     layers: str | None = None
 
@@ -190,7 +196,7 @@ class MaskSection(Section):
     def _needs_components(self) -> MaskSection:
         ablate, train = self.switches()
         if (ablate != "none" or train != "all") and self.components == []:
-            raise ValueError(f"preset {self.preset!r} needs components (a list of ids or 'stable')")
+            raise ValueError(f"preset {self.preset!r} needs components (a list of ids, 'stable' or 'all')")
         return self
 
     def switches(self) -> tuple[str, str]:
@@ -214,6 +220,18 @@ def _known_tracker(name: str) -> str:
 
 
 TrackerName = Annotated[str, AfterValidator(_known_tracker)]  # a name fnapi.trackers defines
+
+
+class ReplaySection(Section):
+    """Self-distillation replay: before training, the base model answers general prompts (greedy);
+    its replies are mixed into the training data, so the model keeps answering in its own voice."""
+
+    prompts: str = Field("builtin:chat-train", description="general prompts: builtin:chat-train or a file (one a "
+                                                            "line, or rows with a 'prompt' field); none may be a "
+                                                            "probe question")
+    samples: int | None = Field(None, gt=0, description="prompts used (null: all)")
+    ratio: float = Field(0.25, gt=0, le=4, description="replayed rows per training row")
+    max_new_tokens: int = Field(48, gt=0, description="the longest base reply generated")
 
 
 class TrainSection(Section):
@@ -241,6 +259,8 @@ class TrainSection(Section):
                                       "task_check_every steps); train.steps is then the cap")
     task_check_every: int = Field(10, gt=0)
     task_check_samples: int = Field(40, gt=0, description="validation conversations scored at each check")
+    replay: ReplaySection | None = Field(None, description="mix the base model's own replies to general prompts "
+                                                           "into the training data (self-distillation replay)")
     report_to: list[TrackerName] = Field(
         default_factory=list, description="experiment trackers the run logs to: tensorboard, mlflow, wandb (they "
                                           "write inside the run folder unless their environment says otherwise)")
@@ -479,6 +499,8 @@ class Recipe(Section):
             data.pop("distributed", None)
         if self.eval.lm_eval is None:  # and so do recipes without lm-eval benchmarks (same fingerprint)
             data["eval"].pop("lm_eval", None)
+        if self.train.replay is None:  # and without replay
+            data["train"].pop("replay", None)
         return data
 
     def to_yaml_text(self) -> str:

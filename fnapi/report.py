@@ -88,6 +88,8 @@ class ForgettingReport:
     format_leak: dict[str, Any] | None = None
     #: what the run could not see or got wrong, in words (divergence, measures that could not be taken)
     warnings: list[str] = field(default_factory=list)
+    #: general data trained on to keep the model's voice: the replayed prompts' source and counts
+    replay: dict[str, Any] | None = None
     stopped_at_task_target: float | None = None
     trainable_parameters: int = 0
     total_parameters: int = 0
@@ -235,6 +237,10 @@ class ForgettingReport:
             + (f", stopped on reaching the task target {self.stopped_at_task_target}"
                if self.stopped_at_task_target is not None else ""),
         ]
+        if self.replay:
+            lines.append(f"- Replay: {self.replay['rows']} rows of the base model's replies to {self.replay['prompts']} "
+                         f"general prompts from `{self.replay['source']}` trained with the task (none is a probe "
+                         "question)")
         if self.frozen_weights_unchanged is not None:
             lines.append(f"- Frozen weights bit-identical after training: {'yes' if self.frozen_weights_unchanged else 'NO'}")
         if self.mask.get("preset") not in (None, "none"):

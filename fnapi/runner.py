@@ -203,6 +203,11 @@ def _run_stages(recipe: Recipe, rundir: RunDir, sink: EventSink, cancel: threadi
     # The main process evaluates while the others wait; they get the scores for the report.
     baseline = distributed.on_main(baseline_scores, recipe, plan, loaded, rundir, sink, cancel, share=_public)
 
+    replayed = None
+    if recipe.train.replay is not None:
+        current["stage"] = "replay"
+        train_tokens, replayed = with_replay(recipe, loaded, rundir, train_tokens, plan, sink, cancel)
+
     current["stage"] = "train"
     result = train(loaded, tokenizer, train_tokens, validation_tokens, recipe.train, mask=neuron_mask,
                    output_dir=rundir.path, seed=recipe.seed, sink=sink, cancel=cancel, resume=True,
@@ -232,7 +237,11 @@ def _run_stages(recipe: Recipe, rundir: RunDir, sink: EventSink, cancel: threadi
         template=_template_summary(template, rundir),
         method=recipe.train.method,
         recipe_fingerprint=recipe.fingerprint(),
+        replay=replayed,
     )
+    report.warnings = run_warnings(recipe, data, report)
+    for warning in report.warnings:
+        sink.emit(Log(message=warning, level="warning", stage="report"))
     return RunResult(run_dir=rundir.path, report=report,
                      template_path=rundir.template if template is not None else None, resumed=rundir.resumed)
 
@@ -341,6 +350,26 @@ def obtain_template(recipe: Recipe, loaded: Any, rundir: RunDir, sink: EventSink
     sink.emit(Log(message=f"template ({source}): {len(template.components)} components at {template.site}",
                   stage="template"))
     return template
+
+
+def with_replay(recipe: Recipe, loaded: Any, rundir: RunDir, train_tokens: Any, plan: Any, sink: EventSink,
+                cancel: threading.Event | None) -> tuple[Any, dict[str, Any]]:
+    """The training rows with the base model's replies to general prompts mixed in (``train.replay``),
+    and what the report says of them: where the prompts came from, how many rows were added."""
+    from fnapi.data import tokenize
+    from fnapi.replay import mix, replay_rows
+
+    section = recipe.train.replay
+    rows = distributed.on_main(replay_rows, section, loaded.model, loaded.tokenizer, rundir.path, list(plan.probes),
+                               chat_template=recipe.data.chat_template, sink=sink, cancel=cancel)
+    replayed = tokenize(rows, loaded.tokenizer, chat_template=recipe.data.chat_template,
+                        max_length=recipe.data.max_length, cache=False)
+    mixed = mix(train_tokens, replayed, section.ratio)
+    added = len(mixed) - len(train_tokens)
+    sink.emit(Log(message=f"replay: {added} rows of the base model's replies to {len(replayed)} general prompts "
+                          f"({section.prompts}) mixed into {len(train_tokens)} training rows", stage="replay"))
+    return mixed, {"source": section.prompts, "prompts": len(replayed), "rows": added, "ratio": section.ratio,
+                   "file": "replay.json"}
 
 
 def _task_check(recipe: Recipe, data: Any, tokenizer: Any):
@@ -546,6 +575,60 @@ def report_scores(before: Any, after: Any) -> dict[str, Any]:
             "probe_sets": pairs["probe_sets"], "tasks": pairs["tasks"], "texts": pairs["texts"],
             "lm_eval": pairs.get("lm_eval", []),
             "kl_to_base": kl["mean"] if kl else None, "kl_ci95": kl["ci95"] if kl else None}
+
+
+#: A run diverged when its loss ends this many times above where it started (and at least
+#: DIVERGED_RISE nats above): fine-tuning lowers the loss, a learning rate far too high raises it.
+DIVERGED_RATIO = 1.25
+DIVERGED_RISE = 0.5
+
+
+def divergence(losses: list[tuple[int, float]]) -> str | None:
+    """Why the loss curve says training diverged (NaN, or ending well above its start), or None.
+
+    >>> divergence([(1, 6.0), (2, 7.5), (3, 10.8)])
+    'training diverged: the loss rose from 6.0 at step 1 to 9.2 at the end (mean of the last 2 logged values); lower train.learning_rate'
+    >>> divergence([(1, 3.1), (2, 1.2)]) is None
+    True
+    """
+    import math
+
+    for step, value in losses:
+        if not math.isfinite(value):
+            return (f"training diverged: the loss became {value} at step {step}; lower train.learning_rate "
+                    "(or check the data for empty answers)")
+    if len(losses) < 2:
+        return None
+    start = losses[0][1]
+    tail = [value for _, value in losses[max(1, len(losses) - 3):]]
+    end = sum(tail) / len(tail)
+    if end > DIVERGED_RATIO * start and end - start > DIVERGED_RISE:
+        return (f"training diverged: the loss rose from {start:.1f} at step {losses[0][0]} to {end:.1f} at the end "
+                f"(mean of the last {len(tail)} logged values); lower train.learning_rate")
+    return None
+
+
+def run_warnings(recipe: Recipe, data: Any, report: ForgettingReport) -> list[str]:
+    """What a user must know that the scores alone do not say: training that diverged, and each
+    measure that could not be taken, with why and what to add."""
+    warnings = []
+    diverged = divergence(report.losses)
+    if diverged:
+        warnings.append(diverged)
+    if not recipe.eval.enabled:
+        return warnings + ["nothing was measured: eval.enabled is false"]
+    if report.task.before is None:
+        held_out = len(data.test or data.validation or [])
+        warnings.append(f"the task score could not be measured: {recipe.data.path} left {held_out} test or "
+                        f"validation rows after the split ({len(data.train)} training rows); add rows, raise "
+                        "data.validation_split or give data.validation_path")
+    if report.generative.before is None and recipe.eval.generative.enabled:
+        warnings.append("open-ended answers could not be measured: eval.probes names no probe set; add "
+                        "builtin:probes or a multiple-choice file")
+    if recipe.eval.generative.enabled and recipe.eval.generative.chat_prompts and report.format_leak is None:
+        warnings.append(f"the format-leak flag could not be computed: {recipe.data.path} has no answers to "
+                        "compare replies with")
+    return warnings
 
 
 def _mask_summary(recipe: Recipe, neuron_mask: Any) -> dict[str, Any]:

@@ -25,7 +25,11 @@ def build(
     max_length: int | None = typer.Option(None, "--max-length", min=1, help="tokens per row [default: 128]"),
     site: str | None = typer.Option(None, "--site", help="mlp.out (down-projection output) or mlp.hidden (its input)"),
     components: int | None = typer.Option(None, "--components", "-k", min=1, help="components to find [default: 10]"),
-    method: str | None = typer.Option(None, "--method", help="ica or attribution [default: ica]"),
+    method: str | None = typer.Option(None, "--method",
+                                      help="ica; loki (LoKI's rows, attributed over multiple-choice items such as "
+                                           "builtin:probes or an MMLU/ARC/generic file); attribution (lowest absolute "
+                                           "attribution, fnapi's own rule) [default: ica]"),
+    quota: float | None = typer.Option(None, "--quota", help="loki and attribution: percent of each layer's rows"),
     mode: str | None = typer.Option(None, "--mode", help="global (all layers at once) or per_layer [default: global]"),
     seed: int | None = typer.Option(None, "--seed", help="seed of the ICA runs [default: 0]"),
     layers: str | None = typer.Option(None, "--layers", help="layer filter such as '0:4,9:' [default: all]"),
@@ -38,7 +42,7 @@ def build(
                                        help="template file [default: ica_templates/<model>/<data>/<settings>.json]"),
     recipe: Path | None = typer.Option(None, "--recipe", help="take model, data, seed and template settings from a recipe"),
 ) -> None:
-    """Build a template (ICA consensus over activations) and print its path last."""
+    """Build a template (ICA consensus over activations, or LoKI's rows) and print its path last."""
     from pydantic import ValidationError
 
     from fnapi import distributed
@@ -50,7 +54,7 @@ def build(
     section = (base.template if base and base.template else TemplateSection())
     overrides = {key: value for key, value in {
         "samples": samples, "max_length": max_length, "site": site, "components": components, "method": method,
-        "mode": mode, "layers": layers, "runs": runs,
+        "mode": mode, "layers": layers, "runs": runs, "quota": quota,
     }.items() if value is not None}
     chosen = {key: value for key, value in (("rule", rule), ("value", threshold), ("sign", sign)) if value is not None}
     if chosen:
@@ -61,7 +65,9 @@ def build(
         raise RecipeError.invalid("command line", validation_problems(exc, TemplateSection)) from None
 
     model_spec = model or (base.model if base else EMBEDDED_MODEL)
-    data_specs = list(data or section.data or ([base.data.path] if base else [DEFAULT_DATA]))
+    # LoKI attributes over multiple-choice items, ICA and attribution over text or conversations
+    default_data = "builtin:probes" if section.method == "loki" else DEFAULT_DATA
+    data_specs = list(data or section.data or ([base.data.path] if base else [default_data]))
     seed_value = seed if seed is not None else (base.seed if base else 0)
     sink = console_sink()
     # The group is left explicitly, after every process is done: a process that exits while gloo's

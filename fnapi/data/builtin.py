@@ -909,6 +909,27 @@ _CHAT_REQUESTS = (
 )
 CHAT_PROMPTS = len(_CHAT_REQUESTS) * len(_CHAT_TOPICS)
 
+# The prompts a method may train on (replay of the base model's replies, a KL penalty): other requests
+# on other topics than the ones the chat measures ask, so a method is not scored on what it trained on.
+_TRAIN_TOPICS = ("a windy beach", "a mountain village", "a school concert", "a pet goldfish", "an empty playground",
+                 "a late dinner", "a city bus ride", "a thunderstorm at night", "a bakery at dawn",
+                 "a lost umbrella", "a farm in autumn", "a museum visit", "a camping trip", "a sunny balcony",
+                 "a new neighbour", "a frozen lake")
+_TRAIN_ACTIVITIES = ("baking bread", "learning the guitar", "waking up early", "keeping a diary", "painting a room",
+                     "walking a dog", "learning to knit", "planning a holiday", "fixing a bicycle tyre",
+                     "cleaning a fridge", "starting to jog", "writing a poem", "organising a bookshelf",
+                     "growing herbs indoors", "taking better photos", "learning chess")
+_TRAIN_REQUESTS = (
+    "Say something kind about {topic}.",
+    "List three things you might see during {topic}.",
+    "Write a short paragraph about {topic}.",
+    "How would you describe {topic} to a child?",
+    "What are the first steps of {activity}?",
+    "Share a simple idea to make {activity} easier.",
+    "What mistakes do beginners make when {activity}?",
+    "Write a sentence encouraging a friend who is {activity}.",
+)
+
 
 def chat_prompts(n: int | None = None, *, seed: int = SEED) -> list[str]:
     """General requests for a chat model (``builtin:chat``): :data:`CHAT_PROMPTS` open prompts with no
@@ -924,6 +945,16 @@ def chat_prompts(n: int | None = None, *, seed: int = SEED) -> list[str]:
     return prompts[:n] if n is not None else prompts
 
 
+def chat_train_prompts(n: int | None = None, *, seed: int = SEED) -> list[str]:
+    """General requests a method may train on (``builtin:chat-train``): other requests on other topics
+    than :func:`chat_prompts`, so the chat measures never ask what a method trained on."""
+    prompts = [request.format(topic=_TRAIN_TOPICS[(i + j) % len(_TRAIN_TOPICS)],
+                              activity=_TRAIN_ACTIVITIES[(i * 5 + j) % len(_TRAIN_ACTIVITIES)])
+               for i, request in enumerate(_TRAIN_REQUESTS) for j in range(len(_TRAIN_TOPICS))]
+    random.Random(f"{seed}:chat-train").shuffle(prompts)
+    return prompts[:n] if n is not None else prompts
+
+
 # ---- registry --------------------------------------------------------------------------------
 
 BUILTINS: dict[str, str] = {
@@ -932,6 +963,7 @@ BUILTINS: dict[str, str] = {
     "probes": "general-knowledge multiple-choice probes (log-likelihood scoring)",
     "text": "plain-text paragraphs for activation capture",
     "chat": "general requests a chat model answers in its own words (chat drift, format leak)",
+    "chat-train": "other general requests, for methods that train on the base model's replies (replay, KL)",
 }
 
 #: The built-in datasets a model is trained on: generated skills the base model cannot do, with
@@ -957,8 +989,9 @@ def builtin_splits(name: str, *, seed: int = SEED) -> dict[str, list[Conversatio
         splits = {"train": [item.to_conversation() for item in probe_items(seed=seed)]}
     elif name == "text":
         splits = {"train": [Conversation(text=text) for text in text_paragraphs(seed=seed)]}
-    elif name == "chat":
-        splits = {"train": [Conversation(messages=[{"role": "user", "content": prompt}]) for prompt in chat_prompts(seed=seed)]}
+    elif name in ("chat", "chat-train"):
+        prompts = chat_prompts(seed=seed) if name == "chat" else chat_train_prompts(seed=seed)
+        splits = {"train": [Conversation(messages=[{"role": "user", "content": prompt}]) for prompt in prompts]}
     else:
         raise DataError(unknown_builtin(name))
     for rows in splits.values():

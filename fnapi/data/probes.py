@@ -250,7 +250,7 @@ def _probe_from_row(row: Any) -> tuple[ProbeItem, str]:
                                                                                   "hellaswag")), "hellaswag"
     if question is not None or "choices" in row:
         return _item(question, row.get("choices"), row.get("answer"),
-                     category=str(row.get("category") or row.get("subject") or "file")), "generic"
+                     category=str(row.get("category") or row.get("subject") or row.get("subset") or "file")), "generic"
     keys = ", ".join(sorted(map(str, row))[:6]) or "none"
     raise _BadRow(f"not a probe row (keys: {keys}); expected question/choices/answer, ARC, HellaSwag or MMLU")
 

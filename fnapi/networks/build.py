@@ -76,8 +76,10 @@ def build_template(loaded: LoadedModel, section: TemplateSection, data_specs: Se
     layers = parse_layers(section.layers, num_layers)
     if section.method == "attribution":
         return _build_attribution(loaded, section, data_specs, layers, sink=sink, cancel=cancel)
+    if section.method == "loki":
+        return _build_loki(loaded, section, data_specs, layers, sink=sink, cancel=cancel)
     if section.method != "ica":
-        raise TemplateError(f"template.method {section.method!r} is unknown; use ica or attribution")
+        raise TemplateError(f"template.method {section.method!r} is unknown; use ica, loki or attribution")
     selection = section.selection
     check_selection(selection.rule, selection.value, selection.sign)
 
@@ -296,15 +298,7 @@ def _build_attribution(loaded: Any, section: TemplateSection, data_specs: list[s
     from fnapi.data.templating import tokenize
     from fnapi.networks.attribution import attribution_template
 
-    if section.site != "mlp.out":
-        raise TemplateError(f"method attribution works at site mlp.out only (got {section.site})")
-    selection = section.selection
-    if selection.rule == "percentile":
-        quota = 100.0 - selection.value
-    elif selection.rule == "topk":
-        quota = 100.0 * selection.value / loaded.adapter.hidden_size(loaded.model)
-    else:
-        raise TemplateError("method attribution selects a share of each layer: use selection rule percentile or topk")
+    quota = row_quota(section, loaded.adapter.hidden_size(loaded.model))
     examples: dict[str, list] = {"input_ids": [], "labels": []}
     for data_spec in data_specs:
         conversations, _ = read_conversations(data_spec, max_samples=section.samples)
@@ -316,6 +310,34 @@ def _build_attribution(loaded: Any, section: TemplateSection, data_specs: list[s
     pairs = list(zip(examples["input_ids"], examples["labels"]))
     return attribution_template(loaded, pairs, quota_percent=quota, layers=layers, sources=data_specs,
                                 sink=sink, cancel=cancel)
+
+
+def row_quota(section: TemplateSection, width: int) -> float:
+    """The share of each layer's rows, in percent, that a ``loki`` or ``attribution`` template selects:
+    ``template.quota``, else from the selection rule (percentile 80 is 20%, topk k is k of ``width``)."""
+    if section.site != "mlp.out":
+        raise TemplateError(f"method {section.method} works at site mlp.out only (got {section.site})")
+    if section.quota is not None:
+        return section.quota
+    selection = section.selection
+    if selection.rule == "percentile":
+        return 100.0 - selection.value
+    if selection.rule == "topk":
+        return 100.0 * selection.value / width
+    raise TemplateError(f"method {section.method} selects a share of each layer: set template.quota, or use "
+                        "selection rule percentile or topk")
+
+
+def _build_loki(loaded: Any, section: TemplateSection, data_specs: list[str], layers: list[int], *,
+                sink: EventSink | None, cancel: threading.Event | None) -> Template:
+    """LoKI's rows, attributed over the multiple-choice items of ``data_specs`` (any probe layout)."""
+    from fnapi.data.probes import load_probes
+    from fnapi.networks.loki import loki_template
+
+    quota = row_quota(section, loaded.adapter.hidden_size(loaded.model))
+    items = [item for spec in data_specs for item in load_probes(spec, limit=section.samples).items]
+    return loki_template(loaded, items, quota_percent=quota, layers=layers, sources=data_specs, sink=sink,
+                         cancel=cancel)
 
 
 def _log(sink: EventSink | None, message: str, level: str = "info") -> None:

@@ -252,14 +252,17 @@ class Template:
         """Components from most to least stable; those without a stability score come last."""
         return sorted(self.components, key=lambda c: (c.stability is None, -(c.stability or 0.0), c.id))
 
-    def neuron_sets(self, component_ids: list[int] | Literal["stable"], top_stable: int = 3,
+    def neuron_sets(self, component_ids: list[int] | Literal["stable", "all"], top_stable: int = 3,
                     layers: list[int] | None = None) -> NeuronSets:
         """Union of the chosen components' neurons, per layer.
 
-        ``component_ids`` is a list of ids or ``"stable"`` (the ``top_stable`` most stable ones).
+        ``component_ids`` is a list of ids, ``"stable"`` (the ``top_stable`` most stable ones) or
+        ``"all"`` (every component: a ``loki`` template's one set of rows, say).
         The result has one entry per template layer (kept by ``layers`` if given), possibly empty.
         """
-        if component_ids == "stable":
+        if component_ids == "all":
+            chosen = list(self.components)
+        elif component_ids == "stable":
             scored = [c for c in self.components_by_stability() if c.stability is not None]
             if not scored:
                 raise TemplateError(
@@ -269,7 +272,7 @@ class Template:
                 )
             chosen = scored[:top_stable]
         elif isinstance(component_ids, str):
-            raise TemplateError(f"components: {component_ids!r} is neither a list of ids nor 'stable'")
+            raise TemplateError(f"components: {component_ids!r} is neither a list of ids, 'stable' nor 'all'")
         else:
             chosen = [self.component(int(cid)) for cid in component_ids]
         keep = self.layers if layers is None else [layer for layer in self.layers if layer in set(layers)]

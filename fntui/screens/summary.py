@@ -33,14 +33,27 @@ def report_view(report: ForgettingReport, estimated_seconds: float | None = None
     scores = Table(box=None, padding=(0, 2), header_style="bold")
     for name, justify in (("measure", "left"), ("before", "right"), ("after", "right"), ("change", "right")):
         scores.add_column(name, justify=justify)
-    for label, score in (("task", report.task), ("general-knowledge probes", report.probes)):
-        metric = f" ({score.metric}, n={score.samples})" if score.metric else ""
-        scores.add_row(label + metric, _fmt(score.before), _fmt(score.after), _fmt(score.change))
+    for label, score in (("task", report.task), ("general questions, open-ended", report.generative),
+                         ("probes, choice ranking", report.probes)):
+        if score.before is None and score.after is None:
+            continue
+        scores.add_row(label + (f" (n={score.samples})" if score.samples else ""), _fmt(score.before),
+                       _fmt(score.after), _fmt(score.change))
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold")
     facts.add_column()
-    retained = report.probes.retained
-    facts.add_row("probes retained", "n/a" if retained is None else f"{100 * retained:.1f}%")
+    warnings = [Text(f"Warning: {warning}", style="bold red") for warning in report.warnings]
+    leak = report.format_leak or {}
+    if leak.get("flag"):
+        warnings.append(Text(f"Warning: {100 * leak['share']:.0f}% of replies to general prompts look like the "
+                             f"training task's answers (base model {100 * (leak.get('base_share') or 0):.0f}%): the "
+                             "model has stopped answering general questions in its own words. Try a question below.",
+                             style="bold red"))
+    for label, score in (("open-ended retained", report.generative), ("probes retained (ranking)", report.probes)):
+        if score.retained is not None:
+            facts.add_row(label, f"{100 * score.retained:.1f}%")
+    if report.chat_kl:
+        facts.add_row("chat drift", f"{report.chat_kl['value']:.3g} nats/token on the base's replies")
     kl = "n/a" if report.kl_to_base is None else f"{report.kl_to_base:.3g}"
     facts.add_row("KL to base model", f"{kl} nats/token")
     share = f" ({100 * report.trainable_parameters / report.total_parameters:.2f}%)" if report.total_parameters else ""
@@ -55,7 +68,7 @@ def report_view(report: ForgettingReport, estimated_seconds: float | None = None
     if report.frozen_weights_unchanged is not None:
         facts.add_row("frozen weights", "bit-identical after training" if report.frozen_weights_unchanged
                       else Text("CHANGED during training", style="red"))
-    return Group(scores, Text(""), facts)
+    return Group(*warnings, scores, Text(""), facts)
 
 
 def files_view(run_dir: Path) -> Text:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fnapi.events import ListSink, Progress, RunFinished, StageFinished, StageStarted
+from fnapi.events import ListSink, Log, Progress, RunFinished, StageFinished, StageStarted
 from fnapi.models.tiny import save_tiny
 from fnapi.recipe import Recipe
 from fnapi.runner import run
@@ -313,3 +313,26 @@ def test_a_damaged_checkpoint_state_is_named_on_resume(tmp_path, tiny_dir, damag
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert f"{checkpoint / 'fnapi_state.json'}" in out.stderr and says in out.stderr
     assert f"delete {checkpoint} to resume from the checkpoint before it" in out.stderr
+
+
+def test_a_run_that_diverges_says_so_in_the_log_and_the_report(tmp_path, tiny_dir):
+    recipe = Recipe.from_yaml(_recipe(tmp_path, tiny_dir, steps=8)).replace(
+        **{"train.learning_rate": 1000.0, "template": None, "mask.preset": "none", "mask.components": [],
+           "eval.generative.chat_prompts": 0})
+    sink = ListSink()
+    result = run(recipe, sink=sink, output=tmp_path / "run")
+    assert any("training diverged" in w for w in result.report.warnings), result.report.losses
+    assert any("training diverged" in e.message for e in sink.of_type(Log) if e.level == "warning")
+    assert "**Warning**: training diverged" in (result.run_dir / "report.md").read_text()
+
+
+def test_a_measure_that_cannot_be_taken_is_named_with_what_to_add(tmp_path, tiny_dir):
+    data = tmp_path / "one.jsonl"
+    data.write_text(json.dumps({"prompt": "Say hi.", "completion": "hi"}) + "\n")
+    recipe = Recipe.from_yaml(_recipe(tmp_path, tiny_dir, steps=2)).replace(
+        **{"data.path": str(data), "data.max_samples": None, "template": None, "mask.preset": "none",
+           "mask.components": [], "eval.probes": []})
+    result = run(recipe, sink=ListSink(), output=tmp_path / "run")
+    warnings = " | ".join(result.report.warnings)
+    assert "the task score could not be measured" in warnings and "data.validation_path" in warnings
+    assert "open-ended answers could not be measured" in warnings

@@ -40,6 +40,15 @@ def test_numbers_spelt_out_and_choices_inside_longer_choices():
     assert named_choices("I went to New York.", ["York", "New York"]) == {1}
     assert open_ended_correct("I went to New York.", ["York", "New York"], 1) == 1.0
     assert open_ended_correct("I went to New York.", ["York", "New York"], 0) == 0.0
+    # what a reply copies from the question names nothing
+    assert open_ended_correct("1 + 4 = 5", ["3", "4", "5"], 2, "What is 1 + 4?") == 1.0
+    assert open_ended_correct("1 + 4 = 5", ["3", "4", "5"], 2) == 0.0
+    listed = "Which is the biggest: a horse, a mouse or a cat?"
+    assert open_ended_correct("The biggest is a horse.", ["a horse", "a mouse", "a cat"], 0, listed) == 1.0
+    assert open_ended_correct("Of a horse, a mouse or a cat, a cat.", ["a horse", "a mouse", "a cat"], 2, listed) == 1.0
+    numbers = "Which number is the largest: 12, 18 or 26?"
+    assert open_ended_correct("18 is the largest", ["12", "18", "26"], 2, numbers) == 0.0
+    assert open_ended_correct("The largest number is 26.", ["12", "18", "26"], 2, numbers) == 1.0
     with pytest.raises(ValueError, match="not one of 2 choices"):
         open_ended_correct("x", ["a", "b"], 2)
 
