@@ -77,6 +77,11 @@ class MethodRow:
     train_seconds: float
     final_loss: float | None
     run_dir: str
+    #: open-ended answers retained (after / before): the measure a user sees
+    generative_retained: float | None = None
+    #: KL from the base on its own replies to general prompts
+    chat_kl: float | None = None
+    format_leak: bool | None = None
 
     @classmethod
     def from_report(cls, recipe: Recipe, report: Any, run_dir: Path) -> MethodRow:
@@ -88,7 +93,10 @@ class MethodRow:
                    probes_after=report.probes.after, probes_retained=report.probes.retained,
                    kl_to_base=report.kl_to_base, text_nll_change=report.text_nll.change, steps=report.steps,
                    trainable_parameters=report.trainable_parameters, total_parameters=report.total_parameters,
-                   train_seconds=report.train_seconds, final_loss=report.final_loss, run_dir=str(run_dir))
+                   train_seconds=report.train_seconds, final_loss=report.final_loss, run_dir=str(run_dir),
+                   generative_retained=report.generative.retained,
+                   chat_kl=(report.chat_kl or {}).get("value"),
+                   format_leak=(report.format_leak or {}).get("flag"))
 
 
 def _components(recipe: Recipe) -> str:
@@ -138,15 +146,17 @@ class MethodComparison:
 
     def table(self) -> tuple[list[str], list[list[str]]]:
         """Column names and formatted cells (one row per method), shared by Markdown and console."""
-        header = ["method", "task after", "probes retained", f"vs {self.baseline or 'baseline'}", "vs control",
-                  "KL to base", "text NLL change", "steps", "trainable"]
+        header = ["method", "task after", "open-ended retained", "chat drift", "probes retained",
+                  f"vs {self.baseline or 'baseline'}", "vs control", "KL to base", "text NLL change", "steps",
+                  "trainable"]
         cells = []
         for summary in self.methods.values():
             row = summary.rows[0]
             preset = row.mask.split()[0]
             label = f"{summary.name} ({row.method}" + ("" if preset == "none" else f", {preset}") + ")"
             m = summary.measures
-            cells.append([label, _interval(m["task"]), _interval(m["probes_retained"], percent=True),
+            cells.append([label, _interval(m["task"]), _interval(m.get("generative_retained"), percent=True),
+                          _interval(m.get("chat_kl"), digits=3), _interval(m["probes_retained"], percent=True),
                           _difference(summary.vs_baseline), _difference(summary.vs_control),
                           _interval(m["kl_to_base"], digits=3), _interval(m["text_nll_change"], digits=4, signed=True),
                           _interval(m["steps"], digits=0), _count(row.trainable_parameters)])
@@ -163,8 +173,11 @@ class MethodComparison:
                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in cells]
         lines += ["", f"![task score against probe retention]({PARETO_PNG})", "",
-                  "Task: exact match on held-out task items. Probes retained: general-knowledge probe accuracy "
-                  "after / before. vs baseline / vs control: the paired difference in probes retained "
+                  "Task: exact match on held-out task items. Open-ended retained: general questions asked "
+                  "alone, reply right when it names the right choice and no other, after / before (what a user "
+                  "sees). Chat drift: KL from the base model on its own replies to general prompts "
+                  "(nats/token). Probes retained: general-knowledge probe accuracy by choice ranking "
+                  "after / before (blind to a model that stopped answering in its own voice). vs baseline / vs control: the paired difference in probes retained "
                   "(percentage points; seeds and probe items resampled together). KL: mean next-token KL "
                   "divergence from the base model on held-out text (nats/token). Text NLL change: after - "
                   "before, nats/token. Intervals across seeds are Student-t.", ""]
@@ -363,6 +376,8 @@ def summarise(rows: Sequence[MethodRow], measures: Sequence[tuple[EvalMeasures, 
     for name, indices in by_name.items():
         chosen = [rows[i] for i in indices]
         values = {"task": [r.task_after for r in chosen], "probes_retained": [r.probes_retained for r in chosen],
+                  "generative_retained": [r.generative_retained for r in chosen],
+                  "chat_kl": [r.chat_kl for r in chosen],
                   "kl_to_base": [r.kl_to_base for r in chosen], "text_nll_change": [r.text_nll_change for r in chosen],
                   "steps": [float(r.steps) for r in chosen]}
         stats = {key: _across_seeds(v) for key, v in values.items()}

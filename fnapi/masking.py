@@ -38,7 +38,10 @@ A :class:`NeuronMask` names channels per layer at one site and carries two indep
 entry may be empty). A layer filter such as ``"0:4,9:"`` drops the other entries. In a layer that
 is not affected nothing is ablated and its neuron weights train as they would without a mask (so
 ``ablate="unselected"`` never silences a layer the mask does not cover). In an affected layer with
-an empty entry, "selected" is the empty set and "unselected" is every channel.
+an empty entry, "selected" is the empty set and "unselected" is every channel, with one exception:
+``ablate="unselected"`` (the ``preserve`` preset) leaves a layer that no selected network reaches
+as it is, as the functional-network method does, instead of zeroing its whole MLP output; its
+weights still do not train. ``unreached="ablate"`` keeps the old behaviour (the layer silenced).
 
 **Presets** (``recipe.MASK_PRESETS``; explicit ``ablate``/``train`` override them):
 
@@ -81,6 +84,7 @@ if TYPE_CHECKING:
 
 ABLATE_CHOICES = ("none", "selected", "unselected")
 TRAIN_CHOICES = ("all", "selected", "unselected")
+UNREACHED_CHOICES = ("keep", "ablate")
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,8 @@ class NeuronMask:
     train: str = "all"
     width: int | None = None
     source: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    #: ``ablate="unselected"`` in a layer with no selected channel: ``keep`` it, or ``ablate`` it whole
+    unreached: str = "keep"
 
     def __post_init__(self) -> None:
         if self.site not in SITES:
@@ -106,6 +112,8 @@ class NeuronMask:
             raise TemplateError(f"mask ablate {self.ablate!r} is not one of {', '.join(ABLATE_CHOICES)}")
         if self.train not in TRAIN_CHOICES:
             raise TemplateError(f"mask train {self.train!r} is not one of {', '.join(TRAIN_CHOICES)}")
+        if self.unreached not in UNREACHED_CHOICES:
+            raise TemplateError(f"mask unreached {self.unreached!r} is not one of {', '.join(UNREACHED_CHOICES)}")
         neurons: dict[int, tuple[int, ...]] = {}
         for layer, channels in sorted((int(k), v) for k, v in dict(self.neurons).items()):
             chosen = tuple(sorted({int(c) for c in channels}))
@@ -136,7 +144,10 @@ class NeuronMask:
         return list(self.neurons.get(layer, ()))
 
     def ablated(self, layer: int, width: int) -> list[int]:
-        """Channels of ``layer`` zeroed in the forward pass."""
+        """Channels of ``layer`` zeroed in the forward pass (none in a layer no selected network reaches
+        when only the networks run, unless ``unreached`` is ``ablate``)."""
+        if self.ablate == "unselected" and self.unreached == "keep" and not self.neurons.get(layer, ()):
+            return []
         return self._pick(self.ablate, layer, width)
 
     def frozen(self, layer: int, width: int) -> list[int]:
@@ -172,7 +183,7 @@ class NeuronMask:
     # ---- serialisation ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; :meth:`from_dict` reads it back."""
-        return {
+        data = {
             "site": self.site,
             "ablate": self.ablate,
             "train": self.train,
@@ -180,12 +191,15 @@ class NeuronMask:
             "neurons": {str(layer): list(channels) for layer, channels in self.neurons.items()},
             "source": self.source,
         }
+        if self.ablate == "unselected":  # the only switch it changes; other masks keep their fingerprints
+            data["unreached"] = self.unreached
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> NeuronMask:
         return cls(site=data["site"], neurons={int(k): v for k, v in data["neurons"].items()},
                    ablate=data.get("ablate", "none"), train=data.get("train", "all"),
-                   width=data.get("width"), source=data.get("source", {}))
+                   width=data.get("width"), source=data.get("source", {}), unreached=data.get("unreached", "keep"))
 
     def fingerprint(self) -> str:
         """Short hash of what the mask does (site, switches, channels), ignoring provenance."""
@@ -266,6 +280,7 @@ def from_section(template: Any, section: Any, *, seed: int = 0) -> NeuronMask:
     ablate, train = section.switches()
     neuron_mask = from_template(template, section.components, preset=section.preset, ablate=ablate, train=train,
                          layers=section.layers, top_stable=section.top_stable)
+    neuron_mask = dataclasses.replace(neuron_mask, unreached=getattr(section, "unreached", "keep"))
     if getattr(section, "control", "none") == "random":
         neuron_mask = random_like(neuron_mask, template.width, seed=seed)
     return neuron_mask

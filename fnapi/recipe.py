@@ -188,6 +188,9 @@ class MaskSection(Section):
         return _check_layer_syntax(value)
     ablate: Ablate | None = None
     train: TrainWhich | None = None
+    unreached: Literal["keep", "ablate"] = Field(
+        "keep", description="preserve (ablate unselected): a layer no selected network reaches is kept as it is, "
+                            "or (ablate) silenced whole as before")
     control: Literal["none", "random"] = Field(
         "none", description="random: the same number of neurons per layer, drawn at random with the recipe's "
                             "seed, in place of the networks (the control row of a comparison)")

@@ -153,13 +153,32 @@ def test_layer_filter_leaves_other_layers_alone(llama):
         h0.remove(), h1.remove()
     assert torch.equal(seen0["t"], plain0)  # unaffected layer: nothing ablated
     assert torch.count_nonzero(seen1["t"][..., [c for c in range(HIDDEN_SIZE) if c not in SELECTED[1]]]) == 0
-    # an affected layer with an empty entry: "unselected" is every channel
+    # preserve: a layer no selected network reaches is left as it is, not zeroed whole ...
     with mask(llama, {0: []}, ablate="unselected"):
         seen, handle = _capture(llama, "mlp.out", 0)
         with torch.no_grad():
             llama(ids)
         handle.remove()
+    assert torch.equal(seen["t"], plain0)
+    # ... unless asked for the old behaviour, where "unselected" is every channel
+    with mask(llama, NeuronMask("mlp.out", {0: []}, ablate="unselected", unreached="ablate")):
+        seen, handle = _capture(llama, "mlp.out", 0)
+        with torch.no_grad():
+            llama(ids)
+        handle.remove()
     assert torch.count_nonzero(seen["t"]) == 0
+    # nothing trains in an unreached layer either way
+    assert NeuronMask("mlp.out", {0: []}, ablate="unselected", train="selected").frozen(0, 4) == [0, 1, 2, 3]
+
+
+def test_preserve_from_a_recipe_keeps_unreached_layers_and_the_option_restores_the_old_way():
+    template = Template(site="mlp.out", width=HIDDEN_SIZE, num_layers=2,
+                        components=[Component(0, {0: [1, 5]}, stability=0.9)])
+    kept = from_section(template, MaskSection(preset="preserve", components=[0]))
+    assert kept.ablated(1, HIDDEN_SIZE) == [] and len(kept.ablated(0, HIDDEN_SIZE)) == HIDDEN_SIZE - 2
+    silenced = from_section(template, MaskSection(preset="preserve", components=[0], unreached="ablate"))
+    assert silenced.ablated(1, HIDDEN_SIZE) == list(range(HIDDEN_SIZE))
+    assert NeuronMask.from_dict(silenced.to_dict()) == silenced
 
 
 def _template(site: str = "mlp.out", width: int = HIDDEN_SIZE) -> Template:
