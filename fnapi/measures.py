@@ -50,6 +50,9 @@ if TYPE_CHECKING:
 
 RESAMPLES = 2000
 LEVEL = 0.95
+#: Replies generated at once for the open-ended questions and general prompts: on a 2-core CPU 32
+#: rows answer 64 probe questions 1.7x faster than 8 (14 s against 24 s on the embedded model).
+GENERATION_BATCH = 32
 _SEED = 20240917
 
 
@@ -340,7 +343,8 @@ def measure_generative(model: Any, tokenizer: Any, items: Sequence[ProbeItem], *
     if not items:
         raise DataError(f"{source}: no probe items to ask")
     replies = generate_answers(model, tokenizer, [item.to_conversation() for item in items],
-                               max_new_tokens=max_new_tokens, chat_template=chat_template, on_items=on_items)
+                               max_new_tokens=max_new_tokens, batch_size=GENERATION_BATCH,
+                               chat_template=chat_template, on_items=on_items)
     correct = tuple(open_ended_correct(reply, item.choices, item.answer, item.question)
                     for reply, item in zip(replies, items))
     return GenerativeMeasure(source, correct, tuple(replies))
@@ -378,7 +382,8 @@ def measure_chat(model: Any, tokenizer: Any, source: str, prompts: Sequence[Sequ
 
     if not prompts:
         raise DataError(f"{source}: no general prompts to ask")
-    reply_ids = generate_ids(model, tokenizer, prompts, max_new_tokens=max_new_tokens, on_items=on_items)
+    reply_ids = generate_ids(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=GENERATION_BATCH,
+                             on_items=on_items)
     replies = tuple(tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in reply_ids)
     task_like = None if leak is None else tuple(float(leak.is_task_like(reply)) for reply in replies)
     kl = tokens = None
@@ -788,12 +793,18 @@ def build_plan(tokenizer: PreTrainedTokenizerBase, *, tasks: Sequence[tuple[str,
     and held-out text (``builtin:text`` or files, :func:`fnapi.data.probes.load_texts`).
     ``sources`` is what :func:`read_sources` returned, when the files were read beforehand;
     ``lm_eval`` names lm-eval benchmarks to score too, ``generative`` what to ask open-ended."""
+    # the open-ended questions may be more than the ranked ones: read as many as either needs
+    wanted = probe_samples
+    if generative is not None and wanted is not None:
+        wanted = None if generative.samples is None else max(wanted, generative.samples)
     sets, paragraphs = sources if sources is not None else read_sources(
-        probes=probes, probe_samples=probe_samples, texts=texts, text_samples=text_samples, sink=sink)
+        probes=probes, probe_samples=wanted, texts=texts, text_samples=text_samples, sink=sink)
     text_sets = [(source, tuple(tuple(p) for p in text_prompts(tokenizer, rows))) for source, rows in paragraphs]
     extra: dict[str, Any] = {}
     if generative is not None:
         extra = _generative_plan(tokenizer, generative, sets, paragraphs, chat_template)
+    if probe_samples is not None:
+        sets = [(source, items[:probe_samples]) for source, items in sets]
     return EvalPlan(tasks=tuple((name, tuple(c)) for name, c in tasks if c), probes=tuple(sets),
                     texts=tuple(text_sets), max_new_tokens=max_new_tokens, chat_template=chat_template,
                     lm_eval=lm_eval, **extra)
@@ -803,8 +814,8 @@ def _generative_plan(tokenizer: Any, request: GenerativeRequest, sets: list, par
                      chat_template: str) -> dict[str, Any]:
     """The open-ended questions, general prompts and leak detector of an :class:`EvalPlan`.
 
-    The open-ended questions are the first items of each probe set that choice ranking scores, so
-    the two measures speak of the same questions."""
+    The open-ended questions are the first items of each probe set, like the ones choice ranking
+    scores, so the two measures speak of the same questions where both ask them."""
     from fnapi.generative import LeakDetector, load_prompts
 
     limit = request.samples

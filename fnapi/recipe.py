@@ -312,8 +312,8 @@ class GenerativeSection(Section):
     general prompts (chat drift and the format-leak flag)."""
 
     enabled: bool = True
-    samples: int | None = Field(100, gt=0, description="probe items of each set asked open-ended (null: all that "
-                                                         "eval.probe_samples keeps)")
+    samples: int | None = Field(100, gt=0, description="the first probe items of each set asked open-ended "
+                                                         "(null: all)")
     max_new_tokens: int = Field(32, gt=0, description="the longest reply generated")
     prompts: str = Field("builtin:chat", description="general prompts: builtin:chat, a .txt file (one a line) or "
                                                       "rows with a 'prompt' field")

@@ -51,13 +51,13 @@ def replay_rows(section: Any, model: Any, tokenizer: Any, run_dir: str | Path, p
         replies = stored["replies"]
     else:
         from fnapi.evaluation import generate_ids
-        from fnapi.measures import chat_prompt_ids
+        from fnapi.measures import GENERATION_BATCH, chat_prompt_ids
 
         ids = chat_prompt_ids(tokenizer, prompts.prompts, chat_template)
         with stage(sink, "replay", total=len(ids), unit="prompt", cancel=cancel,
                    description=f"the base model answers {len(ids)} general prompts ({prompts.source})") as progress:
             generated = generate_ids(model, tokenizer, ids, max_new_tokens=section.max_new_tokens,
-                                     on_items=lambda done: progress.advance(done))
+                                     batch_size=GENERATION_BATCH, on_items=lambda done: progress.advance(done))
         replies = [tokenizer.decode(r, skip_special_tokens=True).strip() for r in generated]
         atomic_write_text(path, json.dumps({"format": REPLAY_FORMAT, "source": prompts.source,
                                             "prompts": list(prompts.prompts), "replies": replies}, indent=1) + "\n")

@@ -149,3 +149,14 @@ def test_a_plan_with_the_same_inputs_describes_the_same_evaluation():
 
     tokenizer = tiny_tokenizer()
     assert repr(_plan(tokenizer)) == repr(_plan(tokenizer))  # the base-score cache keys on it
+
+
+def test_more_questions_can_be_asked_open_ended_than_ranked():
+    from fnapi.measures import GenerativeRequest, build_plan
+    from fnapi.models.tiny import tiny_tokenizer
+
+    plan = build_plan(tiny_tokenizer(), probes=["builtin:probes"], probe_samples=6,
+                      generative=GenerativeRequest(samples=10, chat_prompts=0))
+    assert len(plan.probes[0][1]) == 6 and len(plan.generative[0][1]) == 10
+    assert plan.generative[0][1][:6] == plan.probes[0][1]  # the same questions where both ask them
+    assert plan.chat is None and plan.leak is None
