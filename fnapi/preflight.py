@@ -124,11 +124,14 @@ def _probe_file_problems(sources: list[str], where: str = "eval.probes") -> list
 
 
 def _replay_problems(recipe: Recipe) -> list[Problem]:
-    """``train.replay``: its prompts can be read and none is a question of a probe set the run scores."""
+    """``train.replay`` and ``train.kl_to_base``: their prompts can be read and none is a question of a
+    probe set the run scores."""
     from fnapi.data.probes import load_probes
     from fnapi.replay import check_prompts
 
-    if recipe.train.replay is None:
+    sections = [(name, getattr(recipe.train, name)) for name in ("replay", "kl_to_base")
+                if getattr(recipe.train, name) is not None]
+    if not sections:
         return []
     sets = []
     for source in recipe.eval.probes:
@@ -136,12 +139,14 @@ def _replay_problems(recipe: Recipe) -> list[Problem]:
             sets.append((source, load_probes(source).items))
         except FnapiError:  # named under eval.probes
             continue
-    try:
-        check_prompts(recipe.train.replay, sets)
-    except FnapiError as exc:
-        message = exc.message.removeprefix("train.replay.prompts: ")
-        return [Problem("train.replay.prompts", message)]
-    return []
+    problems = []
+    for name, section in sections:
+        where = f"train.{name}.prompts"
+        try:
+            check_prompts(section, sets, where)
+        except FnapiError as exc:
+            problems.append(Problem(where, exc.message.removeprefix(f"{where}: ")))
+    return problems
 
 
 def _prompt_problems(section, where: str) -> list[Problem]:

@@ -156,6 +156,10 @@ class TemplateSection(Section):
                            "of lowest absolute attribution to answer tokens (fnapi's own rule, not LoKI's)")
     quota: float | None = Field(None, gt=0, le=100, description="loki and attribution: the share of each layer's "
                                                                "rows selected, in percent (default: from selection)")
+    select: list[Literal["most", "least"]] = Field(
+        default_factory=lambda: ["most", "least"], min_length=1,
+        description="attribution: the components to make, in id order (most: the rows that matter most, least: "
+                    "those that matter least); [least] makes one component, so a mask can say components: all")
     mode: Literal["global", "per_layer"] = "global"
     site: SiteName = "mlp.out"
     layers: str | None = Field(None, description='layer filter such as "0:4,9:" (default: all)')
@@ -237,6 +241,19 @@ class ReplaySection(Section):
     max_new_tokens: int = Field(48, gt=0, description="the longest base reply generated")
 
 
+class KlToBaseSection(Section):
+    """A KL-to-base penalty on general prompts: before training the base model answers them (greedy,
+    as for replay) and its next-token distributions on its replies are kept; every training step adds
+    ``strength`` times the KL from them to the model's, on ``batch_size`` of those replies."""
+
+    prompts: str = Field("builtin:chat-train", description="general prompts: builtin:chat-train or a file; none "
+                                                            "may be a probe question")
+    samples: int | None = Field(64, gt=0, description="prompts used (null: all)")
+    max_new_tokens: int = Field(32, gt=0, description="the longest base reply generated")
+    strength: float = Field(1.0, gt=0, description="weight of the KL term in the training loss")
+    batch_size: int = Field(4, gt=0, description="general replies in each step's KL term")
+
+
 class TrainSection(Section):
     """Fine-tuning hyperparameters."""
 
@@ -264,6 +281,8 @@ class TrainSection(Section):
     task_check_samples: int = Field(40, gt=0, description="validation conversations scored at each check")
     replay: ReplaySection | None = Field(None, description="mix the base model's own replies to general prompts "
                                                            "into the training data (self-distillation replay)")
+    kl_to_base: KlToBaseSection | None = Field(None, description="penalise the KL from the base model on its own "
+                                                                 "replies to general prompts, every step")
     report_to: list[TrackerName] = Field(
         default_factory=list, description="experiment trackers the run logs to: tensorboard, mlflow, wandb (they "
                                           "write inside the run folder unless their environment says otherwise)")
@@ -502,8 +521,9 @@ class Recipe(Section):
             data.pop("distributed", None)
         if self.eval.lm_eval is None:  # and so do recipes without lm-eval benchmarks (same fingerprint)
             data["eval"].pop("lm_eval", None)
-        if self.train.replay is None:  # and without replay
-            data["train"].pop("replay", None)
+        for key in ("replay", "kl_to_base"):  # and without the general-data methods
+            if data["train"].get(key) is None:
+                data["train"].pop(key, None)
         return data
 
     def to_yaml_text(self) -> str:

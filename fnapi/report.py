@@ -90,6 +90,8 @@ class ForgettingReport:
     warnings: list[str] = field(default_factory=list)
     #: general data trained on to keep the model's voice: the replayed prompts' source and counts
     replay: dict[str, Any] | None = None
+    #: the KL-to-base penalty's prompts, their source and its strength
+    kl_penalty: dict[str, Any] | None = None
     stopped_at_task_target: float | None = None
     trainable_parameters: int = 0
     total_parameters: int = 0
@@ -241,6 +243,10 @@ class ForgettingReport:
             lines.append(f"- Replay: {self.replay['rows']} rows of the base model's replies to {self.replay['prompts']} "
                          f"general prompts from `{self.replay['source']}` trained with the task (none is a probe "
                          "question)")
+        if self.kl_penalty:
+            lines.append(f"- KL-to-base penalty: strength {self.kl_penalty['strength']} on the base model's replies to "
+                         f"{self.kl_penalty['prompts']} general prompts from `{self.kl_penalty['source']}` (none is a "
+                         "probe question)")
         if self.frozen_weights_unchanged is not None:
             lines.append(f"- Frozen weights bit-identical after training: {'yes' if self.frozen_weights_unchanged else 'NO'}")
         if self.mask.get("preset") not in (None, "none"):

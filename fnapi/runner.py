@@ -203,10 +203,13 @@ def _run_stages(recipe: Recipe, rundir: RunDir, sink: EventSink, cancel: threadi
     # The main process evaluates while the others wait; they get the scores for the report.
     baseline = distributed.on_main(baseline_scores, recipe, plan, loaded, rundir, sink, cancel, share=_public)
 
-    replayed = None
+    replayed, loss_term = None, None
     if recipe.train.replay is not None:
         current["stage"] = "replay"
         train_tokens, replayed = with_replay(recipe, loaded, rundir, train_tokens, plan, sink, cancel)
+    if recipe.train.kl_to_base is not None:
+        current["stage"] = "replay"
+        loss_term = kl_to_base(recipe, loaded, rundir, plan, sink, cancel)
 
     current["stage"] = "train"
     result = train(loaded, tokenizer, train_tokens, validation_tokens, recipe.train, mask=neuron_mask,
@@ -214,7 +217,7 @@ def _run_stages(recipe: Recipe, rundir: RunDir, sink: EventSink, cancel: threadi
                    save_model=recipe.output.save_model, merge_lora=recipe.output.merge_lora,
                    bake_lesion=recipe.output.bake_lesion,
                    accelerate_config=recipe.distributed.accelerate_config if recipe.distributed else None,
-                   task_check=_task_check(recipe, data, tokenizer), run_name=recipe.name)
+                   task_check=_task_check(recipe, data, tokenizer), run_name=recipe.name, loss_term=loss_term)
 
     current["stage"] = "evaluate"
     after = distributed.on_main(final_scores, recipe, plan, result.model, tokenizer, neuron_mask, baseline, sink, cancel)
@@ -238,6 +241,9 @@ def _run_stages(recipe: Recipe, rundir: RunDir, sink: EventSink, cancel: threadi
         method=recipe.train.method,
         recipe_fingerprint=recipe.fingerprint(),
         replay=replayed,
+        kl_penalty=None if loss_term is None else {
+            "source": recipe.train.kl_to_base.prompts, "prompts": len(loss_term.ids),
+            "strength": recipe.train.kl_to_base.strength, "file": "kl_to_base.json"},
     )
     report.warnings = run_warnings(recipe, data, report)
     for warning in report.warnings:
@@ -370,6 +376,24 @@ def with_replay(recipe: Recipe, loaded: Any, rundir: RunDir, train_tokens: Any, 
                           f"({section.prompts}) mixed into {len(train_tokens)} training rows", stage="replay"))
     return mixed, {"source": section.prompts, "prompts": len(replayed), "rows": added, "ratio": section.ratio,
                    "file": "replay.json"}
+
+
+def kl_to_base(recipe: Recipe, loaded: Any, rundir: RunDir, plan: Any, sink: EventSink,
+               cancel: threading.Event | None) -> Any:
+    """The ``train.kl_to_base`` loss term, on the base model's replies to the section's prompts (made
+    once, kept in the run folder like replay's; the model is still the base model here)."""
+    from fnapi.replay import KlToBase, replay_rows
+
+    section = recipe.train.kl_to_base
+    rows = distributed.on_main(replay_rows, section, loaded.model, loaded.tokenizer, rundir.path, list(plan.probes),
+                               chat_template=recipe.data.chat_template, sink=sink, cancel=cancel,
+                               file="kl_to_base.json", where="train.kl_to_base.prompts")
+    term = KlToBase(loaded.model, loaded.tokenizer, rows, strength=section.strength, batch_size=section.batch_size,
+                    max_length=recipe.data.max_length, chat_template=recipe.data.chat_template)
+    sink.emit(Log(message=f"KL to base: {len(term.ids)} replies of the base model to general prompts "
+                          f"({section.prompts}), {section.batch_size} a step, strength {section.strength}",
+                  stage="replay"))
+    return term
 
 
 def _task_check(recipe: Recipe, data: Any, tokenizer: Any):

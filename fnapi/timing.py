@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 #: Items of each evaluation kind timed to find its rate: two batches of generation and of text, and
 #: two of probes (scoring sorts a whole set's items by length, so one batch of mixed lengths pads
 #: more than the real run does and overstates the rate by up to 2x; two batches come within 1.3x).
-SCORING_SAMPLE = {"task": 16, "probe": 32, "text": 16}
+SCORING_SAMPLE = {"task": 16, "probe": 32, "text": 16, "generative": 32}
 #: Captured tokens an ICA timing fit uses at most; the fit is linear in rows, so it is scaled up.
 ICA_SAMPLE_ROWS = 1024
 #: Rows of the timed training batch at most (time is linear in rows at these sizes).
@@ -51,6 +51,8 @@ class Rates:
     task_item: float = 0.0
     probe_item: float = 0.0
     text_item: float = 0.0
+    #: a probe question answered open-ended (a general prompt is counted the same)
+    generative_item: float = 0.0
     ica_row: float = 0.0
     load_seconds: float = 0.0
 
@@ -65,6 +67,7 @@ class Sizes:
     task_items: int = 0
     probe_items: int = 0
     text_items: int = 0
+    generative_items: int = 0
     task_check_items: int = 0  # conversations scored by the task-target checks during training
     capture_tokens: int = 0  # tokens the template's capture reads (0: no template is built)
     ica_runs: int = 0
@@ -138,8 +141,8 @@ def time_stages(rates: Rates, sizes: Sizes) -> TimeEstimate:
         stages.append(StageTime("attribution", sizes.attribution_tokens * rates.train_token,
                                 f"{sizes.attribution_tokens:,} tokens of integrated gradients"))
     scoring = (sizes.task_items * rates.task_item + sizes.probe_items * rates.probe_item
-               + sizes.text_items * rates.text_item)
-    items = sizes.task_items + sizes.probe_items + sizes.text_items
+               + sizes.text_items * rates.text_item + sizes.generative_items * rates.generative_item)
+    items = sizes.task_items + sizes.probe_items + sizes.text_items + sizes.generative_items
     if items:
         stages.append(StageTime("baseline", scoring, f"{items} items scored on the base model"))
     train = sizes.steps * sizes.batch_tokens * rates.train_token + sizes.task_check_items * rates.task_item
@@ -231,7 +234,7 @@ def time_scoring(model: Any, tokenizer: Any, plan: Any, sample: dict[str, int] |
     allocates and fills caches)."""
     from fnapi.measures import evaluate
 
-    empty = replace(plan, tasks=(), probes=(), texts=())
+    empty = replace(plan, tasks=(), probes=(), texts=(), generative=(), chat=None)
 
     def spread(items: tuple, start: int, count: int) -> tuple:
         # Evenly spaced items, not the first ones: sets are generated category by category, and
@@ -247,11 +250,16 @@ def time_scoring(model: Any, tokenizer: Any, plan: Any, sample: dict[str, int] |
             return [replace(empty, tasks=((s, spread(c, start, count)),)) for s, c in plan.tasks[:1] if c[start:stop]]
         if kind == "probe":
             return [replace(empty, probes=((s, spread(i, start, count)),)) for s, i in plan.probes[:1] if i[start:stop]]
+        if kind == "generative":
+            return [replace(empty, generative=((s, spread(i, start, count)),)) for s, i in plan.generative[:1]
+                    if i[start:stop]]
         return [replace(empty, texts=((s, spread(p, start, count)),)) for s, p in plan.texts[:1] if p[start:stop]]
 
     rates: dict[str, float] = {}
-    for kind in ("task", "probe", "text"):
-        count = (sample or SCORING_SAMPLE)[kind]
+    for kind in ("task", "probe", "text", "generative"):
+        count = (sample or SCORING_SAMPLE).get(kind, 0)
+        if not count:
+            continue
         warm, timed = part(kind, 0, 1), part(kind, 1, 1 + count) or part(kind, 0, count)
         for sub in warm:
             check_cancelled(cancel, "the time estimate")
@@ -309,6 +317,8 @@ def recipe_sizes(recipe: Any, loaded: Any, *, plan: Any = None, include_template
     task_items = sum(len(c) for _, c in plan.tasks) if plan is not None else 0
     probe_items = sum(len(i) for _, i in plan.probes) if plan is not None else 0
     text_items = sum(len(p) for _, p in plan.texts) if plan is not None else 0
+    generative_items = (sum(len(i) for _, i in plan.generative) + (len(plan.chat[1]) if plan.chat else 0)
+                        if plan is not None else 0)
     checks = (steps // train.task_check_every) * min(train.task_check_samples, len(data.validation)) \
         if train.task_target is not None else 0
     capture_tokens, runs, neurons, width, attribution = 0, 0, 0, 0, 0
@@ -321,7 +331,7 @@ def recipe_sizes(recipe: Any, loaded: Any, *, plan: Any = None, include_template
             attribution = attribution_work(section, data_specs, loaded)
     sizes = Sizes(steps=steps, batch_tokens=train.batch_size * train.gradient_accumulation * padded,
                   validation_tokens=validation_tokens, task_items=task_items, probe_items=probe_items,
-                  text_items=text_items, task_check_items=checks, capture_tokens=capture_tokens, ica_runs=runs,
+                  text_items=text_items, generative_items=generative_items, task_check_items=checks, capture_tokens=capture_tokens, ica_runs=runs,
                   attribution_tokens=attribution)
     shape = {"rows": min(train.batch_size, TIMED_ROWS), "length": max(int(round(padded)), 2), "neurons": neurons, "width": width}
     return sizes, plan, shape
@@ -347,6 +357,14 @@ def attribution_work(section: Any, data_specs: list[str], loaded: Any) -> int:
     from fnapi.data.templating import tokenize
     from fnapi.networks.attribution import DEFAULT_STEPS
 
+    if section.method == "loki":  # every layer on its own: a forward and backward per layer and item
+        from fnapi.data.probes import load_probes
+        from fnapi.networks import loki
+        from fnapi.recipe import parse_layers
+
+        items = [item for spec in data_specs for item in load_probes(spec, limit=section.samples).items]
+        layers = len(parse_layers(section.layers, loaded.info.num_layers))
+        return sum(len(loki.kva_prompt_ids(loaded.tokenizer, item)) for item in items) * loki.DEFAULT_STEPS * layers
     tokens = 0
     for data_spec in data_specs:
         conversations, _ = read_conversations(data_spec, max_samples=section.samples)
@@ -394,7 +412,8 @@ def estimate_time(recipe: Recipe, loaded: LoadedModel, *, cancel: threading.Even
             ica = cache[key]
         progress.advance(message="ICA")
     rates = Rates(forward_token=forward, train_token=train, task_item=scoring.get("task", 0.0),
-                  probe_item=scoring.get("probe", 0.0), text_item=scoring.get("text", 0.0), ica_row=ica,
+                  probe_item=scoring.get("probe", 0.0), text_item=scoring.get("text", 0.0),
+                  generative_item=scoring.get("generative", 0.0), ica_row=ica,
                   load_seconds=load_seconds)
     return time_stages(rates, sizes)
 

@@ -308,8 +308,8 @@ def _build_attribution(loaded: Any, section: TemplateSection, data_specs: list[s
     if not examples["input_ids"]:
         raise TemplateError(f"no usable rows in {', '.join(data_specs)} to attribute")
     pairs = list(zip(examples["input_ids"], examples["labels"]))
-    return attribution_template(loaded, pairs, quota_percent=quota, layers=layers, sources=data_specs,
-                                sink=sink, cancel=cancel)
+    return attribution_template(loaded, pairs, quota_percent=quota, layers=layers, select=section.select,
+                                sources=data_specs, sink=sink, cancel=cancel)
 
 
 def row_quota(section: TemplateSection, width: int) -> float:

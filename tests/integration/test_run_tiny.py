@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fnapi.events import ListSink, Log, Progress, RunFinished, StageFinished, StageStarted
+from fnapi.events import ListSink, Log, Metric, Progress, RunFinished, StageFinished, StageStarted
 from fnapi.models.tiny import save_tiny
 from fnapi.recipe import Recipe
 from fnapi.runner import run
@@ -336,3 +336,23 @@ def test_a_measure_that_cannot_be_taken_is_named_with_what_to_add(tmp_path, tiny
     warnings = " | ".join(result.report.warnings)
     assert "the task score could not be measured" in warnings and "data.validation_path" in warnings
     assert "open-ended answers could not be measured" in warnings
+
+
+def test_replay_and_the_kl_penalty_train_on_the_base_models_own_replies(tmp_path, tiny_dir):
+    recipe = Recipe.from_yaml(_recipe(tmp_path, tiny_dir, steps=4)).replace(
+        **{"template": None, "mask.preset": "none", "mask.components": [],
+           "train.replay": {"samples": 6, "ratio": 0.5, "max_new_tokens": 4},
+           "train.kl_to_base": {"samples": 4, "max_new_tokens": 4, "batch_size": 2}})
+    sink = ListSink()
+    result = run(recipe, sink=sink, output=tmp_path / "run")
+    replay = json.loads((result.run_dir / "replay.json").read_text())
+    assert len(replay["prompts"]) == 6 and replay["source"] == "builtin:chat-train"
+    mixed = next(e.message for e in sink.of_type(Log) if e.message.startswith("replay: "))
+    trained = int(mixed.split(" mixed into ")[1].split()[0])
+    assert result.report.replay["rows"] == round(0.5 * trained) > 0
+    assert result.report.replay["source"] == "builtin:chat-train"
+    assert result.report.kl_penalty["prompts"] <= 4 and (result.run_dir / "kl_to_base.json").is_file()
+    terms = [e.values["loss_term"] for e in sink.of_type(Metric) if "loss_term" in e.values]
+    assert terms and all(value >= 0 for value in terms)
+    markdown = (result.run_dir / "report.md").read_text()
+    assert f"Replay: {result.report.replay['rows']} rows" in markdown and "KL-to-base penalty" in markdown

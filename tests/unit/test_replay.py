@@ -64,3 +64,27 @@ def test_a_probe_file_whose_answer_is_no_choice_is_refused_before_weights_load(t
     done = subprocess.run([sys.executable, "-m", "fnapi", "validate", str(recipe)], capture_output=True, text=True)
     out = done.stdout + done.stderr
     assert done.returncode == 2 and "eval.probes[0]" in out and "p.jsonl:1" in out
+
+
+def test_the_kl_to_base_term_is_zero_for_the_base_and_pulls_a_moved_model_back():
+    import torch
+
+    from fnapi.data.formats import Conversation
+    from fnapi.models.tiny import tiny_model, tiny_tokenizer
+    from fnapi.replay import KlToBase
+
+    model, tokenizer = tiny_model("llama"), tiny_tokenizer()
+    rows = [Conversation(messages=[{"role": "user", "content": f"Say something about {w}."},
+                                   {"role": "assistant", "content": f"{w} is nice and calm today."}])
+            for w in ("rain", "snow", "wind")]
+    term = KlToBase(model, tokenizer, rows, strength=2.0, batch_size=2, max_length=48)
+    outputs = model(input_ids=torch.tensor([[5, 6]]))
+    assert float(term(model, {}, outputs)) == pytest.approx(0.0, abs=1e-3)
+    assert term.cursor == 2  # the next step takes the next replies
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    value = term(model, {}, outputs)
+    assert float(value) > 1e-3
+    value.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
