@@ -177,7 +177,8 @@ class MethodComparison:
                   "alone, reply right when it names the right choice and no other, after / before (what a user "
                   "sees). Chat drift: KL from the base model on its own replies to general prompts "
                   "(nats/token). Probes retained: general-knowledge probe accuracy by choice ranking "
-                  "after / before (blind to a model that stopped answering in its own voice). vs baseline / vs control: the paired difference in probes retained "
+                  "after / before (blind to a model that stopped answering in its own voice). vs baseline / "
+                  "vs control: the paired difference in probes retained "
                   "(percentage points; seeds and probe items resampled together). KL: mean next-token KL "
                   "divergence from the base model on held-out text (nats/token). Text NLL change: after - "
                   "before, nats/token. Intervals across seeds are Student-t.", ""]

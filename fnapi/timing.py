@@ -331,7 +331,8 @@ def recipe_sizes(recipe: Any, loaded: Any, *, plan: Any = None, include_template
             attribution = attribution_work(section, data_specs, loaded)
     sizes = Sizes(steps=steps, batch_tokens=train.batch_size * train.gradient_accumulation * padded,
                   validation_tokens=validation_tokens, task_items=task_items, probe_items=probe_items,
-                  text_items=text_items, generative_items=generative_items, task_check_items=checks, capture_tokens=capture_tokens, ica_runs=runs,
+                  text_items=text_items, generative_items=generative_items, task_check_items=checks,
+                  capture_tokens=capture_tokens, ica_runs=runs,
                   attribution_tokens=attribution)
     shape = {"rows": min(train.batch_size, TIMED_ROWS), "length": max(int(round(padded)), 2), "neurons": neurons, "width": width}
     return sizes, plan, shape
