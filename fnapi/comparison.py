@@ -520,7 +520,8 @@ def _get(data: dict[str, Any], dotted: str) -> Any:
 # ---- files ----------------------------------------------------------------------------------------------
 
 def plot_pareto(comparison: MethodComparison) -> bytes:
-    """PNG bytes: task score against probe retention, one point per method and seed (controls hollow)."""
+    """PNG bytes: task score against retention, one point per method and seed (controls hollow). The
+    retention is open-ended answers kept when every run measured them, choice ranking otherwise."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -529,17 +530,21 @@ def plot_pareto(comparison: MethodComparison) -> bytes:
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=100)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     owners = [n for n, m in comparison.methods.items() if not m.control]
+    open_ended = all(r.generative_retained is not None for r in comparison.rows)
+    measure = "generative_retained" if open_ended else "probes_retained"
     for name, summary in comparison.methods.items():
         owner = summary.control_of if summary.control else name
         colour = colours[(owners.index(owner) if owner in owners else len(owners)) % len(colours)]
-        xs = [r.task_after for r in summary.rows if r.task_after is not None and r.probes_retained is not None]
-        ys = [100 * r.probes_retained for r in summary.rows if r.task_after is not None and r.probes_retained is not None]
+        kept = [r for r in summary.rows if r.task_after is not None and getattr(r, measure) is not None]
+        xs = [r.task_after for r in kept]
+        ys = [100 * getattr(r, measure) for r in kept]
         ax.scatter(xs, ys, s=42, label=name, edgecolors=colour, facecolors="none" if summary.control else colour,
                    linewidths=1.4, marker="s" if summary.control else "o")
     if comparison.task_target is not None:
         ax.axvline(comparison.task_target, color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("task score after training (exact match)")
-    ax.set_ylabel("general-knowledge probes retained (%)")
+    ax.set_ylabel("general questions answered open-ended, retained (%)" if open_ended
+                  else "general-knowledge probes retained, choice ranking (%)")
     ax.set_title("task learned against knowledge kept (hollow: random-neuron controls)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")

@@ -109,7 +109,7 @@ def test_evaluation_progress_counts_items_batch_by_batch():
     evaluate(tiny_model("llama"), tokenizer, plan, progress=progress)
     texts = len(plan.texts[0][1])
     assert plan.items == 10 + 20 + texts
-    assert progress.steps == [(8, "task skill"), (2, "task skill"), (16, "probes builtin:probes"),
+    assert progress.steps == [(10, "task skill"), (16, "probes builtin:probes"),
                               (4, "probes builtin:probes"), (texts, "text builtin:text")]
     assert sum(amount for amount, _ in progress.steps) == plan.items  # the bar ends full
 
