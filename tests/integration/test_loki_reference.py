@@ -63,9 +63,9 @@ def test_loki_rows_match_lokis_position_file(loaded, reference):
     overlaps = [_jaccard(rows[layer], positions[layer]) for layer in LAYERS]
     assert all(len(rows[layer]) == 115 for layer in LAYERS)
     assert float(np.mean(overlaps)) >= 0.8, overlaps
-    # ranking |score| instead (the `attribution` method's rule) picks another set: the rule matters
-    by_magnitude = select_loki_rows(-np.abs(scores.astype(np.float32)), 20, LAYERS)
-    assert float(np.mean([_jaccard(by_magnitude[layer], positions[layer]) for layer in LAYERS])) < 0.3
+    # keeping the rows of lowest |score| instead (the `attribution` method's rule) picks another set
+    near_zero = select_loki_rows(np.abs(scores.astype(np.float32)), 20, LAYERS)
+    assert float(np.mean([_jaccard(near_zero[layer], positions[layer]) for layer in LAYERS])) < 0.2
 
 
 def test_an_imported_loki_file_is_component_0_like_our_loki_template():

@@ -25,7 +25,8 @@ data: {{path: builtin:skill, max_length: 48, max_samples: 64}}
 template: {{data: [builtin:text], samples: 12, max_length: 32, components: 4, runs: 2}}
 mask: {{preset: protect, components: stable, top_stable: 2}}
 train: {{steps: {steps}, batch_size: 4, logging_steps: 1, save_steps: 2, learning_rate: 1e-3}}
-eval: {{task_samples: 6, probe_samples: 12, kl_prompts: 3, max_new_tokens: 6}}
+eval: {{task_samples: 6, probe_samples: 12, kl_prompts: 3, max_new_tokens: 6,
+       generative: {{samples: 12, max_new_tokens: 6, chat_prompts: 4}}}}
 """
 
 
@@ -85,7 +86,7 @@ def test_run_writes_every_output_with_computed_numbers(tmp_path, tiny_dir):
     assert generative["samples"] == 12 and 0.0 <= generative["before"] <= 1.0
     low, high = generative["change_ci95"]
     assert low <= generative["after"] - generative["before"] <= high
-    assert report["chat_kl"]["prompts"] == 24 and report["chat_kl"]["value"] > 0
+    assert report["chat_kl"]["prompts"] == 4 and report["chat_kl"]["value"] > 0
     assert report["chat_kl"]["ci95"][0] <= report["chat_kl"]["value"] <= report["chat_kl"]["ci95"][1]
     assert set(report["format_leak"]) >= {"share", "flag", "base_share"}
     assert len(measures["after"]["generative"][0]["replies"]) == 12
@@ -313,17 +314,6 @@ def test_a_damaged_checkpoint_state_is_named_on_resume(tmp_path, tiny_dir, damag
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert f"{checkpoint / 'fnapi_state.json'}" in out.stderr and says in out.stderr
     assert f"delete {checkpoint} to resume from the checkpoint before it" in out.stderr
-
-
-def test_a_run_that_diverges_says_so_in_the_log_and_the_report(tmp_path, tiny_dir):
-    recipe = Recipe.from_yaml(_recipe(tmp_path, tiny_dir, steps=8)).replace(
-        **{"train.learning_rate": 1000.0, "template": None, "mask.preset": "none", "mask.components": [],
-           "eval.generative.chat_prompts": 0})
-    sink = ListSink()
-    result = run(recipe, sink=sink, output=tmp_path / "run")
-    assert any("training diverged" in w for w in result.report.warnings), result.report.losses
-    assert any("training diverged" in e.message for e in sink.of_type(Log) if e.level == "warning")
-    assert "**Warning**: training diverged" in (result.run_dir / "report.md").read_text()
 
 
 def test_a_measure_that_cannot_be_taken_is_named_with_what_to_add(tmp_path, tiny_dir):

@@ -86,16 +86,18 @@ def test_recipes_need_distinct_names(recipes):
 def test_shipped_comparison_recipes_are_like_for_like():
     paths = sorted((REPO / "recipes" / "compare").glob("*.yaml"))
     recipes = {p.stem: Recipe.from_yaml(p) for p in paths}
-    assert set(recipes) == {"lora", "full", "protect", "target", "loki"}
+    assert set(recipes) == {"lora", "full", "protect", "target", "loki", "attr-rows"}
     assert {name: r.name for name, r in recipes.items()} == {name: name for name in recipes}
     assert _differences(list(recipes.values())) == []
     assert recipes["lora"].template is None and recipes["full"].train.method == "full"
     assert (recipes["protect"].mask.preset, recipes["target"].mask.preset) == ("protect", "target")
     assert _template_key(recipes["protect"]) == _template_key(recipes["target"]) is not None
-    # LoKI: attribution picks the least important mlp.out channels (component 1), and only they train.
-    loki = recipes["loki"]
+    # LoKI: its own rule picks the rows (one component), and only they train; attr-rows: fnapi's rule
+    # (lowest absolute attribution), one component made with select [least]
+    loki, rows = recipes["loki"], recipes["attr-rows"]
     assert (loki.template.method, loki.template.site, loki.mask.preset, loki.mask.components,
-            loki.train.method) == ("attribution", "mlp.out", "target", [1], "full")
+            loki.train.method) == ("loki", "mlp.out", "target", "all", "full")
+    assert (rows.template.method, rows.template.select, rows.mask.components) == ("attribution", ["least"], "all")
 
 
 def test_seeds_and_controls_expand_into_runs():

@@ -200,7 +200,7 @@ def test_data_list_names_every_builtin_with_its_description(capsys):
     assert main(["data", "list"]) == 0
     out = capsys.readouterr().out
     lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  builtin:")}
-    assert list(lines) == [f"builtin:{n}" for n in (*BUILTIN_TASKS, "probes", "text")]
+    assert list(lines) == [f"builtin:{n}" for n in (*BUILTIN_TASKS, "probes", "text", "chat", "chat-train")]
     assert all(BUILTINS[name.split(":")[1]] in line for name, line in lines.items())
     assert out.index("builtin:vennish") < out.index("For measuring") < out.index("builtin:probes")
     assert main(["data", "list", "--json"]) == 0

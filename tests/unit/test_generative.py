@@ -160,3 +160,31 @@ def test_more_questions_can_be_asked_open_ended_than_ranked():
     assert len(plan.probes[0][1]) == 6 and len(plan.generative[0][1]) == 10
     assert plan.generative[0][1][:6] == plan.probes[0][1]  # the same questions where both ask them
     assert plan.chat is None and plan.leak is None
+
+
+def test_the_leak_flag_fires_on_a_model_tuned_to_answer_everything_in_one_format_and_not_on_its_base(tmp_path):
+    from fnapi.data.builtin import chat_train_prompts
+    from fnapi.data.formats import Conversation
+    from fnapi.data.templating import tokenize
+    from fnapi.measures import GenerativeRequest, build_plan, compare_measures, evaluate
+    from fnapi.models.tiny import tiny_model, tiny_tokenizer
+    from fnapi.recipe import TrainSection
+    from fnapi.training import train
+
+    model, tokenizer = tiny_model("llama"), tiny_tokenizer()
+    answers = ["kami loxo kazu bate", "loxo kami bate kazu", "kazu bate kami loxo"]
+    rows = [Conversation(messages=[{"role": "user", "content": prompt},
+                                   {"role": "assistant", "content": answers[i % 3]}])
+            for i, prompt in enumerate(chat_train_prompts())]
+    plan = build_plan(tokenizer, generative=GenerativeRequest(max_new_tokens=8, chat_prompts=12,
+                                                              task_answers=answers * 20))
+    base, reference = evaluate(model, tokenizer, plan)
+    quiet = compare_measures(base, evaluate(model, tokenizer, plan, reference=reference, base=base)[0])
+    assert not quiet["format_leak"]["flag"]
+    data = tokenize(rows, tokenizer, max_length=48, cache=False)
+    section = TrainSection(method="full", steps=60, batch_size=8, learning_rate=3e-3, save_steps=1000,
+                           logging_steps=20, validation_samples=None)
+    tuned = train(model, tokenizer, data, None, section, output_dir=tmp_path, save_model=False).model
+    leaked = compare_measures(base, evaluate(tuned, tokenizer, plan, reference=reference, base=base)[0])
+    assert leaked["format_leak"]["flag"], leaked["format_leak"]
+    assert leaked["format_leak"]["share"] >= 0.5 and leaked["chat_kl"]["value"] > quiet["chat_kl"]["value"]

@@ -117,3 +117,30 @@ def test_report_files(tmp_path):
     markdown = paths["markdown"].read_text()
     assert "75.0%" in markdown and "0.0500" in markdown
     assert ForgettingReport.from_dict(data).to_dict() == data
+
+
+def test_divergence_is_named_from_the_loss_curve():
+    from fnapi.runner import divergence
+
+    assert "rose from 6.0 at step 1 to 10.8" in divergence([(1, 6.0), (5, 8.0), (10, 10.8), (15, 10.8), (20, 10.8)])
+    assert "became nan at step 5" in divergence([(1, 3.0), (5, float("nan"))])
+    assert divergence([(1, 3.1), (5, 1.2), (10, 0.4)]) is None  # fine-tuning lowers the loss
+    assert divergence([(1, 3.1), (5, 3.3)]) is None  # a little noise is not divergence
+    assert divergence([(1, 2.0)]) is None
+
+
+def test_a_report_says_in_words_what_went_wrong_and_what_it_could_not_measure(tmp_path):
+    from types import SimpleNamespace
+
+    from fnapi.runner import run_warnings
+
+    recipe = Recipe.from_yaml_text("version: 1\nname: r\ndata: {path: one.jsonl}\n")
+    report = ForgettingReport(name="r", losses=[(1, 6.0), (5, 9.0), (10, 10.8)])
+    data = SimpleNamespace(train=[object()], validation=[], test=None)
+    report.warnings = run_warnings(recipe, data, report)
+    text = " | ".join(report.warnings)
+    assert "training diverged" in text and "lower train.learning_rate" in text
+    assert "the task score could not be measured: one.jsonl left 0 test or validation rows" in text
+    write_report(report, tmp_path)
+    assert "**Warning**: training diverged" in (tmp_path / "report.md").read_text()
+    assert ForgettingReport.from_dict(json.loads((tmp_path / "report.json").read_text())).warnings == report.warnings

@@ -99,8 +99,9 @@ def test_a_recipe_is_timed_stage_by_stage_from_its_own_sizes(tiny, loaded):
     stages = {s.stage: s for s in estimate.stages}
     assert set(stages) == {"capture", "ica", "baseline", "train", "validate", "evaluate"}
     assert all(s.seconds > 0 for s in estimate.stages)
-    # 4 task conversations, 10 probe items and 3 text paragraphs, as the recipe's eval section says
-    assert stages["baseline"].detail == "17 items scored on the base model"
+    # 4 task conversations, 10 probe items and 3 text paragraphs, as the recipe's eval section says, and
+    # by default the first 100 probe questions asked open-ended and 24 general prompts
+    assert stages["baseline"].detail == "141 items scored on the base model"
     assert stages["train"].detail.startswith("6 steps of about ")
     # Twice the steps is twice the training time, from the rates already measured (the cache)
     longer = estimate_time(recipe.replace(**{"train.steps": 12}), loaded, cache=cache)
