@@ -69,7 +69,7 @@ def attribution_scores(model: torch.nn.Module, examples: Any, *, steps: int = DE
     scores = torch.zeros(len(pairs), len(layers), hidden)
     with stage(sink, "attribution", total=len(pairs), unit="sample", cancel=cancel,
                description=f"integrated gradients, {steps} steps, {len(layers)} layers") as progress, \
-            _frozen_eval(model):
+            frozen_eval(model):
         for index, (ids, labels) in enumerate(pairs):
             # one batch row per integration step; the gates are the leaves we differentiate
             gates = [alphas.view(steps, 1, 1).expand(steps, 1, hidden).clone().requires_grad_(True) for _ in layers]
@@ -184,8 +184,9 @@ def _gated(model, adapter, layers: Sequence[int], gates: Sequence[torch.Tensor])
 
 
 @contextlib.contextmanager
-def _frozen_eval(model) -> Iterator[None]:
-    """Eval mode, and no parameter gradients (only the gates need them), restored afterwards."""
+def frozen_eval(model) -> Iterator[None]:
+    """Eval mode, and no parameter gradients (only what an attribution differentiates needs them),
+    restored afterwards."""
     was_training = model.training
     trainable = [p for p in model.parameters() if p.requires_grad]
     model.eval()

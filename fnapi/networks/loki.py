@@ -38,6 +38,7 @@ import torch
 from fnapi.errors import DataError, TemplateError
 from fnapi.events import EventSink, stage
 from fnapi.models.registry import get_adapter
+from fnapi.networks.attribution import frozen_eval
 from fnapi.networks.template import Component, Template, model_identity
 
 #: LoKI's integration steps and rule (``riemann_trapezoid``).
@@ -84,7 +85,7 @@ def kva_scores(model: torch.nn.Module, prompts: Sequence[Sequence[int]], *, step
     out = np.zeros((len(prompts), len(layers), adapter.hidden_size(model)), dtype=np.float16)
     with stage(sink, "attribution", total=len(prompts) * len(layers), unit="layer", cancel=cancel,
                description=f"LoKI's KVA: {len(prompts)} items, {len(layers)} layers, {steps} steps") as progress, \
-            _no_parameter_grads(model):
+            frozen_eval(model):
         for index, ids in enumerate(prompts):
             input_ids = torch.tensor([list(ids)], device=device)
             with torch.no_grad():
@@ -186,19 +187,3 @@ def _replaced(module: torch.nn.Module, value: torch.Tensor) -> Iterator[None]:
         yield
     finally:
         handle.remove()
-
-
-@contextlib.contextmanager
-def _no_parameter_grads(model) -> Iterator[None]:
-    """Eval mode and no parameter gradients (only the patched outputs need them), restored afterwards."""
-    was_training = model.training
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    model.eval()
-    try:
-        for p in trainable:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p in trainable:
-            p.requires_grad_(True)
-        model.train(was_training)
