@@ -118,16 +118,13 @@ class KlToBase:
     def __call__(self, model: Any, inputs: dict[str, Any], outputs: Any) -> Any:
         import torch
 
+        from fnapi.data.templating import collate
+
         rows = [(self.cursor + i) % len(self.ids) for i in range(self.batch_size)]
         self.cursor = (self.cursor + self.batch_size) % len(self.ids)
-        width = max(len(self.ids[r]) for r in rows)
         device = outputs.logits.device
-        input_ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
-        for row, r in enumerate(rows):
-            input_ids[row, : len(self.ids[r])] = torch.tensor(self.ids[r])
-            attention[row, : len(self.ids[r])] = 1
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
+        batch = collate([{"input_ids": self.ids[r], "labels": self.ids[r]} for r in rows], self.pad)
+        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
         total, count = logits.sum() * 0.0, 0
         for row, r in enumerate(rows):
             student = torch.log_softmax(logits[row, self.positions[r]].float(), dim=-1)
